@@ -350,7 +350,8 @@ impl Envelope {
             });
         }
         let kind = Kind(bytes[5]);
-        let precedence = Precedence::from_u8(bytes[6]).ok_or(DecodeError::BadPrecedence(bytes[6]))?;
+        let precedence =
+            Precedence::from_u8(bytes[6]).ok_or(DecodeError::BadPrecedence(bytes[6]))?;
         if bytes[7] != 0 {
             return Err(DecodeError::ReservedFlags(bytes[7]));
         }

@@ -1,7 +1,9 @@
 //! Payload sealing: ChaCha20-Poly1305 with a synthetic nonce and the header as AAD.
 
 use crate::NodeKey;
-use fieldmesh_core::{Envelope, Header, NONCE_LEN, SealedPayload, SignError, UnsignedEnvelope, sha256};
+use fieldmesh_core::{
+    Envelope, Header, NONCE_LEN, SealedPayload, SignError, UnsignedEnvelope, sha256,
+};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
 use thiserror::Error;
@@ -27,7 +29,9 @@ impl PayloadKey {
 
     /// The well-known key of the `open` compartment. It authenticates but hides nothing.
     pub fn open_compartment() -> PayloadKey {
-        PayloadKey { bytes: sha256(b"fieldmesh/compartment/open/v1") }
+        PayloadKey {
+            bytes: sha256(b"fieldmesh/compartment/open/v1"),
+        }
     }
 
     fn aead(&self) -> LessSafeKey {
@@ -53,9 +57,16 @@ impl PayloadKey {
         let nonce = self.synthetic_nonce(&aad, plaintext);
         let mut buf = plaintext.to_vec();
         self.aead()
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut buf,
+            )
             .expect("chacha20-poly1305 seal cannot fail for in-range lengths");
-        SealedPayload { nonce, ciphertext: buf }
+        SealedPayload {
+            nonce,
+            ciphertext: buf,
+        }
     }
 }
 
@@ -93,7 +104,11 @@ pub fn open_envelope(env: &Envelope, payload_key: &PayloadKey) -> Result<Vec<u8>
     let mut buf = env.ciphertext().to_vec();
     let n = payload_key
         .aead()
-        .open_in_place(Nonce::assume_unique_for_key(env.nonce()), Aad::from(env.aad()), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(env.nonce()),
+            Aad::from(env.aad()),
+            &mut buf,
+        )
         .map_err(|_| OpenError::Authentication(env.id()))?
         .len();
     buf.truncate(n);
@@ -124,7 +139,10 @@ mod tests {
         let pk = PayloadKey::from_bytes([9; 32]);
         let env = seal_envelope(&k, header(&k, 1), &pk, b"grid 38S MB 1234 5678").unwrap();
         assert_eq!(open_envelope(&env, &pk).unwrap(), b"grid 38S MB 1234 5678");
-        assert!(!env.as_bytes().windows(4).any(|w| w == b"grid"), "plaintext leaked");
+        assert!(
+            !env.as_bytes().windows(4).any(|w| w == b"grid"),
+            "plaintext leaked"
+        );
         let err = open_envelope(&env, &PayloadKey::open_compartment()).unwrap_err();
         assert!(matches!(err, OpenError::Authentication(_)));
     }

@@ -61,7 +61,8 @@ impl std::fmt::Debug for NodeKey {
 impl NodeKey {
     /// A fresh key from the system random source.
     pub fn generate() -> Result<NodeKey, KeyFileError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyFileError::Rng)?;
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyFileError::Rng)?;
         let pkcs8 = doc.as_ref().to_vec();
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| KeyFileError::Rng)?;
         Ok(NodeKey { pair, pkcs8 })
@@ -70,16 +71,25 @@ impl NodeKey {
     /// A key derived from a 32-byte seed: for tests and the simulator only.
     pub fn from_seed(seed: [u8; 32]) -> NodeKey {
         let pair = Ed25519KeyPair::from_seed_unchecked(&seed).expect("any 32-byte seed is a key");
-        NodeKey { pair, pkcs8: Vec::new() }
+        NodeKey {
+            pair,
+            pkcs8: Vec::new(),
+        }
     }
 
     /// Loads a key file, refusing one that others can read.
     pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
-        let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+        let io = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions { path: path.to_owned(), mode });
+            return Err(KeyFileError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
         }
         let pkcs8 = std::fs::read(path).map_err(io)?;
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| KeyFileError::Malformed {
@@ -96,7 +106,10 @@ impl NodeKey {
             return Err(KeyFileError::Exists(path.to_owned()));
         }
         let key = NodeKey::generate()?;
-        let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+        let io = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -149,7 +162,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(NodeKey::load(&path).unwrap().node_id(), k.node_id());
-        assert!(matches!(NodeKey::create(&path), Err(KeyFileError::Exists(_))));
+        assert!(matches!(
+            NodeKey::create(&path),
+            Err(KeyFileError::Exists(_))
+        ));
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = NodeKey::load(&path).unwrap_err();
@@ -157,12 +173,21 @@ mod tests {
 
         std::fs::write(&path, b"not a key").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(NodeKey::load(&path), Err(KeyFileError::Malformed { .. })));
+        assert!(matches!(
+            NodeKey::load(&path),
+            Err(KeyFileError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn seeded_keys_are_stable_and_distinct() {
-        assert_eq!(NodeKey::from_seed([1; 32]).node_id(), NodeKey::from_seed([1; 32]).node_id());
-        assert_ne!(NodeKey::from_seed([1; 32]).node_id(), NodeKey::from_seed([2; 32]).node_id());
+        assert_eq!(
+            NodeKey::from_seed([1; 32]).node_id(),
+            NodeKey::from_seed([1; 32]).node_id()
+        );
+        assert_ne!(
+            NodeKey::from_seed([1; 32]).node_id(),
+            NodeKey::from_seed([2; 32]).node_id()
+        );
     }
 }

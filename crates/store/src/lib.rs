@@ -1,1 +1,79 @@
-//! placeholder
+//! Fieldmesh store: where envelopes live.
+//!
+//! The [`Store`] trait has two backends that pass the same conformance tests:
+//! [`SledStore`] (durable, the product) and [`MemStore`] (the simulator and unit tests).
+//!
+//! Rules every backend keeps:
+//! * Only verified [`Envelope`]s go in (the type cannot be built from unverified bytes).
+//! * A write returns only once it is durable; a batch is atomic.
+//! * Putting an envelope twice is harmless and reported as [`PutOutcome::Duplicate`].
+//! * A byte quota, if set, is enforced before anything is written.
+//!
+//! ```
+//! use fieldmesh_store::{MemStore, Store};
+//! let store = MemStore::new(None);
+//! assert_eq!(store.len().unwrap(), 0);
+//! ```
+//!
+//! Why sled 0.34.7 and not 1.0 alpha: 0.34 has a stable on-disk format and years of field
+//! use; the 1.0 alphas change their format between releases and say so. We need a store
+//! that a field unit can reopen after a software update.
+
+mod error;
+mod keys;
+mod mem;
+mod sled_store;
+
+pub use error::{OpenError, ReadError, WriteError};
+pub use mem::MemStore;
+pub use sled_store::{FORMAT_VERSION, SledStore};
+
+use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The envelope was new and is now durable.
+    Inserted,
+    /// The envelope was already stored.
+    Duplicate,
+}
+
+/// Counts, for status displays and quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Sum of their encoded sizes.
+    pub bytes: u64,
+}
+
+/// An envelope store. Implementations are safe to share between threads.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores one envelope durably.
+    fn put(&self, env: &Envelope) -> Result<PutOutcome, WriteError> {
+        Ok(self.put_batch(std::slice::from_ref(env))?[0])
+    }
+    /// Stores envelopes atomically and durably: all or none. Outcomes are in input order.
+    fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError>;
+    /// One envelope by id.
+    fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError>;
+    /// Whether an envelope is stored.
+    fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError>;
+    /// Every envelope of a channel, in (HLC, id) order.
+    fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError>;
+    /// Channels for which a genesis envelope is stored, with its id.
+    fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
+    /// All envelope ids, ascending.
+    fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError>;
+    /// Envelope count and bytes.
+    fn stats(&self) -> Result<StoreStats, ReadError>;
+    /// Number of envelopes stored.
+    fn len(&self) -> Result<u64, ReadError> {
+        Ok(self.stats()?.envelopes)
+    }
+    /// Whether the store is empty.
+    fn is_empty(&self) -> Result<bool, ReadError> {
+        Ok(self.len()? == 0)
+    }
+}

@@ -48,14 +48,21 @@ fn make(seed: u8, payload: Vec<u8>, deps: Vec<EnvelopeId>) -> Envelope {
 
 #[test]
 fn round_trip_and_accessors() {
-    let e = make(1, b"hello".to_vec(), vec![EnvelopeId([1; 32]), EnvelopeId([2; 32])]);
+    let e = make(
+        1,
+        b"hello".to_vec(),
+        vec![EnvelopeId([1; 32]), EnvelopeId([2; 32])],
+    );
     let d = Envelope::decode(e.as_bytes()).unwrap();
     assert_eq!(d, e);
     assert_eq!(d.ciphertext(), b"hello");
     assert_eq!(d.nonce(), [9; NONCE_LEN]);
     assert_eq!(d.header().deps.len(), 2);
     assert_eq!(d.aad(), &d.header().encode()[..]);
-    assert_eq!(d.id(), EnvelopeId(sha256(&d.as_bytes()[..d.encoded_len() - 64])));
+    assert_eq!(
+        d.id(),
+        EnvelopeId(sha256(&d.as_bytes()[..d.encoded_len() - 64]))
+    );
 }
 
 #[test]
@@ -66,7 +73,10 @@ fn every_flipped_bit_is_rejected() {
         for bit in [0x01u8, 0x80] {
             let mut b = bytes.to_vec();
             b[i] ^= bit;
-            assert!(Envelope::decode(&b).is_err(), "flip at byte {i} bit {bit:#x} accepted");
+            assert!(
+                Envelope::decode(&b).is_err(),
+                "flip at byte {i} bit {bit:#x} accepted"
+            );
         }
     }
 }
@@ -78,7 +88,10 @@ fn forged_author_is_rejected() {
     // Claim another author but keep the signature: must fail.
     let other = TestSigner::new(4).node_id();
     b[72..104].copy_from_slice(&other.0);
-    assert!(matches!(Envelope::decode(&b), Err(DecodeError::BadSignature { .. })));
+    assert!(matches!(
+        Envelope::decode(&b),
+        Err(DecodeError::BadSignature { .. })
+    ));
 }
 
 #[test]
@@ -86,7 +99,10 @@ fn wrong_signer_and_limits() {
     let s = TestSigner::new(5);
     let err = UnsignedEnvelope {
         header: header(TestSigner::new(6).node_id(), vec![]),
-        payload: SealedPayload { nonce: [0; 12], ciphertext: vec![] },
+        payload: SealedPayload {
+            nonce: [0; 12],
+            ciphertext: vec![],
+        },
     }
     .sign(&s)
     .unwrap_err();
@@ -94,7 +110,10 @@ fn wrong_signer_and_limits() {
 
     let err = UnsignedEnvelope {
         header: header(s.node_id(), vec![EnvelopeId([2; 32]), EnvelopeId([1; 32])]),
-        payload: SealedPayload { nonce: [0; 12], ciphertext: vec![] },
+        payload: SealedPayload {
+            nonce: [0; 12],
+            ciphertext: vec![],
+        },
     }
     .sign(&s)
     .unwrap_err();
@@ -102,11 +121,17 @@ fn wrong_signer_and_limits() {
 
     let err = UnsignedEnvelope {
         header: header(s.node_id(), vec![]),
-        payload: SealedPayload { nonce: [0; 12], ciphertext: vec![0; MAX_PAYLOAD_BYTES + 1] },
+        payload: SealedPayload {
+            nonce: [0; 12],
+            ciphertext: vec![0; MAX_PAYLOAD_BYTES + 1],
+        },
     }
     .sign(&s)
     .unwrap_err();
-    assert!(matches!(err, SignError::Invalid(DecodeError::PayloadTooLarge(_))));
+    assert!(matches!(
+        err,
+        SignError::Invalid(DecodeError::PayloadTooLarge(_))
+    ));
 }
 
 #[test]
@@ -115,11 +140,23 @@ fn newer_version_and_garbage_have_clear_errors() {
     let mut b = e.as_bytes().to_vec();
     b[4] = 9;
     let err = Envelope::decode(&b).unwrap_err();
-    assert_eq!(err.to_string(), "envelope wire version 9 is newer than supported version 1");
-    assert_eq!(Envelope::decode(b"nope").unwrap_err(), DecodeError::Truncated(4));
-    assert_eq!(Envelope::decode(&[0u8; 300]).unwrap_err(), DecodeError::BadMagic);
+    assert_eq!(
+        err.to_string(),
+        "envelope wire version 9 is newer than supported version 1"
+    );
+    assert_eq!(
+        Envelope::decode(b"nope").unwrap_err(),
+        DecodeError::Truncated(4)
+    );
+    assert_eq!(
+        Envelope::decode(&[0u8; 300]).unwrap_err(),
+        DecodeError::BadMagic
+    );
     let huge = vec![0u8; MAX_ENVELOPE_BYTES + 1];
-    assert!(matches!(Envelope::decode(&huge), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        Envelope::decode(&huge),
+        Err(DecodeError::TooLarge(_))
+    ));
 }
 
 #[test]

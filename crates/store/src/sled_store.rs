@@ -1,0 +1,233 @@
+//! The durable backend on sled 0.34.
+//!
+//! One tree holds everything (see `keys.rs`), so that every write is a single atomic
+//! `Batch`, followed by `flush` (fsync) before the call returns. Counters live in the same
+//! batch, so they can never disagree with the data after a crash.
+
+use crate::error::is_disk_full;
+use crate::keys::{
+    channel_key, channel_prefix, envelope_key, genesis_key, id_from_channel_key, is_genesis,
+    meta_key,
+};
+use crate::mem::hex_key;
+use crate::{OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
+use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The store format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A durable store in a directory.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+    quota: Option<u64>,
+    /// Serialises writers so that the duplicate check and counters are exact.
+    write: Mutex<()>,
+}
+
+fn be_u64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`, with an optional byte quota.
+    pub fn open(path: &Path, quota: Option<u64>) -> Result<SledStore, OpenError> {
+        let engine = |source| OpenError::Engine {
+            path: path.to_owned(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    OpenError::Locked(path.to_owned())
+                }
+                other => engine(other),
+            })?;
+        let format = db.get(meta_key("format")).map_err(engine)?;
+        match format {
+            Some(v) => {
+                let found = u32::try_from(be_u64(&v)).unwrap_or(u32::MAX);
+                if v.len() != 8 {
+                    return Err(OpenError::NotAStore {
+                        path: path.to_owned(),
+                        reason: "format record has the wrong size".into(),
+                    });
+                }
+                if found > FORMAT_VERSION {
+                    return Err(OpenError::NewerFormat {
+                        path: path.to_owned(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None if db.is_empty() => {
+                db.insert(meta_key("format"), &u64::from(FORMAT_VERSION).to_be_bytes())
+                    .map_err(engine)?;
+                db.flush().map_err(engine)?;
+            }
+            None => {
+                return Err(OpenError::NotAStore {
+                    path: path.to_owned(),
+                    reason: "data present but no format record".into(),
+                });
+            }
+        }
+        Ok(SledStore {
+            db,
+            path: path.to_owned(),
+            quota,
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a format version record: used by tests to simulate a store from a newer
+    /// release.
+    #[doc(hidden)]
+    pub fn force_format_version(&self, v: u32) -> Result<(), WriteError> {
+        self.db
+            .insert(meta_key("format"), &u64::from(v).to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn counter(&self, name: &str) -> Result<u64, sled::Error> {
+        Ok(self
+            .db
+            .get(meta_key(name))?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    fn decode(&self, id: &EnvelopeId, bytes: &[u8]) -> Result<Envelope, ReadError> {
+        Envelope::decode_stored(bytes, id).map_err(|source| ReadError::Corrupt { id: *id, source })
+    }
+}
+
+impl Store for SledStore {
+    fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(envs.len());
+        let mut adding = 0u64;
+        let mut added = 0u64;
+        for e in envs {
+            let dup = !seen.insert(e.id()) || self.db.contains_key(envelope_key(&e.id()))?;
+            if dup {
+                outcomes.push(PutOutcome::Duplicate);
+            } else {
+                outcomes.push(PutOutcome::Inserted);
+                adding += e.encoded_len() as u64;
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Ok(outcomes);
+        }
+        let used = self.counter("bytes")?;
+        if let Some(quota) = self.quota {
+            if used + adding > quota {
+                return Err(WriteError::QuotaExceeded {
+                    used,
+                    adding,
+                    quota,
+                });
+            }
+        }
+        let count = self.counter("count")?;
+        let mut batch = sled::Batch::default();
+        for (e, o) in envs.iter().zip(&outcomes) {
+            if *o != PutOutcome::Inserted {
+                continue;
+            }
+            batch.insert(&envelope_key(&e.id())[..], e.as_bytes());
+            batch.insert(&channel_key(e)[..], &[][..]);
+            if is_genesis(e) {
+                let gk = genesis_key(&e.header().channel);
+                if !self.db.contains_key(gk)? {
+                    batch.insert(&gk[..], &e.id().0[..]);
+                }
+            }
+        }
+        batch.insert(meta_key("bytes"), &(used + adding).to_be_bytes());
+        batch.insert(meta_key("count"), &(count + added).to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.db.flush().map_err(|e| match e {
+            sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
+            other => WriteError::Engine(other),
+        })?;
+        Ok(outcomes)
+    }
+
+    fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError> {
+        match self.db.get(envelope_key(id))? {
+            Some(v) => Ok(Some(self.decode(id, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError> {
+        Ok(self.db.contains_key(envelope_key(id))?)
+    }
+
+    fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(channel_prefix(channel)) {
+            let (k, _) = kv?;
+            let id = id_from_channel_key(&k).ok_or_else(|| ReadError::CorruptIndex(hex_key(&k)))?;
+            let v = self.db.get(envelope_key(&id))?.ok_or_else(|| {
+                ReadError::CorruptIndex(format!("channel index names missing envelope {id}"))
+            })?;
+            out.push(self.decode(&id, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([crate::keys::GENESIS]) {
+            let (k, v) = kv?;
+            if k.len() != 33 || v.len() != 32 {
+                return Err(ReadError::CorruptIndex(hex_key(&k)));
+            }
+            out.push((
+                ChannelId(k[1..].try_into().expect("32")),
+                EnvelopeId(v[..].try_into().expect("32")),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([crate::keys::ENVELOPE]) {
+            let (k, _) = kv?;
+            if k.len() != 33 {
+                return Err(ReadError::CorruptIndex(hex_key(&k)));
+            }
+            out.push(EnvelopeId(k[1..].try_into().expect("32")));
+        }
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<StoreStats, ReadError> {
+        Ok(StoreStats {
+            envelopes: self.counter("count")?,
+            bytes: self.counter("bytes")?,
+        })
+    }
+}

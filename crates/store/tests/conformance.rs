@@ -1,0 +1,146 @@
+//! The same test bodies against both backends, so the in-memory fake cannot drift.
+
+use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, Kind, Precedence};
+use fieldmesh_crypto::{NodeKey, PayloadKey, seal_envelope};
+use fieldmesh_store::{MemStore, PutOutcome, SledStore, Store, WriteError};
+
+fn env(key: &NodeKey, ch: u8, hlc: u64, kind: Kind, body: &[u8]) -> Envelope {
+    let header = Header {
+        kind,
+        precedence: Precedence::Routine,
+        compartment: CompartmentId::OPEN,
+        epoch: 0,
+        channel: ChannelId([ch; 32]),
+        author: key.node_id(),
+        hlc: Hlc(hlc),
+        deps: vec![],
+    };
+    seal_envelope(key, header, &PayloadKey::open_compartment(), body).unwrap()
+}
+
+fn put_get_duplicate(s: &dyn Store) {
+    let k = NodeKey::from_seed([1; 32]);
+    let a = env(&k, 1, 10, Kind::CHANNEL_GENESIS, b"a");
+    assert!(s.is_empty().unwrap());
+    assert_eq!(s.put(&a).unwrap(), PutOutcome::Inserted);
+    assert_eq!(s.put(&a).unwrap(), PutOutcome::Duplicate);
+    assert_eq!(s.get(&a.id()).unwrap().unwrap(), a);
+    assert!(s.contains(&a.id()).unwrap());
+    let stats = s.stats().unwrap();
+    assert_eq!(stats.envelopes, 1);
+    assert_eq!(stats.bytes, a.encoded_len() as u64);
+}
+
+fn channel_order_and_listing(s: &dyn Store) {
+    let k = NodeKey::from_seed([2; 32]);
+    let g = env(&k, 5, 1, Kind::CHANNEL_GENESIS, b"genesis");
+    let later = env(&k, 5, 30, Kind::CHANNEL_CHANGE, b"later");
+    let earlier = env(&k, 5, 20, Kind::CHANNEL_CHANGE, b"earlier");
+    let other = env(&k, 6, 25, Kind::CHANNEL_CHANGE, b"other channel");
+    let outcomes = s
+        .put_batch(&[
+            later.clone(),
+            g.clone(),
+            earlier.clone(),
+            other.clone(),
+            later.clone(),
+        ])
+        .unwrap();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::Inserted)
+            .count(),
+        4
+    );
+    assert_eq!(outcomes[4], PutOutcome::Duplicate);
+    let got: Vec<_> = s
+        .channel_envelopes(&ChannelId([5; 32]))
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    assert_eq!(got, vec![g.id(), earlier.id(), later.id()]);
+    assert_eq!(s.channels().unwrap(), vec![(ChannelId([5; 32]), g.id())]);
+    let mut ids = vec![g.id(), earlier.id(), later.id(), other.id()];
+    ids.sort();
+    assert_eq!(s.ids().unwrap(), ids);
+}
+
+fn quota_rejects_whole_batch(s: &dyn Store) {
+    let k = NodeKey::from_seed([3; 32]);
+    let big: Vec<Envelope> = (0..4)
+        .map(|i| env(&k, 9, i, Kind::CHANNEL_CHANGE, &[7u8; 400]))
+        .collect();
+    s.put(&big[0]).unwrap();
+    let err = s.put_batch(&big[1..]).unwrap_err();
+    assert!(matches!(err, WriteError::QuotaExceeded { .. }), "{err}");
+    assert!(err.to_string().contains("nothing was written"));
+    assert_eq!(
+        s.len().unwrap(),
+        1,
+        "a rejected batch must leave nothing behind"
+    );
+    assert!(!s.contains(&big[1].id()).unwrap());
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod mem {
+            $(#[test] fn $name() { super::$name(&fieldmesh_store::MemStore::new(Some(1000))); })*
+        }
+        mod sled {
+            $(#[test] fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(&fieldmesh_store::SledStore::open(dir.path(), Some(1000)).unwrap());
+            })*
+        }
+    };
+}
+conformance!(
+    put_get_duplicate,
+    channel_order_and_listing,
+    quota_rejects_whole_batch
+);
+
+#[test]
+fn sled_persists_and_refuses_newer_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = NodeKey::from_seed([4; 32]);
+    let a = env(&k, 1, 1, Kind::CHANNEL_GENESIS, b"persist");
+    {
+        let s = SledStore::open(dir.path(), None).unwrap();
+        s.put(&a).unwrap();
+        // A second open while the first is alive is refused clearly.
+        let err = SledStore::open(dir.path(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+    }
+    {
+        let s = SledStore::open(dir.path(), None).unwrap();
+        assert_eq!(s.get(&a.id()).unwrap().unwrap(), a);
+        assert_eq!(s.channels().unwrap().len(), 1);
+        s.force_format_version(99).unwrap();
+    }
+    let err = SledStore::open(dir.path(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "store {} has format version 99; this build reads up to 1: upgrade fieldmesh",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn mem_store_has_no_quota_by_default() {
+    let s = MemStore::new(None);
+    let k = NodeKey::from_seed([5; 32]);
+    for i in 0..50 {
+        s.put(&env(&k, 1, i, Kind::CHANNEL_CHANGE, &[0u8; 1000]))
+            .unwrap();
+    }
+    assert_eq!(s.len().unwrap(), 50);
+}
