@@ -1,0 +1,554 @@
+//! One channel's Automerge document, its schema registry and its pending queue.
+
+use crate::schema::{self, GenesisInfo, Registry};
+use crate::{
+    ApplyError, AttachmentRef, LocalOpError, MAX_PENDING, MAX_TEXT_BYTES, PAYLOAD_VERSION,
+};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
+use fieldmesh_core::{ChannelId, EnvelopeId, Hlc, Kind, MAX_DEPS, NodeId, Precedence};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub use crate::schema::channel_id;
+
+/// An envelope's metadata and opened payload, as input to [`Channel::apply`].
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The envelope id.
+    pub envelope: EnvelopeId,
+    /// The envelope's (verified) author.
+    pub author: NodeId,
+    /// The envelope kind.
+    pub kind: Kind,
+    /// The envelope's timestamp.
+    pub hlc: Hlc,
+    /// The decrypted payload.
+    pub plaintext: &'a [u8],
+}
+
+/// What [`Channel::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied, and so were `unblocked` pending changes that were waiting for it.
+    Applied {
+        /// Pending changes applied because this one arrived.
+        unblocked: usize,
+    },
+    /// Valid so far but waiting for causal dependencies; applied when they arrive.
+    Pending,
+    /// Already applied or already pending.
+    Duplicate,
+}
+
+/// A change made locally, to be sealed into an envelope by the caller, who then calls
+/// [`Channel::bind`] with the envelope id once the envelope is durable. If storing fails,
+/// discard this `Channel` value and rebuild it from the store.
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    /// Envelope payload.
+    pub payload: Vec<u8>,
+    /// Envelope causal deps: the envelopes carrying the document heads it builds on.
+    pub deps: Vec<EnvelopeId>,
+    /// Envelope kind.
+    pub kind: Kind,
+    /// Envelope precedence.
+    pub precedence: Precedence,
+    /// Envelope timestamp.
+    pub hlc: Hlc,
+    /// The message this change created or touched.
+    pub message_id: String,
+    /// The Automerge change hash, for [`Channel::bind`].
+    pub change: ChangeHash,
+}
+
+#[derive(Debug)]
+struct Pending {
+    envelope: EnvelopeId,
+    author: NodeId,
+    kind: Kind,
+    hlc: Hlc,
+    change: automerge::Change,
+}
+
+/// A channel document materialised from envelopes.
+#[derive(Debug)]
+pub struct Channel {
+    id: ChannelId,
+    pub(crate) doc: Automerge,
+    pub(crate) reg: Registry,
+    applied: HashSet<ChangeHash>,
+    envelope_of: HashMap<ChangeHash, EnvelopeId>,
+    pending: BTreeMap<ChangeHash, Pending>,
+    waiting: HashMap<ChangeHash, Vec<ChangeHash>>,
+    rejected: BTreeMap<EnvelopeId, String>,
+}
+
+fn encode_payload(change: &automerge::Change) -> Vec<u8> {
+    let raw = change.raw_bytes();
+    let mut p = Vec::with_capacity(raw.len() + 1);
+    p.push(PAYLOAD_VERSION);
+    p.extend_from_slice(raw);
+    p
+}
+
+fn am_err(e: impl std::fmt::Display) -> LocalOpError {
+    LocalOpError::Automerge(e.to_string())
+}
+
+impl Channel {
+    /// An empty replica of channel `id`, waiting for envelopes.
+    pub fn new(id: ChannelId) -> Channel {
+        Channel {
+            id,
+            doc: Automerge::new(),
+            reg: Registry::default(),
+            applied: HashSet::new(),
+            envelope_of: HashMap::new(),
+            pending: BTreeMap::new(),
+            waiting: HashMap::new(),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Creates a channel: returns it and the genesis change for its first envelope.
+    pub fn create(
+        creator: NodeId,
+        name: &str,
+        hlc: Hlc,
+    ) -> Result<(Channel, LocalChange), LocalOpError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(LocalOpError::Invalid(
+                "channel name must be 1-128 printable characters".into(),
+            ));
+        }
+        let id = channel_id(&creator, name, hlc);
+        let mut ch = Channel::new(id);
+        ch.doc.set_actor(ActorId::from(&creator.0[..]));
+        let mut tx = ch.doc.transaction();
+        let meta = tx.put_object(ROOT, "meta", ObjType::Map).map_err(am_err)?;
+        tx.put(&meta, "name", name).map_err(am_err)?;
+        tx.put(&meta, "creator", creator.to_hex()).map_err(am_err)?;
+        tx.put(&meta, "created", hlc.0).map_err(am_err)?;
+        tx.put(&meta, "schema", schema::SCHEMA_VERSION)
+            .map_err(am_err)?;
+        tx.put_object(ROOT, "messages", ObjType::Map)
+            .map_err(am_err)?;
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        let local = ch.finish_local(
+            creator,
+            Kind::CHANNEL_GENESIS,
+            Precedence::Routine,
+            hlc,
+            String::new(),
+            vec![],
+        )?;
+        Ok((ch, local))
+    }
+
+    /// The channel id.
+    pub fn id(&self) -> ChannelId {
+        self.id
+    }
+
+    /// What the genesis said, once it has been applied.
+    pub fn genesis(&self) -> Option<&GenesisInfo> {
+        self.reg.genesis.as_ref()
+    }
+
+    /// Changes waiting for dependencies.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Envelopes whose change was rejected, with the reason.
+    pub fn rejected(&self) -> &BTreeMap<EnvelopeId, String> {
+        &self.rejected
+    }
+
+    /// Sorted Automerge heads: equal heads mean equal documents.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        let mut h = self.doc.get_heads();
+        h.sort();
+        h
+    }
+
+    /// The document as a standard Automerge file.
+    pub fn export(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Number of applied changes.
+    pub fn change_count(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Applies one envelope's payload. Out-of-order arrival is normal: a change whose
+    /// dependencies are missing waits and is applied when they arrive.
+    pub fn apply(&mut self, inc: Incoming<'_>) -> Result<ApplyOutcome, ApplyError> {
+        let malformed = |reason: String| ApplyError::Malformed {
+            envelope: inc.envelope,
+            reason,
+        };
+        let Some((&version, raw)) = inc.plaintext.split_first() else {
+            return Err(malformed("empty payload".into()));
+        };
+        if version != PAYLOAD_VERSION {
+            return Err(malformed(format!(
+                "payload version {version}, this build reads {PAYLOAD_VERSION}"
+            )));
+        }
+        let change =
+            automerge::Change::from_bytes(raw.to_vec()).map_err(|e| malformed(e.to_string()))?;
+        let hash = change.hash();
+        if self.applied.contains(&hash) || self.pending.contains_key(&hash) {
+            return Ok(ApplyOutcome::Duplicate);
+        }
+        let pending = Pending {
+            envelope: inc.envelope,
+            author: inc.author,
+            kind: inc.kind,
+            hlc: inc.hlc,
+            change,
+        };
+        let missing: Vec<ChangeHash> = pending
+            .change
+            .deps()
+            .iter()
+            .filter(|d| !self.applied.contains(*d))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            if self.pending.len() >= MAX_PENDING {
+                return Err(ApplyError::PendingFull(self.pending.len()));
+            }
+            for d in missing {
+                self.waiting.entry(d).or_default().push(hash);
+            }
+            self.pending.insert(hash, pending);
+            return Ok(ApplyOutcome::Pending);
+        }
+        self.apply_ready(pending)
+            .map_err(|reason| ApplyError::Rejected {
+                envelope: inc.envelope,
+                reason,
+            })?;
+        Ok(ApplyOutcome::Applied {
+            unblocked: self.release_waiting(hash),
+        })
+    }
+
+    /// Validates and applies a change whose dependencies are all present.
+    fn apply_ready(&mut self, p: Pending) -> Result<(), String> {
+        let v = schema::validate(&self.reg, &self.id, &p.author, p.kind, p.hlc, &p.change)
+            .inspect_err(|reason| {
+                self.rejected.insert(p.envelope, reason.clone());
+            })?;
+        let hash = p.change.hash();
+        self.doc.apply_changes([p.change]).map_err(|e| {
+            let reason = format!("automerge refused the change: {e}");
+            self.rejected.insert(p.envelope, reason.clone());
+            reason
+        })?;
+        self.reg.commit(v);
+        self.applied.insert(hash);
+        self.envelope_of.insert(hash, p.envelope);
+        Ok(())
+    }
+
+    /// Applies pending changes unblocked by `arrived`, transitively. Returns how many.
+    fn release_waiting(&mut self, arrived: ChangeHash) -> usize {
+        let mut stack = vec![arrived];
+        let mut applied = 0;
+        while let Some(h) = stack.pop() {
+            for child in self.waiting.remove(&h).unwrap_or_default() {
+                let ready = self
+                    .pending
+                    .get(&child)
+                    .is_some_and(|p| p.change.deps().iter().all(|d| self.applied.contains(d)));
+                if !ready {
+                    continue;
+                }
+                let p = self.pending.remove(&child).expect("checked above");
+                let envelope = p.envelope;
+                match self.apply_ready(p) {
+                    Ok(()) => {
+                        applied += 1;
+                        stack.push(child);
+                    }
+                    Err(reason) => tracing::warn!(%envelope, %reason, "pending change rejected"),
+                }
+            }
+        }
+        applied
+    }
+
+    /// Records the envelope that carries a local change (see [`LocalChange`]).
+    pub fn bind(&mut self, change: ChangeHash, envelope: EnvelopeId) {
+        self.envelope_of.insert(change, envelope);
+    }
+
+    fn heads_as_envelopes(&self) -> Vec<EnvelopeId> {
+        let mut deps: Vec<EnvelopeId> = self
+            .doc
+            .get_heads()
+            .iter()
+            .filter_map(|h| self.envelope_of.get(h).copied())
+            .collect();
+        deps.sort();
+        deps.dedup();
+        deps.truncate(MAX_DEPS);
+        deps
+    }
+
+    /// After a local transaction: validates it like any remote change and packages it.
+    fn finish_local(
+        &mut self,
+        author: NodeId,
+        kind: Kind,
+        precedence: Precedence,
+        hlc: Hlc,
+        message_id: String,
+        deps: Vec<EnvelopeId>,
+    ) -> Result<LocalChange, LocalOpError> {
+        let change = self
+            .doc
+            .get_last_local_change()
+            .ok_or_else(|| LocalOpError::Automerge("transaction produced no change".into()))?;
+        let v =
+            schema::validate(&self.reg, &self.id, &author, kind, hlc, &change).map_err(|r| {
+                LocalOpError::Automerge(format!("internal: local change breaks the schema: {r}"))
+            })?;
+        self.reg.commit(v);
+        self.applied.insert(change.hash());
+        Ok(LocalChange {
+            payload: encode_payload(&change),
+            deps,
+            kind,
+            precedence,
+            hlc,
+            message_id,
+            change: change.hash(),
+        })
+    }
+
+    fn writable(&mut self, author: NodeId) -> Result<automerge::ObjId, LocalOpError> {
+        if self.reg.genesis.is_none() {
+            return Err(LocalOpError::NoGenesis);
+        }
+        if self.doc.get_actor().to_bytes() != author.0 {
+            self.doc.set_actor(ActorId::from(&author.0[..]));
+        }
+        match self.doc.get(ROOT, "messages").map_err(am_err)? {
+            Some((_, id)) => Ok(id),
+            None => Err(LocalOpError::NoGenesis),
+        }
+    }
+
+    fn message_obj(
+        &self,
+        messages: &automerge::ObjId,
+        id: &str,
+    ) -> Result<automerge::ObjId, LocalOpError> {
+        match self.doc.get(messages, id).map_err(am_err)? {
+            Some((_, obj)) => Ok(obj),
+            None => Err(LocalOpError::UnknownMessage(id.to_owned())),
+        }
+    }
+
+    fn is_redacted(&self, msg: &automerge::ObjId) -> bool {
+        self.doc
+            .get_all(msg, "redacted")
+            .map(|vals| vals.iter().any(|(v, _)| v.as_bool() == Some(true)))
+            .unwrap_or(false)
+    }
+
+    fn own_message(&mut self, author: NodeId, id: &str) -> Result<automerge::ObjId, LocalOpError> {
+        let messages = self.writable(author)?;
+        let msg = self.message_obj(&messages, id)?;
+        if self.reg.messages.get(id) != Some(&author) {
+            return Err(LocalOpError::NotAuthor(id.to_owned()));
+        }
+        if self.is_redacted(&msg) {
+            return Err(LocalOpError::Redacted(id.to_owned()));
+        }
+        Ok(msg)
+    }
+
+    /// Posts a message; returns the change to seal. `hlc` must be fresh from the author's
+    /// clock: it becomes part of the message id.
+    pub fn post(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        text: &str,
+        precedence: Precedence,
+        reply_to: Option<&str>,
+        attachments: Vec<AttachmentRef>,
+    ) -> Result<LocalChange, LocalOpError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(LocalOpError::Invalid(format!(
+                "message text is {} bytes; the limit is {MAX_TEXT_BYTES} (send larger content as an attachment)",
+                text.len()
+            )));
+        }
+        let messages = self.writable(author)?;
+        if let Some(parent) = reply_to {
+            self.message_obj(&messages, parent)?;
+        }
+        for a in &attachments {
+            a.check().map_err(LocalOpError::Invalid)?;
+        }
+        let id = schema::message_id(hlc, &author);
+        if self.reg.messages.contains_key(&id) {
+            return Err(LocalOpError::Invalid(format!(
+                "message id {id} already used: clock went backwards?"
+            )));
+        }
+        let deps = self.heads_as_envelopes();
+        let mut tx = self.doc.transaction();
+        let m = tx
+            .put_object(&messages, id.as_str(), ObjType::Map)
+            .map_err(am_err)?;
+        tx.put(&m, "author", author.to_hex()).map_err(am_err)?;
+        tx.put(&m, "text", text).map_err(am_err)?;
+        tx.put(&m, "ts", hlc.0).map_err(am_err)?;
+        tx.put(&m, "precedence", u64::from(precedence.as_u8()))
+            .map_err(am_err)?;
+        if let Some(parent) = reply_to {
+            tx.put(&m, "reply_to", parent).map_err(am_err)?;
+        }
+        tx.put_object(&m, "reactions", ObjType::Map)
+            .map_err(am_err)?;
+        let list = tx
+            .put_object(&m, "attachments", ObjType::List)
+            .map_err(am_err)?;
+        for (i, a) in attachments.iter().enumerate() {
+            let item = tx.insert_object(&list, i, ObjType::Map).map_err(am_err)?;
+            tx.put(&item, "hash", a.hash.as_str()).map_err(am_err)?;
+            tx.put(&item, "name", a.name.as_str()).map_err(am_err)?;
+            tx.put(&item, "size", a.size).map_err(am_err)?;
+            tx.put(&item, "mime", a.mime.as_str()).map_err(am_err)?;
+        }
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        self.finish_local(author, Kind::CHANNEL_CHANGE, precedence, hlc, id, deps)
+    }
+
+    /// Replaces the text of the author's own message.
+    pub fn edit(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        id: &str,
+        text: &str,
+    ) -> Result<LocalChange, LocalOpError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(LocalOpError::Invalid(format!(
+                "message text is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let msg = self.own_message(author, id)?;
+        let precedence = self.message_precedence(&msg);
+        let deps = self.heads_as_envelopes();
+        let mut tx = self.doc.transaction();
+        tx.put(&msg, "text", text).map_err(am_err)?;
+        tx.put(&msg, "edited_ts", hlc.0).map_err(am_err)?;
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        self.finish_local(
+            author,
+            Kind::CHANNEL_CHANGE,
+            precedence,
+            hlc,
+            id.to_owned(),
+            deps,
+        )
+    }
+
+    /// Redacts the author's own message: a signed deletion that replicates and never
+    /// resurrects. The text is cleared from the current document state.
+    pub fn redact(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        id: &str,
+    ) -> Result<LocalChange, LocalOpError> {
+        let msg = self.own_message(author, id)?;
+        let precedence = self.message_precedence(&msg);
+        let deps = self.heads_as_envelopes();
+        let mut tx = self.doc.transaction();
+        tx.put(&msg, "redacted", true).map_err(am_err)?;
+        tx.put(&msg, "text", "").map_err(am_err)?;
+        tx.put(&msg, "edited_ts", hlc.0).map_err(am_err)?;
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        self.finish_local(
+            author,
+            Kind::CHANNEL_CHANGE,
+            precedence,
+            hlc,
+            id.to_owned(),
+            deps,
+        )
+    }
+
+    /// Adds (`on`) or removes a reaction by `author` to any message.
+    pub fn react(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        id: &str,
+        reaction: &str,
+        on: bool,
+    ) -> Result<LocalChange, LocalOpError> {
+        if reaction.is_empty()
+            || reaction.len() > schema::MAX_REACTION_BYTES
+            || reaction.chars().any(char::is_control)
+        {
+            return Err(LocalOpError::Invalid(format!(
+                "reaction must be 1-{} printable bytes",
+                schema::MAX_REACTION_BYTES
+            )));
+        }
+        let messages = self.writable(author)?;
+        let msg = self.message_obj(&messages, id)?;
+        if self.is_redacted(&msg) {
+            return Err(LocalOpError::Redacted(id.to_owned()));
+        }
+        let reactions = match self.doc.get(&msg, "reactions").map_err(am_err)? {
+            Some((_, r)) => r,
+            None => return Err(LocalOpError::UnknownMessage(id.to_owned())),
+        };
+        let key = format!("{}:{reaction}", schema::prefix(&author));
+        let deps = self.heads_as_envelopes();
+        let mut tx = self.doc.transaction();
+        if on {
+            tx.put(&reactions, key.as_str(), true).map_err(am_err)?;
+        } else {
+            tx.delete(&reactions, key.as_str()).map_err(am_err)?;
+        }
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        self.finish_local(
+            author,
+            Kind::CHANNEL_CHANGE,
+            Precedence::Routine,
+            hlc,
+            id.to_owned(),
+            deps,
+        )
+    }
+
+    fn message_precedence(&self, msg: &automerge::ObjId) -> Precedence {
+        self.doc
+            .get(msg, "precedence")
+            .ok()
+            .flatten()
+            .and_then(|(v, _)| v.as_u64())
+            .and_then(|p| Precedence::from_u8(p as u8))
+            .unwrap_or(Precedence::Routine)
+    }
+
+    /// Whether the object is a message written by its author (used by the view).
+    pub(crate) fn role_author(&self, id: &str) -> Option<NodeId> {
+        self.reg.messages.get(id).copied()
+    }
+}

@@ -1,0 +1,318 @@
+//! The channel schema and the rules every change must follow.
+//!
+//! ```text
+//! ROOT
+//! ├── meta: { name, creator, created, schema }            genesis only
+//! └── messages: { <message id>: Message }
+//!     Message: { author, text, ts, precedence, reply_to?, edited_ts?, redacted?,
+//!                reactions: { "<reactor prefix>:<emoji>": true },
+//!                attachments: [ { hash, name, size, mime } ] }
+//! ```
+//!
+//! [`validate`] is a pure function of a change and of the objects created in its causal
+//! past (objects never move in Automerge), so every replica reaches the same verdict.
+
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::{ObjType, ScalarValue};
+use fieldmesh_core::{ChannelId, Hlc, Kind, NodeId, sha256};
+use std::collections::HashMap;
+
+/// Schema version written into `meta.schema`.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Longest reaction (emoji or short word) in bytes.
+pub const MAX_REACTION_BYTES: usize = 32;
+/// Longest attachment name or MIME type in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// An Automerge object, by the id of the op that made it: (counter, actor bytes).
+pub(crate) type ObjKey = (u64, Vec<u8>);
+
+/// What an object is in the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    Meta,
+    Messages,
+    Message { author: NodeId, id: String },
+    Reactions,
+    Attachments { author: NodeId },
+    Attachment { author: NodeId },
+}
+
+/// What the genesis said about the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisInfo {
+    /// Channel name.
+    pub name: String,
+    /// Creator's node id.
+    pub creator: NodeId,
+    /// Creation time.
+    pub created: Hlc,
+}
+
+/// Objects and sequence numbers seen so far in one channel.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Registry {
+    pub(crate) roles: HashMap<ObjKey, Role>,
+    pub(crate) messages: HashMap<String, NodeId>,
+    pub(crate) last_seq: HashMap<NodeId, u64>,
+    pub(crate) genesis: Option<GenesisInfo>,
+}
+
+/// What a valid change adds to the registry.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    roles: Vec<(ObjKey, Role)>,
+    messages: Vec<(String, NodeId)>,
+    genesis: Option<GenesisInfo>,
+    author: NodeId,
+    seq: u64,
+}
+
+impl Registry {
+    pub(crate) fn commit(&mut self, v: Validated) {
+        self.roles.extend(v.roles);
+        self.messages.extend(v.messages);
+        self.last_seq.insert(v.author, v.seq);
+        if v.genesis.is_some() {
+            self.genesis = v.genesis;
+        }
+    }
+}
+
+/// The id of a message posted by `author` at `hlc`: 16 hex digits of the HLC, then the
+/// first 16 hex digits of the author's node id. It sorts by time.
+pub fn message_id(hlc: Hlc, author: &NodeId) -> String {
+    format!("{:016x}{}", hlc.0, &author.to_hex()[..16])
+}
+
+/// Whether `id` is a well-formed message id of `author`.
+pub fn is_message_id_of(id: &str, author: &NodeId) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id[16..] == author.to_hex()[..16]
+}
+
+/// The channel id that a genesis by `creator` at `created` named `name` must carry.
+pub fn channel_id(creator: &NodeId, name: &str, created: Hlc) -> ChannelId {
+    let mut buf = Vec::with_capacity(64 + name.len());
+    buf.extend_from_slice(b"fieldmesh/channel/v1");
+    buf.extend_from_slice(&creator.0);
+    buf.extend_from_slice(&created.0.to_be_bytes());
+    buf.extend_from_slice(name.as_bytes());
+    ChannelId(sha256(&buf))
+}
+
+/// Prefix of the author's node id used in message and reaction keys.
+pub(crate) fn prefix(node: &NodeId) -> String {
+    node.to_hex()[..16].to_owned()
+}
+
+fn str_of(v: &ScalarValue) -> Option<&str> {
+    match v {
+        ScalarValue::Str(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Checks one change against the rules; returns what it adds to the registry.
+pub(crate) fn validate(
+    reg: &Registry,
+    channel: &ChannelId,
+    author: &NodeId,
+    kind: Kind,
+    hlc: Hlc,
+    change: &automerge::Change,
+) -> Result<Validated, String> {
+    if change.actor_id().to_bytes() != author.0 {
+        return Err("change actor is not the envelope author".into());
+    }
+    let expected_seq = reg.last_seq.get(author).copied().unwrap_or(0) + 1;
+    if change.seq() != expected_seq {
+        return Err(format!(
+            "change seq {} from {} but {} expected (equivocation or replay)",
+            change.seq(),
+            author.short(),
+            expected_seq
+        ));
+    }
+    let expanded = change.decode();
+    let start = expanded.start_op.get();
+    let mut v = Validated {
+        roles: vec![],
+        messages: vec![],
+        genesis: None,
+        author: *author,
+        seq: change.seq(),
+    };
+    let is_genesis = change.deps().is_empty();
+    match (is_genesis, kind) {
+        (true, Kind::CHANNEL_GENESIS) => {
+            if reg.genesis.is_some() {
+                return Err("channel already has a genesis".into());
+            }
+        }
+        (false, Kind::CHANNEL_CHANGE) => {
+            if reg.genesis.is_none() {
+                return Err("change before genesis".into());
+            }
+        }
+        (true, _) => return Err("a change without dependencies must be a genesis envelope".into()),
+        (false, _) => {
+            return Err("a genesis envelope must carry a change without dependencies".into());
+        }
+    }
+    let mut meta_name: Option<String> = None;
+    for (i, op) in expanded.operations.iter().enumerate() {
+        let opid: ObjKey = (start + i as u64, author.0.to_vec());
+        let role = match &op.obj {
+            ObjectId::Root => None,
+            ObjectId::Id(id) => {
+                let key: ObjKey = (id.0, id.1.to_bytes().to_vec());
+                let found = v
+                    .roles
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, r)| r)
+                    .or_else(|| reg.roles.get(&key));
+                Some(
+                    found
+                        .ok_or_else(|| format!("op {i} targets an unknown object"))?
+                        .clone(),
+                )
+            }
+        };
+        let map_key = match &op.key {
+            Key::Map(k) => Some(k.as_str()),
+            Key::Seq(_) => None,
+        };
+        let err = |what: &str| Err(format!("op {i}: {what}"));
+        match (role, map_key) {
+            (None, Some(k)) => {
+                if !is_genesis {
+                    return err("only the genesis may write the channel root");
+                }
+                match (k, &op.action) {
+                    ("meta", OpType::Make(ObjType::Map)) => v.roles.push((opid, Role::Meta)),
+                    ("messages", OpType::Make(ObjType::Map)) => {
+                        v.roles.push((opid, Role::Messages))
+                    }
+                    _ => return err("genesis may only create `meta` and `messages` maps"),
+                }
+            }
+            (Some(Role::Meta), Some(k)) => {
+                if !is_genesis {
+                    return err("channel meta is written only by the genesis");
+                }
+                match (k, &op.action) {
+                    ("name", OpType::Put(ScalarValue::Str(s))) => meta_name = Some(s.to_string()),
+                    ("creator", OpType::Put(ScalarValue::Str(s)))
+                        if s.as_str() == author.to_hex() => {}
+                    ("created", OpType::Put(ScalarValue::Uint(t))) if *t == hlc.0 => {}
+                    ("schema", OpType::Put(ScalarValue::Uint(SCHEMA_VERSION))) => {}
+                    _ => return err("bad meta field"),
+                }
+            }
+            (Some(Role::Messages), Some(k)) => {
+                if !is_message_id_of(k, author) {
+                    return err("message key does not name its author");
+                }
+                if !matches!(op.action, OpType::Make(ObjType::Map)) || !op.pred.is_empty() {
+                    return err("a message is created once, as a map");
+                }
+                if reg.messages.contains_key(k) || v.messages.iter().any(|(m, _)| m == k) {
+                    return err("message id already used");
+                }
+                v.roles.push((
+                    opid,
+                    Role::Message {
+                        author: *author,
+                        id: k.to_owned(),
+                    },
+                ));
+                v.messages.push((k.to_owned(), *author));
+            }
+            (Some(Role::Message { author: owner, id }), Some(k)) => {
+                if owner != *author {
+                    return err(&format!("only the author may change message {id}"));
+                }
+                let ok = match (k, &op.action) {
+                    ("author", OpType::Put(s)) => str_of(s) == Some(author.to_hex().as_str()),
+                    ("text", OpType::Put(s)) => {
+                        str_of(s).is_some_and(|t| t.len() <= crate::MAX_TEXT_BYTES)
+                    }
+                    ("ts" | "edited_ts", OpType::Put(ScalarValue::Uint(_))) => true,
+                    ("precedence", OpType::Put(ScalarValue::Uint(p))) => *p <= 3,
+                    ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
+                    ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,
+                    ("reactions", OpType::Make(ObjType::Map)) => {
+                        v.roles.push((opid, Role::Reactions));
+                        true
+                    }
+                    ("attachments", OpType::Make(ObjType::List)) => {
+                        v.roles.push((opid, Role::Attachments { author: *author }));
+                        true
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    return err(&format!("invalid write to message field {k:?}"));
+                }
+            }
+            (Some(Role::Reactions), Some(k)) => {
+                let Some(emoji) = k.strip_prefix(&format!("{}:", prefix(author))) else {
+                    return err("a node may only write its own reactions");
+                };
+                if emoji.is_empty() || emoji.len() > MAX_REACTION_BYTES {
+                    return err("reaction is empty or too long");
+                }
+                if !matches!(
+                    op.action,
+                    OpType::Put(ScalarValue::Boolean(true)) | OpType::Delete
+                ) {
+                    return err("a reaction is set to true or deleted");
+                }
+            }
+            (Some(Role::Attachments { author: owner }), None) => {
+                if owner != *author
+                    || !op.insert
+                    || !matches!(op.action, OpType::Make(ObjType::Map))
+                {
+                    return err("only the author appends attachment maps");
+                }
+                v.roles.push((opid, Role::Attachment { author: *author }));
+            }
+            (Some(Role::Attachment { author: owner }), Some(k)) => {
+                let ok = owner == *author
+                    && match (k, &op.action) {
+                        ("hash", OpType::Put(s)) => str_of(s).is_some_and(|h| h.len() == 64),
+                        ("name" | "mime", OpType::Put(s)) => {
+                            str_of(s).is_some_and(|t| t.len() <= MAX_LABEL_BYTES)
+                        }
+                        ("size", OpType::Put(ScalarValue::Uint(_))) => true,
+                        _ => false,
+                    };
+                if !ok {
+                    return err("invalid attachment field");
+                }
+            }
+            _ => return err("operation does not fit the channel schema"),
+        }
+    }
+    if is_genesis {
+        let name = meta_name.ok_or("genesis without a name")?;
+        if channel_id(author, &name, hlc) != *channel {
+            return Err("genesis does not hash to this channel id".into());
+        }
+        if !v.roles.iter().any(|(_, r)| *r == Role::Messages) {
+            return Err("genesis without `messages`".into());
+        }
+        v.genesis = Some(GenesisInfo {
+            name,
+            creator: *author,
+            created: hlc,
+        });
+    }
+    Ok(v)
+}

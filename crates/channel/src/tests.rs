@@ -1,0 +1,295 @@
+//! Rule tests: hostile changes built by hand are rejected, honest ones are applied.
+
+use crate::{
+    ApplyError, ApplyOutcome, Channel, Incoming, LocalChange, LocalOpError, PAYLOAD_VERSION,
+};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, ROOT, ReadDoc};
+use fieldmesh_core::{EnvelopeId, Hlc, Kind, NodeId, Precedence, sha256};
+
+const A: NodeId = NodeId([0xa1; 32]);
+const B: NodeId = NodeId([0xb2; 32]);
+
+fn env_id(c: &LocalChange) -> EnvelopeId {
+    EnvelopeId(sha256(&c.payload))
+}
+
+fn inc<'a>(author: NodeId, c: &'a LocalChange) -> Incoming<'a> {
+    Incoming {
+        envelope: env_id(c),
+        author,
+        kind: c.kind,
+        hlc: c.hlc,
+        plaintext: &c.payload,
+    }
+}
+
+/// A channel by A with one message by A, and B's replica of it.
+fn setup() -> (Channel, Channel, String, Vec<LocalChange>) {
+    let (mut a, g) = Channel::create(A, "net", Hlc::new(1000, 0)).unwrap();
+    a.bind(g.change, env_id(&g));
+    let p = a
+        .post(
+            A,
+            Hlc::new(2000, 0),
+            "hello",
+            Precedence::Routine,
+            None,
+            vec![],
+        )
+        .unwrap();
+    a.bind(p.change, env_id(&p));
+    let mut b = Channel::new(a.id());
+    b.apply(inc(A, &g)).unwrap();
+    b.apply(inc(A, &p)).unwrap();
+    let id = p.message_id.clone();
+    (a, b, id, vec![g, p])
+}
+
+/// Builds a raw change on B's replica with arbitrary ops, bypassing the API's checks.
+fn raw_change(
+    b: &mut Channel,
+    actor: NodeId,
+    f: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
+) -> Vec<u8> {
+    let mut doc = b.doc.fork().with_actor(ActorId::from(&actor.0[..]));
+    let mut tx = doc.transaction();
+    f(&mut tx);
+    tx.commit();
+    let c = doc.get_last_local_change().unwrap();
+    let mut p = vec![PAYLOAD_VERSION];
+    p.extend_from_slice(c.raw_bytes());
+    p
+}
+
+fn apply_raw(ch: &mut Channel, author: NodeId, payload: &[u8]) -> Result<ApplyOutcome, ApplyError> {
+    ch.apply(Incoming {
+        envelope: EnvelopeId(sha256(payload)),
+        author,
+        kind: Kind::CHANNEL_CHANGE,
+        hlc: Hlc::new(5000, 0),
+        plaintext: payload,
+    })
+}
+
+fn rejected(r: Result<ApplyOutcome, ApplyError>, what: &str) {
+    match r {
+        Err(ApplyError::Rejected { reason, .. }) => {
+            assert!(reason.contains(what), "reason {reason:?} lacks {what:?}")
+        }
+        other => panic!("expected rejection containing {what:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn edit_of_another_authors_message_is_rejected() {
+    let (_a, mut b, id, _) = setup();
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    let p = raw_change(&mut b, B, |tx| tx.put(&msg, "text", "forged").unwrap());
+    rejected(apply_raw(&mut b, B, &p), "only the author");
+    assert_eq!(b.messages()[0].text, "hello");
+    assert_eq!(b.rejected().len(), 1);
+}
+
+#[test]
+fn actor_must_be_the_envelope_author() {
+    let (_a, mut b, id, _) = setup();
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    // B signs an envelope carrying a change that claims to be A's.
+    let p = raw_change(&mut b, A, |tx| tx.put(&msg, "text", "forged").unwrap());
+    rejected(apply_raw(&mut b, B, &p), "actor is not the envelope author");
+}
+
+#[test]
+fn unredact_and_root_writes_are_rejected() {
+    let (mut a, mut b, id, _) = setup();
+    let r = a.redact(A, Hlc::new(3000, 0), &id).unwrap();
+    b.apply(inc(A, &r)).unwrap();
+    assert!(b.messages()[0].redacted);
+    assert_eq!(b.messages()[0].text, "");
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    let p = raw_change(&mut b, A, |tx| tx.put(&msg, "redacted", false).unwrap());
+    rejected(apply_raw(&mut b, A, &p), "redacted");
+    let p = raw_change(&mut b, A, |tx| tx.put(ROOT, "messages", "gone").unwrap());
+    rejected(apply_raw(&mut b, A, &p), "root");
+    // And the local API refuses to touch a redacted message.
+    assert_eq!(
+        a.edit(A, Hlc::new(4000, 0), &id, "back").unwrap_err(),
+        LocalOpError::Redacted(id.clone())
+    );
+}
+
+#[test]
+fn message_keys_must_name_their_author_and_reactions_their_reactor() {
+    let (_a, mut b, id, _) = setup();
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let fake_id = crate::schema::message_id(Hlc::new(9000, 0), &A);
+    let p = raw_change(&mut b, B, |tx| {
+        tx.put_object(&msgs, fake_id.as_str(), automerge::ObjType::Map)
+            .unwrap();
+    });
+    rejected(apply_raw(&mut b, B, &p), "name its author");
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    let reactions = b.doc.get(&msg, "reactions").unwrap().unwrap().1;
+    let key = format!("{}:+1", &A.to_hex()[..16]);
+    let p = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, key.as_str(), true).unwrap()
+    });
+    rejected(apply_raw(&mut b, B, &p), "own reactions");
+}
+
+#[test]
+fn genesis_must_hash_to_the_channel_and_comes_first() {
+    let (a, _b, _id, changes) = setup();
+    let mut other = Channel::new(fieldmesh_core::ChannelId([9; 32]));
+    rejected(other.apply(inc(A, &changes[0])), "does not hash");
+    // A post before its genesis waits, then applies when the genesis arrives.
+    let mut late = Channel::new(a.id());
+    assert_eq!(
+        late.apply(inc(A, &changes[1])).unwrap(),
+        ApplyOutcome::Pending
+    );
+    assert_eq!(
+        late.apply(inc(A, &changes[0])).unwrap(),
+        ApplyOutcome::Applied { unblocked: 1 }
+    );
+    assert_eq!(
+        late.apply(inc(A, &changes[1])).unwrap(),
+        ApplyOutcome::Duplicate
+    );
+    assert_eq!(late.messages(), a.messages());
+}
+
+#[test]
+fn malformed_payloads_have_clear_errors() {
+    let (_a, mut b, _id, _) = setup();
+    for (bytes, what) in [
+        (&b""[..], "empty"),
+        (&[9u8, 1, 2][..], "payload version 9"),
+        (&[1u8, 0xff, 0][..], "malformed"),
+    ] {
+        let err = b
+            .apply(Incoming {
+                envelope: EnvelopeId([0; 32]),
+                author: B,
+                kind: Kind::CHANNEL_CHANGE,
+                hlc: Hlc::ZERO,
+                plaintext: bytes,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains(what), "{err} lacks {what}");
+    }
+}
+
+#[test]
+fn local_ops_check_their_inputs() {
+    let (mut a, mut b, id, _) = setup();
+    assert_eq!(
+        b.edit(B, Hlc::new(3000, 0), &id, "x").unwrap_err(),
+        LocalOpError::NotAuthor(id.clone())
+    );
+    assert!(matches!(
+        a.post(
+            A,
+            Hlc::new(3000, 1),
+            &"x".repeat(crate::MAX_TEXT_BYTES + 1),
+            Precedence::Routine,
+            None,
+            vec![]
+        ),
+        Err(LocalOpError::Invalid(_))
+    ));
+    assert!(matches!(
+        a.post(
+            A,
+            Hlc::new(3000, 2),
+            "re",
+            Precedence::Routine,
+            Some("nope"),
+            vec![]
+        ),
+        Err(LocalOpError::UnknownMessage(_))
+    ));
+    assert!(matches!(
+        Channel::create(A, "  ", Hlc::ZERO),
+        Err(LocalOpError::Invalid(_))
+    ));
+    let mut empty = Channel::new(a.id());
+    assert_eq!(
+        empty
+            .post(A, Hlc::new(1, 0), "x", Precedence::Routine, None, vec![])
+            .unwrap_err(),
+        LocalOpError::NoGenesis
+    );
+}
+
+#[test]
+fn thread_reactions_edits_and_attachments_replicate() {
+    let (mut a, mut b, id, _) = setup();
+    let reply = b
+        .post(
+            B,
+            Hlc::new(3000, 0),
+            "roger",
+            Precedence::Priority,
+            Some(&id),
+            vec![],
+        )
+        .unwrap();
+    let react = b.react(B, Hlc::new(3001, 0), &id, "👍", true).unwrap();
+    let edit = a
+        .edit(A, Hlc::new(3002, 0), &id, "hello, corrected")
+        .unwrap();
+    let att = crate::AttachmentRef {
+        hash: "ab".repeat(32),
+        name: "map.png".into(),
+        size: 1234,
+        mime: "image/png".into(),
+    };
+    let photo = a
+        .post(
+            A,
+            Hlc::new(3003, 0),
+            "photo",
+            Precedence::Routine,
+            None,
+            vec![att.clone()],
+        )
+        .unwrap();
+    a.apply(inc(B, &reply)).unwrap();
+    a.apply(inc(B, &react)).unwrap();
+    b.apply(inc(A, &edit)).unwrap();
+    b.apply(inc(A, &photo)).unwrap();
+    assert_eq!(a.heads(), b.heads());
+    let m = a.messages();
+    assert_eq!(m, b.messages());
+    assert_eq!(m.len(), 3);
+    assert_eq!(m[0].text, "hello, corrected");
+    assert!(m[0].edited);
+    assert_eq!(m[0].reactions["👍"], vec![B.to_hex()[..16].to_owned()]);
+    assert_eq!(m[1].reply_to.as_deref(), Some(id.as_str()));
+    assert_eq!(m[1].precedence, Precedence::Priority);
+    assert_eq!(m[2].attachments, vec![att]);
+    // Un-react.
+    let unreact = b.react(B, Hlc::new(3004, 0), &id, "👍", false).unwrap();
+    assert!(
+        b.message(&id).unwrap().reactions.is_empty(),
+        "{:?}",
+        b.message(&id)
+    );
+    assert!(matches!(
+        a.apply(inc(B, &unreact)).unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    assert!(
+        a.message(&id).unwrap().reactions.is_empty(),
+        "{:?}",
+        a.message(&id)
+    );
+    // The export is a standard Automerge file with the same content.
+    let loaded = automerge::Automerge::load(&a.export()).unwrap();
+    assert_eq!(loaded.get_heads().len(), a.doc.get_heads().len());
+}

@@ -1,0 +1,232 @@
+//! Read-only views of a channel: what the CLI, the API and exports show.
+
+use crate::Channel;
+use automerge::{ObjId, ROOT, ReadDoc};
+use fieldmesh_core::{ChannelId, Hlc, NodeId, Precedence};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A reference to a content-addressed blob attached to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    /// SHA-256 of the content, hex.
+    pub hash: String,
+    /// File name shown to people.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+}
+
+impl AttachmentRef {
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.hash.len() != 64 || !self.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("attachment hash must be 64 hex characters".into());
+        }
+        if self.name.len() > crate::schema::MAX_LABEL_BYTES
+            || self.mime.len() > crate::schema::MAX_LABEL_BYTES
+        {
+            return Err("attachment name or type too long".into());
+        }
+        Ok(())
+    }
+}
+
+/// One message as people see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Message id.
+    pub id: String,
+    /// Author node id.
+    pub author: NodeId,
+    /// Channel id.
+    pub channel: ChannelId,
+    /// Current text (empty once redacted).
+    pub text: String,
+    /// Precedence.
+    pub precedence: Precedence,
+    /// Author's HLC timestamp.
+    pub timestamp: Hlc,
+    /// The same time in RFC 3339, UTC.
+    pub time: String,
+    /// The message this one replies to.
+    pub reply_to: Option<String>,
+    /// Reaction → node id prefixes of those who reacted.
+    pub reactions: BTreeMap<String, Vec<String>>,
+    /// Whether the text was edited.
+    pub edited: bool,
+    /// Whether the message was redacted by its author.
+    pub redacted: bool,
+    /// Attachments (none once redacted).
+    pub attachments: Vec<AttachmentRef>,
+}
+
+/// A channel in listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSummary {
+    /// Channel id.
+    pub id: ChannelId,
+    /// Name from the genesis.
+    pub name: String,
+    /// Creator.
+    pub creator: NodeId,
+    /// Creation time.
+    pub created: Hlc,
+    /// Number of messages.
+    pub messages: usize,
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC (`2026-11-22T05:00:00.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn get_str(doc: &automerge::Automerge, obj: &ObjId, key: &str) -> Option<String> {
+    doc.get(obj, key)
+        .ok()
+        .flatten()
+        .and_then(|(v, _)| v.as_str().map(str::to_owned))
+}
+
+fn get_u64(doc: &automerge::Automerge, obj: &ObjId, key: &str) -> Option<u64> {
+    doc.get(obj, key)
+        .ok()
+        .flatten()
+        .and_then(|(v, _)| v.as_u64())
+}
+
+impl Channel {
+    fn messages_obj(&self) -> Option<ObjId> {
+        self.doc
+            .get(ROOT, "messages")
+            .ok()
+            .flatten()
+            .map(|(_, id)| id)
+    }
+
+    /// Summary for listings; `None` until the genesis has been applied.
+    pub fn summary(&self) -> Option<ChannelSummary> {
+        let g = self.genesis()?;
+        Some(ChannelSummary {
+            id: self.id(),
+            name: g.name.clone(),
+            creator: g.creator,
+            created: g.created,
+            messages: self
+                .messages_obj()
+                .map(|m| self.doc.length(&m))
+                .unwrap_or(0),
+        })
+    }
+
+    /// One message by id.
+    pub fn message(&self, id: &str) -> Option<MessageView> {
+        let messages = self.messages_obj()?;
+        let (_, obj) = self.doc.get(&messages, id).ok().flatten()?;
+        self.view_of(id, &obj)
+    }
+
+    /// All messages in time order.
+    pub fn messages(&self) -> Vec<MessageView> {
+        let Some(messages) = self.messages_obj() else {
+            return Vec::new();
+        };
+        let items: Vec<(String, ObjId)> = self
+            .doc
+            .map_range(&messages, ..)
+            .map(|item| (item.key.to_string(), item.id()))
+            .collect();
+        items
+            .iter()
+            .filter_map(|(id, obj)| self.view_of(id, obj))
+            .collect()
+    }
+
+    fn view_of(&self, id: &str, obj: &ObjId) -> Option<MessageView> {
+        let doc = &self.doc;
+        let author = self.role_author(id)?;
+        let redacted = doc
+            .get_all(obj, "redacted")
+            .map(|vals| vals.iter().any(|(v, _)| v.as_bool() == Some(true)))
+            .unwrap_or(false);
+        let ts = Hlc(get_u64(doc, obj, "ts").unwrap_or(0));
+        let mut reactions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if let Some((_, r)) = doc.get(obj, "reactions").ok().flatten() {
+            for item in doc.map_range(&r, ..) {
+                if let Some((who, what)) = item.key.split_once(':') {
+                    reactions
+                        .entry(what.to_owned())
+                        .or_default()
+                        .push(who.to_owned());
+                }
+            }
+        }
+        let mut attachments = Vec::new();
+        if !redacted {
+            if let Some((_, list)) = doc.get(obj, "attachments").ok().flatten() {
+                for item in doc.list_range(&list, ..) {
+                    let a = item.id();
+                    attachments.push(AttachmentRef {
+                        hash: get_str(doc, &a, "hash").unwrap_or_default(),
+                        name: get_str(doc, &a, "name").unwrap_or_default(),
+                        size: get_u64(doc, &a, "size").unwrap_or(0),
+                        mime: get_str(doc, &a, "mime").unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Some(MessageView {
+            id: id.to_owned(),
+            author,
+            channel: self.id(),
+            text: if redacted {
+                String::new()
+            } else {
+                get_str(doc, obj, "text").unwrap_or_default()
+            },
+            precedence: get_u64(doc, obj, "precedence")
+                .and_then(|p| Precedence::from_u8(p as u8))
+                .unwrap_or(Precedence::Routine),
+            timestamp: ts,
+            time: rfc3339(ts.wall_ms()),
+            reply_to: get_str(doc, obj, "reply_to"),
+            reactions,
+            edited: get_u64(doc, obj, "edited_ts").is_some() && !redacted,
+            redacted,
+            attachments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
