@@ -1,1 +1,419 @@
-fn main() {}
+//! `fieldmesh`: the Fieldmesh node. See `fieldmesh --help`.
+
+mod api;
+mod bench;
+mod bundle;
+mod client;
+mod home;
+mod node;
+mod ops;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use fieldmesh_channel::MessageView;
+use fieldmesh_core::Precedence;
+use fieldmesh_profiles::Profile;
+use home::{DaemonRecord, Home};
+use node::Node;
+use ops::{Ops, PostRequest};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fieldmesh",
+    version,
+    about = "Fieldmesh: an edge mesh node for DDIL networks"
+)]
+struct Cli {
+    /// Node home directory.
+    #[arg(long, global = true, env = "FIELDMESH_HOME")]
+    home: Option<PathBuf>,
+    /// Firmware profile: a built-in name (see firmware-profiles/) or a .toml path.
+    #[arg(
+        long,
+        global = true,
+        env = "FIELDMESH_PROFILE",
+        default_value = "rugged-laptop-x86"
+    )]
+    profile: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create this node's identity and home directory.
+    Init {
+        /// A human name for this node (callsign).
+        #[arg(long, default_value = "node")]
+        name: String,
+    },
+    /// Print this node's id (short and full).
+    Id {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Post a message; prints the message id.
+    Post {
+        /// Channel name or id.
+        channel: String,
+        text: String,
+        #[arg(long, default_value = "routine", value_parser = parse_precedence)]
+        precedence: Precedence,
+        /// Reply in the thread of this message id.
+        #[arg(long)]
+        reply_to: Option<String>,
+    },
+    /// Read a channel.
+    Read {
+        channel: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        channel: String,
+        message: String,
+        text: String,
+    },
+    /// React to a message (or remove your reaction).
+    React {
+        channel: String,
+        message: String,
+        reaction: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Redact one of your messages: a signed deletion that replicates and never resurrects.
+    Redact { channel: String, message: String },
+    /// Carry envelopes by hand: export to and import from a bundle file.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Run the daemon with its localhost HTTP API.
+    Run {
+        /// Address for the HTTP API (loopback only). Default: the profile's.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+    },
+    /// Measure store and channel performance.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCmd {
+    /// Create a channel; prints its id.
+    Create { name: String },
+    /// List channels.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a channel as a standard Automerge file.
+    Export {
+        channel: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCmd {
+    /// Write envelopes (all, or one channel's) to a bundle file.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Verify and store the envelopes of a bundle file.
+    Import { file: PathBuf },
+}
+
+fn parse_precedence(s: &str) -> Result<Precedence, String> {
+    Precedence::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIELDMESH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a crash leaves the old file or the new one.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The local node if the store is free, else the running daemon's API.
+fn backend(home: &Home, profile: &Profile) -> Result<Box<dyn Ops>> {
+    let key = home.key()?;
+    match Node::open_store(&home.store_path(), profile) {
+        Ok(store) => Ok(Box::new(Node::new(
+            key,
+            home.name()?,
+            store,
+            profile.clone(),
+        ))),
+        Err(fieldmesh_store::OpenError::Locked(_)) => match home.daemon()? {
+            Some(rec) => Ok(Box::new(client::Client::new(&rec.http))),
+            None => bail!(
+                "the store is locked by another process and no daemon is registered in {}",
+                home.root.display()
+            ),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let home = Home::resolve(cli.home)?;
+    let profile = || Profile::resolve(&cli.profile).map_err(anyhow::Error::from);
+    match cli.cmd {
+        Cmd::Init { name } => {
+            let key = home.init(&name)?;
+            println!("initialised {} as {name}", home.root.display());
+            println!("node id: {} ({})", key.node_id().short(), key.node_id());
+        }
+        Cmd::Id { json } => {
+            let key = home.key()?;
+            let id = key.node_id();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "short": id.short(), "id": id.to_hex(), "name": home.name()? })
+                );
+            } else {
+                println!("{} {}", id.short(), home.name()?);
+                println!("{id}");
+            }
+        }
+        Cmd::Channel(c) => {
+            let ops = backend(&home, &profile()?)?;
+            match c {
+                ChannelCmd::Create { name } => println!("{}", ops.create_channel(&name)?.id),
+                ChannelCmd::List { json } => {
+                    let list = ops.channels()?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        for c in list {
+                            println!(
+                                "{}  {:<24} {:>6} messages  created by {}",
+                                c.id,
+                                c.name,
+                                c.messages,
+                                c.creator.short()
+                            );
+                        }
+                    }
+                }
+                ChannelCmd::Export { channel, out } => {
+                    let bytes = ops.export_channel(&channel)?;
+                    write_file(&out, &bytes)?;
+                    println!("wrote {} bytes to {}", bytes.len(), out.display());
+                }
+            }
+        }
+        Cmd::Post {
+            channel,
+            text,
+            precedence,
+            reply_to,
+        } => {
+            let ops = backend(&home, &profile()?)?;
+            let posted = ops.post(
+                &channel,
+                &PostRequest {
+                    text,
+                    precedence: Some(precedence),
+                    reply_to,
+                },
+            )?;
+            println!("{}", posted.id);
+        }
+        Cmd::Read { channel, json } => {
+            let msgs = backend(&home, &profile()?)?.read(&channel)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&msgs)?);
+            } else {
+                print_messages(&msgs);
+            }
+        }
+        Cmd::Edit {
+            channel,
+            message,
+            text,
+        } => {
+            println!(
+                "{}",
+                backend(&home, &profile()?)?
+                    .edit(&channel, &message, &text)?
+                    .id
+            );
+        }
+        Cmd::React {
+            channel,
+            message,
+            reaction,
+            remove,
+        } => {
+            println!(
+                "{}",
+                backend(&home, &profile()?)?
+                    .react(&channel, &message, &reaction, !remove)?
+                    .id
+            );
+        }
+        Cmd::Redact { channel, message } => {
+            println!(
+                "{}",
+                backend(&home, &profile()?)?.redact(&channel, &message)?.id
+            );
+        }
+        Cmd::Bundle(BundleCmd::Export { out, channel }) => {
+            let bytes = backend(&home, &profile()?)?.export_bundle(channel.as_deref())?;
+            write_file(&out, &bytes)?;
+            println!("wrote {} bytes to {}", bytes.len(), out.display());
+        }
+        Cmd::Bundle(BundleCmd::Import { file }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let report = backend(&home, &profile()?)?.import_bundle(&bytes)?;
+            println!(
+                "{} envelopes: {} new, {} already held, {} rejected",
+                report.total,
+                report.inserted,
+                report.duplicates,
+                report.rejected.len()
+            );
+            for r in &report.channel_rejects {
+                println!("stored but refused by channel rules: {r}");
+            }
+            if !report.rejected.is_empty() {
+                for r in &report.rejected {
+                    eprintln!("rejected {r}");
+                }
+                bail!(
+                    "{} of {} envelopes in {} were rejected (the valid ones were stored)",
+                    report.rejected.len(),
+                    report.total,
+                    file.display()
+                );
+            }
+        }
+        Cmd::Run { http } => daemon(&home, profile()?, http)?,
+        Cmd::Bench(b) => bench::run(b)?,
+    }
+    Ok(())
+}
+
+fn print_messages(msgs: &[MessageView]) {
+    for m in msgs {
+        let flags = [
+            m.edited.then_some("edited"),
+            m.redacted.then_some("redacted"),
+            m.reply_to.as_ref().map(|_| "reply"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(",");
+        let text = if m.redacted {
+            "[redacted]"
+        } else {
+            m.text.as_str()
+        };
+        println!(
+            "{} {:<9} {} {}{} {}",
+            m.time,
+            m.precedence.name().to_uppercase(),
+            m.author.short(),
+            m.id,
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({flags})")
+            },
+            text
+        );
+        if let Some(r) = &m.reply_to {
+            println!("    ↳ in reply to {r}");
+        }
+        for a in &m.attachments {
+            println!(
+                "    📎 {} ({} bytes, {}) {}",
+                a.name, a.size, a.mime, a.hash
+            );
+        }
+        if !m.reactions.is_empty() {
+            let r: Vec<String> = m
+                .reactions
+                .iter()
+                .map(|(k, v)| format!("{k}×{}", v.len()))
+                .collect();
+            println!("    {}", r.join(" "));
+        }
+    }
+}
+
+fn daemon(home: &Home, profile: Profile, http: Option<std::net::SocketAddr>) -> Result<()> {
+    let key = home.key()?;
+    let addr = http.unwrap_or(profile.api.http_default);
+    if !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve the API on {addr}: it has no authentication yet, so it listens on loopback only"
+        );
+    }
+    let store = Node::open_store(&home.store_path(), &profile)?;
+    let node = Arc::new(Node::new(key, home.name()?, store, profile));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        home.write_daemon(&DaemonRecord {
+            pid: std::process::id(),
+            http: local.to_string(),
+            node_id: node.node_id().to_hex(),
+        })?;
+        tracing::info!(%local, node = %node.node_id().short(), "daemon listening");
+        println!(
+            "fieldmesh node {} serving http://{local}/api/v1",
+            node.node_id().short()
+        );
+        let served = axum::serve(listener, api::router(node))
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        home.remove_daemon();
+        served.context("http server failed")
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

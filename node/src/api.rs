@@ -1,0 +1,174 @@
+//! The daemon's localhost JSON HTTP API.
+//!
+//! | method | path | body → response |
+//! |---|---|---|
+//! | GET  | /api/v1/node | → identity |
+//! | GET  | /api/v1/channels | → [channel summary] |
+//! | POST | /api/v1/channels | {name} → channel summary |
+//! | GET  | /api/v1/channels/{ch}/messages | → [message] |
+//! | POST | /api/v1/channels/{ch}/messages | {text, precedence?, reply_to?} → {id, envelope, channel} |
+//! | POST | /api/v1/channels/{ch}/messages/{id}/edit | {text} → posted |
+//! | POST | /api/v1/channels/{ch}/messages/{id}/react | {reaction, on} → posted |
+//! | POST | /api/v1/channels/{ch}/messages/{id}/redact | {} → posted |
+//! | GET  | /api/v1/channels/{ch}/export | → Automerge file |
+//! | GET  | /api/v1/bundle?channel= | → bundle file |
+//! | POST | /api/v1/bundle | bundle file → import report |
+//! | GET  | /api/v1/events | server-sent events: `message` {channel, message} |
+//!
+//! Errors are `{"error": "..."}` with 400, 404, 409, 413, 500 or 507.
+//! The API has no authentication: it listens on loopback only.
+
+use crate::node::Node;
+use crate::ops::{NodeError, Ops, PostRequest};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+type AppState = Arc<Node>;
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// Runs blocking node work off the async executor.
+async fn blocking<T: Send + 'static>(
+    node: AppState,
+    f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(move || f(&node))
+        .await
+        .map_err(|e| NodeError::Internal(format!("worker failed: {e}")))?
+}
+
+fn json<T: serde::Serialize>(r: Result<T, NodeError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn bytes(r: Result<Vec<u8>, NodeError>) -> Response {
+    match r {
+        Ok(v) => ([("content-type", "application/octet-stream")], v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: String,
+}
+#[derive(Deserialize)]
+struct TextBody {
+    text: String,
+}
+#[derive(Deserialize)]
+struct ReactBody {
+    reaction: String,
+    #[serde(default = "yes")]
+    on: bool,
+}
+fn yes() -> bool {
+    true
+}
+#[derive(Deserialize)]
+struct BundleQuery {
+    channel: Option<String>,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/v1/node", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.identity()).await) }))
+        .route(
+            "/api/v1/channels",
+            get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.channels()).await) }).post(
+                |State(n): State<AppState>, axum::Json(b): axum::Json<NameBody>| async move {
+                    json(blocking(n, move |n| n.create_channel(&b.name)).await)
+                },
+            ),
+        )
+        .route(
+            "/api/v1/channels/{ch}/messages",
+            get(|State(n): State<AppState>, Path(ch): Path<String>| async move {
+                json(blocking(n, move |n| n.read(&ch)).await)
+            })
+            .post(|State(n): State<AppState>, Path(ch): Path<String>, axum::Json(b): axum::Json<PostRequest>| async move {
+                json(blocking(n, move |n| n.post(&ch, &b)).await)
+            }),
+        )
+        .route(
+            "/api/v1/channels/{ch}/messages/{id}/edit",
+            post(
+                |State(n): State<AppState>, Path((ch, id)): Path<(String, String)>, axum::Json(b): axum::Json<TextBody>| async move {
+                    json(blocking(n, move |n| n.edit(&ch, &id, &b.text)).await)
+                },
+            ),
+        )
+        .route(
+            "/api/v1/channels/{ch}/messages/{id}/react",
+            post(
+                |State(n): State<AppState>, Path((ch, id)): Path<(String, String)>, axum::Json(b): axum::Json<ReactBody>| async move {
+                    json(blocking(n, move |n| n.react(&ch, &id, &b.reaction, b.on)).await)
+                },
+            ),
+        )
+        .route(
+            "/api/v1/channels/{ch}/messages/{id}/redact",
+            post(|State(n): State<AppState>, Path((ch, id)): Path<(String, String)>| async move {
+                json(blocking(n, move |n| n.redact(&ch, &id)).await)
+            }),
+        )
+        .route(
+            "/api/v1/channels/{ch}/export",
+            get(|State(n): State<AppState>, Path(ch): Path<String>| async move {
+                bytes(blocking(n, move |n| n.export_channel(&ch)).await)
+            }),
+        )
+        .route(
+            "/api/v1/bundle",
+            get(|State(n): State<AppState>, Query(q): Query<BundleQuery>| async move {
+                bytes(blocking(n, move |n| n.export_bundle(q.channel.as_deref())).await)
+            })
+            .post(|State(n): State<AppState>, body: Bytes| async move {
+                json(blocking(n, move |n| n.import_bundle(&body)).await)
+            }),
+        )
+        .route("/api/v1/events", get(events))
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(node)
+}
+
+async fn events(
+    State(n): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let stream = BroadcastStream::new(n.subscribe()).map(|item| {
+        Ok(match item {
+            Ok(ev) => Event::default()
+                .event("message")
+                .json_data(&ev)
+                .unwrap_or_else(|_| Event::default().comment("encode failed")),
+            // A slow reader missed events: tell it to re-read instead of silently skipping.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
+            }
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

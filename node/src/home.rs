@@ -1,0 +1,136 @@
+//! The node's home directory: key, settings, store, daemon record.
+//!
+//! ```text
+//! HOME/
+//!   node.key      Ed25519 PKCS#8, mode 0600
+//!   node.toml     name = "..."
+//!   store/        sled database (locked while open)
+//!   daemon.json   {"pid", "http", "node_id"} while `fieldmesh run` is up
+//! ```
+
+use anyhow::{Context, Result, bail};
+use fieldmesh_crypto::NodeKey;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Resolved paths of one node home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    name: String,
+}
+
+/// Written by the daemon so that CLI commands can reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    pub pid: u32,
+    pub http: String,
+    pub node_id: String,
+}
+
+impl Home {
+    /// `--home`, else `$FIELDMESH_HOME` (handled by clap), else `~/.fieldmesh`.
+    pub fn resolve(arg: Option<PathBuf>) -> Result<Home> {
+        let root = match arg {
+            Some(p) => p,
+            None => {
+                let home = std::env::var_os("HOME")
+                    .context("neither --home, FIELDMESH_HOME nor HOME is set")?;
+                Path::new(&home).join(".fieldmesh")
+            }
+        };
+        Ok(Home { root })
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+    pub fn settings_path(&self) -> PathBuf {
+        self.root.join("node.toml")
+    }
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn daemon_path(&self) -> PathBuf {
+        self.root.join("daemon.json")
+    }
+
+    /// Creates the home with a fresh key. Refuses to touch an existing identity.
+    pub fn init(&self, name: &str) -> Result<NodeKey> {
+        if self.key_path().exists() {
+            let existing = NodeKey::load(&self.key_path())?;
+            bail!(
+                "{} is already initialised as node {}",
+                self.root.display(),
+                existing.node_id()
+            );
+        }
+        validate_name(name)?;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", self.root.display()))?;
+        let key = NodeKey::create(&self.key_path())?;
+        let settings = toml::to_string(&Settings {
+            name: name.to_owned(),
+        })?;
+        std::fs::write(self.settings_path(), settings)
+            .with_context(|| format!("writing {}", self.settings_path().display()))?;
+        Ok(key)
+    }
+
+    /// Loads the key, with a helpful error when the home was never initialised.
+    pub fn key(&self) -> Result<NodeKey> {
+        if !self.key_path().exists() {
+            bail!(
+                "{} is not initialised: run `fieldmesh --home {} init` first",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(NodeKey::load(&self.key_path())?)
+    }
+
+    pub fn name(&self) -> Result<String> {
+        let path = self.settings_path();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let s: Settings =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(s.name)
+    }
+
+    pub fn daemon(&self) -> Result<Option<DaemonRecord>> {
+        match std::fs::read(self.daemon_path()) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).context("daemon.json is malformed")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading daemon.json"),
+        }
+    }
+
+    pub fn write_daemon(&self, rec: &DaemonRecord) -> Result<()> {
+        let tmp = self.root.join("daemon.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(rec)?)?;
+        std::fs::rename(&tmp, self.daemon_path())?;
+        Ok(())
+    }
+
+    pub fn remove_daemon(&self) {
+        let _ = std::fs::remove_file(self.daemon_path());
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        bail!("node name must be 1-64 printable characters");
+    }
+    Ok(())
+}

@@ -1,0 +1,436 @@
+//! The node service: identity, store, clock and materialised channels behind one API
+//! that the CLI, the HTTP server and the bench share.
+
+use crate::bundle;
+use crate::ops::{Identity, ImportReport, NodeError, Ops, PostRequest, Posted, StoredEvent};
+use fieldmesh_channel::{
+    Channel, ChannelSummary, Incoming, LocalChange, LocalOpError, MessageView,
+};
+use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, HlcClock, NodeId};
+use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
+use fieldmesh_profiles::Profile;
+use fieldmesh_store::{PutOutcome, SledStore, Store, WriteError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running node.
+pub struct Node {
+    key: NodeKey,
+    name: String,
+    store: Arc<dyn Store>,
+    profile: Profile,
+    clock: Mutex<HlcClock>,
+    channels: Mutex<HashMap<ChannelId, Channel>>,
+    events: tokio::sync::broadcast::Sender<StoredEvent>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.key.node_id())
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl From<WriteError> for NodeError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::QuotaExceeded { .. } | WriteError::DiskFull(_) => {
+                NodeError::Storage(e.to_string())
+            }
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<fieldmesh_store::ReadError> for NodeError {
+    fn from(e: fieldmesh_store::ReadError) -> Self {
+        NodeError::Internal(e.to_string())
+    }
+}
+
+impl From<LocalOpError> for NodeError {
+    fn from(e: LocalOpError) -> Self {
+        match e {
+            LocalOpError::UnknownMessage(_) => NodeError::NotFound(e.to_string()),
+            LocalOpError::NotAuthor(_) | LocalOpError::Redacted(_) => {
+                NodeError::Conflict(e.to_string())
+            }
+            LocalOpError::Invalid(_) | LocalOpError::NoGenesis => {
+                NodeError::BadRequest(e.to_string())
+            }
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl Node {
+    /// A node over an already-open store.
+    pub fn new(key: NodeKey, name: String, store: Arc<dyn Store>, profile: Profile) -> Node {
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Node {
+            key,
+            name,
+            store,
+            profile,
+            clock: Mutex::new(HlcClock::default()),
+            channels: Mutex::default(),
+            events,
+        }
+    }
+
+    /// Opens the sled store in `path` with the profile's storage budget.
+    pub fn open_store(
+        path: &std::path::Path,
+        profile: &Profile,
+    ) -> Result<Arc<SledStore>, fieldmesh_store::OpenError> {
+        let quota = profile.storage.budget_mb.saturating_mul(1024 * 1024);
+        Ok(Arc::new(SledStore::open(path, Some(quota))?))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.key.node_id()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoredEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The payload key for a compartment, if this node holds it.
+    fn payload_key(&self, compartment: &CompartmentId) -> Option<PayloadKey> {
+        (*compartment == CompartmentId::OPEN).then(PayloadKey::open_compartment)
+    }
+
+    /// Opens and applies one stored envelope to a channel replica. Envelopes this node
+    /// cannot read are skipped (it still stores and forwards them).
+    fn apply_to(&self, ch: &mut Channel, env: &Envelope) -> Result<(), String> {
+        let h = env.header();
+        let Some(key) = self.payload_key(&h.compartment) else {
+            return Ok(());
+        };
+        let plaintext = open_envelope(env, &key).map_err(|e| e.to_string())?;
+        lock(&self.clock).observe(h.hlc, now_ms());
+        ch.apply(Incoming {
+            envelope: env.id(),
+            author: h.author,
+            kind: h.kind,
+            hlc: h.hlc,
+            plaintext: &plaintext,
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// Materialises a channel from the store.
+    pub fn materialise(&self, id: &ChannelId) -> Result<Channel, NodeError> {
+        let mut ch = Channel::new(*id);
+        for env in self.store.channel_envelopes(id)? {
+            if let Err(reason) = self.apply_to(&mut ch, &env) {
+                tracing::warn!(envelope = %env.id(), %reason, "stored envelope not applied");
+            }
+        }
+        Ok(ch)
+    }
+
+    /// Runs `f` on the materialised channel, loading it into the cache if needed.
+    fn with_channel<R>(
+        &self,
+        id: &ChannelId,
+        f: impl FnOnce(&mut Channel) -> Result<R, NodeError>,
+    ) -> Result<R, NodeError> {
+        let mut cache = lock(&self.channels);
+        if !cache.contains_key(id) {
+            let ch = self.materialise(id)?;
+            cache.insert(*id, ch);
+        }
+        let ch = cache.get_mut(id).expect("inserted above");
+        f(ch)
+    }
+
+    /// Name of a channel from its genesis alone (cheap: no full materialisation).
+    fn channel_name(
+        &self,
+        id: &ChannelId,
+        genesis: &fieldmesh_core::EnvelopeId,
+    ) -> Result<Option<String>, NodeError> {
+        if let Some(ch) = lock(&self.channels).get(id) {
+            return Ok(ch.genesis().map(|g| g.name.clone()));
+        }
+        let Some(env) = self.store.get(genesis)? else {
+            return Ok(None);
+        };
+        let mut ch = Channel::new(*id);
+        Ok(self
+            .apply_to(&mut ch, &env)
+            .ok()
+            .and_then(|_| ch.genesis().map(|g| g.name.clone())))
+    }
+
+    /// Resolves a channel by full id, or by name (which must be unambiguous).
+    pub fn resolve(&self, spec: &str) -> Result<ChannelId, NodeError> {
+        let channels = self.store.channels()?;
+        if let Ok(id) = spec.parse::<ChannelId>() {
+            if channels.iter().any(|(c, _)| *c == id) {
+                return Ok(id);
+            }
+            return Err(NodeError::NotFound(format!("unknown channel {spec}")));
+        }
+        let mut found = Vec::new();
+        for (id, genesis) in &channels {
+            if self.channel_name(id, genesis)?.as_deref() == Some(spec) {
+                found.push(*id);
+            }
+        }
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::NotFound(format!(
+                "unknown channel {spec:?} (see `fieldmesh channel list`)"
+            ))),
+            many => Err(NodeError::Conflict(format!(
+                "{} channels are named {spec:?}; use the id: {}",
+                many.len(),
+                many.iter()
+                    .map(|c| c.to_hex())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn seal(&self, channel: ChannelId, local: &LocalChange) -> Result<Envelope, NodeError> {
+        let header = Header {
+            kind: local.kind,
+            precedence: local.precedence,
+            compartment: CompartmentId::OPEN,
+            epoch: 0,
+            channel,
+            author: self.node_id(),
+            hlc: local.hlc,
+            deps: local.deps.clone(),
+        };
+        let env = seal_envelope(
+            &self.key,
+            header,
+            &PayloadKey::open_compartment(),
+            &local.payload,
+        )
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let limit = self.profile.sync.max_message_bytes as usize;
+        if env.encoded_len() > limit {
+            return Err(NodeError::TooLarge(format!(
+                "envelope is {} bytes; profile {} allows {limit}",
+                env.encoded_len(),
+                self.profile.name
+            )));
+        }
+        Ok(env)
+    }
+
+    /// Makes a local change, seals it, stores it durably and only then publishes it.
+    fn write(
+        &self,
+        spec: &str,
+        f: impl FnOnce(&mut Channel, NodeId, Hlc) -> Result<LocalChange, LocalOpError>,
+    ) -> Result<Posted, NodeError> {
+        let id = self.resolve(spec)?;
+        let me = self.node_id();
+        let mut cache = lock(&self.channels);
+        if !cache.contains_key(&id) {
+            let ch = self.materialise(&id)?;
+            cache.insert(id, ch);
+        }
+        let ch = cache.get_mut(&id).expect("inserted above");
+        let hlc = lock(&self.clock).tick(now_ms());
+        let local = f(ch, me, hlc)?;
+        let stored = self
+            .seal(id, &local)
+            .and_then(|env| Ok((self.store.put(&env)?, env)));
+        let env = match stored {
+            Ok((_, env)) => env,
+            Err(e) => {
+                // The replica holds a change that is not durable: drop it; the next use
+                // rebuilds the channel from the store.
+                cache.remove(&id);
+                return Err(e);
+            }
+        };
+        ch.bind(local.change, env.id());
+        if let Some(message) = ch.message(&local.message_id) {
+            let _ = self.events.send(StoredEvent {
+                channel: id,
+                message,
+            });
+        }
+        Ok(Posted {
+            id: local.message_id,
+            envelope: env.id().to_hex(),
+            channel: id.to_hex(),
+        })
+    }
+
+    /// Verifies, stores and applies envelopes from outside (bundle import, later: peers).
+    pub fn ingest(&self, envs: Vec<Envelope>) -> Result<(usize, usize, Vec<String>), NodeError> {
+        let outcomes = self.store.put_batch(&envs)?;
+        let mut inserted = 0;
+        let mut duplicates = 0;
+        let mut channel_rejects = Vec::new();
+        let mut cache = lock(&self.channels);
+        for (env, outcome) in envs.iter().zip(outcomes) {
+            if outcome == PutOutcome::Duplicate {
+                duplicates += 1;
+                continue;
+            }
+            inserted += 1;
+            let cid = env.header().channel;
+            if let Some(ch) = cache.get_mut(&cid) {
+                match self.apply_to(ch, env) {
+                    Ok(()) => {
+                        for m in ch
+                            .messages()
+                            .into_iter()
+                            .filter(|m| m.timestamp == env.header().hlc)
+                        {
+                            let _ = self.events.send(StoredEvent {
+                                channel: cid,
+                                message: m,
+                            });
+                        }
+                    }
+                    Err(reason) => channel_rejects.push(format!("{}: {reason}", env.id())),
+                }
+            }
+        }
+        Ok((inserted, duplicates, channel_rejects))
+    }
+}
+
+impl Ops for Node {
+    fn identity(&self) -> Result<Identity, NodeError> {
+        let id = self.node_id();
+        Ok(Identity {
+            name: self.name.clone(),
+            short: id.short(),
+            id: id.to_hex(),
+            profile: self.profile.name.clone(),
+        })
+    }
+
+    fn channels(&self) -> Result<Vec<ChannelSummary>, NodeError> {
+        let mut out = Vec::new();
+        for (id, _) in self.store.channels()? {
+            if let Some(s) = self.with_channel(&id, |ch| Ok(ch.summary()))? {
+                out.push(s);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn create_channel(&self, name: &str) -> Result<ChannelSummary, NodeError> {
+        if self.resolve(name).is_ok() {
+            return Err(NodeError::Conflict(format!(
+                "a channel named {name:?} already exists"
+            )));
+        }
+        let hlc = lock(&self.clock).tick(now_ms());
+        let (mut ch, local) = Channel::create(self.node_id(), name, hlc)?;
+        let env = self.seal(ch.id(), &local)?;
+        self.store.put(&env)?;
+        ch.bind(local.change, env.id());
+        let summary = ch
+            .summary()
+            .ok_or_else(|| NodeError::Internal("genesis not applied".into()))?;
+        lock(&self.channels).insert(ch.id(), ch);
+        Ok(summary)
+    }
+
+    fn read(&self, spec: &str) -> Result<Vec<MessageView>, NodeError> {
+        let id = self.resolve(spec)?;
+        self.with_channel(&id, |ch| Ok(ch.messages()))
+    }
+
+    fn post(&self, spec: &str, req: &PostRequest) -> Result<Posted, NodeError> {
+        let precedence = req
+            .precedence
+            .unwrap_or(fieldmesh_core::Precedence::Routine);
+        self.write(spec, |ch, me, hlc| {
+            ch.post(
+                me,
+                hlc,
+                &req.text,
+                precedence,
+                req.reply_to.as_deref(),
+                vec![],
+            )
+        })
+    }
+
+    fn edit(&self, spec: &str, msg: &str, text: &str) -> Result<Posted, NodeError> {
+        self.write(spec, |ch, me, hlc| ch.edit(me, hlc, msg, text))
+    }
+
+    fn react(&self, spec: &str, msg: &str, reaction: &str, on: bool) -> Result<Posted, NodeError> {
+        self.write(spec, |ch, me, hlc| ch.react(me, hlc, msg, reaction, on))
+    }
+
+    fn redact(&self, spec: &str, msg: &str) -> Result<Posted, NodeError> {
+        self.write(spec, |ch, me, hlc| ch.redact(me, hlc, msg))
+    }
+
+    fn export_channel(&self, spec: &str) -> Result<Vec<u8>, NodeError> {
+        let id = self.resolve(spec)?;
+        self.with_channel(&id, |ch| Ok(ch.export()))
+    }
+
+    fn export_bundle(&self, spec: Option<&str>) -> Result<Vec<u8>, NodeError> {
+        let envs = match spec {
+            Some(s) => self.store.channel_envelopes(&self.resolve(s)?)?,
+            None => {
+                let mut all = Vec::new();
+                for id in self.store.ids()? {
+                    all.extend(self.store.get(&id)?);
+                }
+                all
+            }
+        };
+        Ok(bundle::encode(&envs))
+    }
+
+    fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
+        let frames = bundle::decode(bytes).map_err(NodeError::BadRequest)?;
+        let mut good = Vec::new();
+        let mut rejected = Vec::new();
+        for f in frames {
+            match f {
+                Ok(env) => good.push(env),
+                Err((i, reason)) => rejected.push(format!("envelope #{i}: {reason}")),
+            }
+        }
+        let total = good.len() + rejected.len();
+        let (inserted, duplicates, channel_rejects) = self.ingest(good)?;
+        Ok(ImportReport {
+            total,
+            inserted,
+            duplicates,
+            rejected,
+            channel_rejects,
+        })
+    }
+}

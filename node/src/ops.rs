@@ -1,0 +1,121 @@
+//! The operations every front end offers, and their request/response types. The local
+//! [`crate::node::Node`] and the HTTP [`crate::client::Client`] both implement [`Ops`], so
+//! CLI commands behave the same whether or not a daemon holds the store.
+
+use fieldmesh_channel::{ChannelSummary, MessageView};
+use fieldmesh_core::{ChannelId, Precedence};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why an operation failed; maps to an HTTP status and back.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// No such channel or message.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request conflicts with the state (not the author, redacted, name taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The message exceeds the profile's size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Disk full or quota exceeded: nothing was written.
+    #[error("{0}")]
+    Storage(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeError::NotFound(_) => 404,
+            NodeError::BadRequest(_) => 400,
+            NodeError::Conflict(_) => 409,
+            NodeError::TooLarge(_) => 413,
+            NodeError::Storage(_) => 507,
+            NodeError::Internal(_) => 500,
+        }
+    }
+
+    pub fn from_status(status: u16, msg: String) -> NodeError {
+        match status {
+            404 => NodeError::NotFound(msg),
+            400 => NodeError::BadRequest(msg),
+            409 => NodeError::Conflict(msg),
+            413 => NodeError::TooLarge(msg),
+            507 => NodeError::Storage(msg),
+            _ => NodeError::Internal(msg),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub short: String,
+    pub id: String,
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostRequest {
+    pub text: String,
+    #[serde(default)]
+    pub precedence: Option<Precedence>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Posted {
+    /// Message id.
+    pub id: String,
+    /// Envelope id carrying the change.
+    pub envelope: String,
+    /// Channel id.
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub total: usize,
+    pub inserted: usize,
+    pub duplicates: usize,
+    /// Frames that failed verification, with reasons. None of them was stored.
+    pub rejected: Vec<String>,
+    /// Authentic envelopes, stored, whose change the channel rules refused.
+    pub channel_rejects: Vec<String>,
+}
+
+/// A message that became visible: the payload of the event stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub channel: ChannelId,
+    pub message: MessageView,
+}
+
+/// What the node can do, wherever it runs.
+pub trait Ops {
+    fn identity(&self) -> Result<Identity, NodeError>;
+    fn channels(&self) -> Result<Vec<ChannelSummary>, NodeError>;
+    fn create_channel(&self, name: &str) -> Result<ChannelSummary, NodeError>;
+    fn read(&self, channel: &str) -> Result<Vec<MessageView>, NodeError>;
+    fn post(&self, channel: &str, req: &PostRequest) -> Result<Posted, NodeError>;
+    fn edit(&self, channel: &str, msg: &str, text: &str) -> Result<Posted, NodeError>;
+    fn react(
+        &self,
+        channel: &str,
+        msg: &str,
+        reaction: &str,
+        on: bool,
+    ) -> Result<Posted, NodeError>;
+    fn redact(&self, channel: &str, msg: &str) -> Result<Posted, NodeError>;
+    fn export_channel(&self, channel: &str) -> Result<Vec<u8>, NodeError>;
+    fn export_bundle(&self, channel: Option<&str>) -> Result<Vec<u8>, NodeError>;
+    fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError>;
+}
