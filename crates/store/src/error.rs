@@ -31,6 +31,14 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// No room on disk to open (sled writes on recovery).
+    #[error("cannot open store {path}: disk full ({source}); free space and retry, nothing was lost")]
+    DiskFull {
+        /// Store directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The storage engine failed.
     #[error("cannot open store {path}: {source}")]
     Engine {
@@ -45,9 +53,13 @@ pub enum OpenError {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum WriteError {
-    /// The disk is full (or a file size limit was hit).
-    #[error("disk full: {0}; nothing was written")]
+    /// The disk is full (or a file size limit was hit). The write was not acknowledged.
+    #[error("disk full ({0}); the write was not stored")]
     DiskFull(std::io::Error),
+    /// An earlier write failed after reaching the engine; until the store is reopened
+    /// (which recovers to the last durable state) no write can be acknowledged.
+    #[error("store is read-only after an earlier failed write; restart the node to recover")]
+    Poisoned,
     /// The write would take the store past its byte quota.
     #[error(
         "store quota exceeded: {used} + {adding} bytes > quota {quota} bytes; nothing was written"

@@ -5,7 +5,9 @@
 //!
 //! Rules every backend keeps:
 //! * Only verified [`Envelope`]s go in (the type cannot be built from unverified bytes).
-//! * A write returns only once it is durable; a batch is atomic.
+//! * A write returns only once it is durable; a batch is atomic. After a failed write the
+//!   sled backend refuses further writes until reopened, so nothing non-durable is ever
+//!   acknowledged (not even as a duplicate).
 //! * Putting an envelope twice is harmless and reported as [`PutOutcome::Duplicate`].
 //! * A byte quota, if set, is enforced before anything is written.
 //!

@@ -14,6 +14,7 @@ use crate::{OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
 use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The store format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -26,6 +27,9 @@ pub struct SledStore {
     quota: Option<u64>,
     /// Serialises writers so that the duplicate check and counters are exact.
     write: Mutex<()>,
+    /// Set when a batch reached sled but its flush failed: sled's memory then holds data
+    /// that may not be durable, so nothing more may be acknowledged.
+    poisoned: AtomicBool,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -50,6 +54,7 @@ impl SledStore {
                 sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
                     OpenError::Locked(path.to_owned())
                 }
+                sled::Error::Io(io) if is_disk_full(&io) => OpenError::DiskFull { path: path.to_owned(), source: io },
                 other => engine(other),
             })?;
         let format = db.get(meta_key("format")).map_err(engine)?;
@@ -87,6 +92,7 @@ impl SledStore {
             path: path.to_owned(),
             quota,
             write: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
         })
     }
 
@@ -121,6 +127,9 @@ impl SledStore {
 impl Store for SledStore {
     fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(WriteError::Poisoned);
+        }
         let mut seen = std::collections::BTreeSet::new();
         let mut outcomes = Vec::with_capacity(envs.len());
         let mut adding = 0u64;
@@ -165,11 +174,14 @@ impl Store for SledStore {
         }
         batch.insert(meta_key("bytes"), &(used + adding).to_be_bytes());
         batch.insert(meta_key("count"), &(count + added).to_be_bytes());
-        self.db.apply_batch(batch)?;
-        self.db.flush().map_err(|e| match e {
-            sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
-            other => WriteError::Engine(other),
-        })?;
+        let durable = self.db.apply_batch(batch).and_then(|()| self.db.flush());
+        if let Err(e) = durable {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(match e {
+                sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
+                other => WriteError::Engine(other),
+            });
+        }
         Ok(outcomes)
     }
 
