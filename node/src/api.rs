@@ -35,6 +35,17 @@ use tokio_stream::wrappers::BroadcastStream;
 
 type AppState = Arc<Node>;
 
+/// Resolves when the daemon starts shutting down; long-lived responses (the event
+/// stream) end then, so that graceful shutdown does not wait for subscribers forever.
+#[derive(Clone, Debug)]
+pub struct Shutdown(pub tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|down| *down).await;
+    }
+}
+
 impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let status =
@@ -93,7 +104,7 @@ struct BundleQuery {
     channel: Option<String>,
 }
 
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
     Router::new()
         .route("/api/v1/node", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.identity()).await) }))
         .route(
@@ -150,13 +161,17 @@ pub fn router(node: Arc<Node>) -> Router {
                 json(blocking(n, move |n| n.import_bundle(&body)).await)
             }),
         )
-        .route("/api/v1/events", get(events))
+        .route(
+            "/api/v1/events",
+            get(move |state: State<AppState>| events(state, shutdown.clone())),
+        )
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(node)
 }
 
 async fn events(
     State(n): State<AppState>,
+    shutdown: Shutdown,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let stream = BroadcastStream::new(n.subscribe()).map(|item| {
         Ok(match item {
@@ -170,5 +185,6 @@ async fn events(
             }
         })
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(futures_util::StreamExt::take_until(stream, shutdown.wait()))
+        .keep_alive(KeepAlive::default())
 }

@@ -401,8 +401,13 @@ fn daemon(home: &Home, profile: Profile, http: Option<std::net::SocketAddr>) -> 
             "fieldmesh node {} serving http://{local}/api/v1",
             node.node_id().short()
         );
-        let served = axum::serve(listener, api::router(node))
-            .with_graceful_shutdown(shutdown_signal())
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let app = api::router(node, api::Shutdown(rx));
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            })
             .await;
         home.remove_daemon();
         served.context("http server failed")

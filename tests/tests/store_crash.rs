@@ -23,7 +23,11 @@ fn sigkill_never_loses_acknowledged_envelopes() {
     let rounds = 40;
     for round in 0..rounds {
         let mut child = Command::new(CHILD)
-            .args(["ingest", dir.path().to_str().unwrap(), &(round + 1).to_string()])
+            .args([
+                "ingest",
+                dir.path().to_str().unwrap(),
+                &(round + 1).to_string(),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -47,15 +51,28 @@ fn sigkill_never_loses_acknowledged_envelopes() {
         reader.join().unwrap();
         acked.extend(got.lock().unwrap().iter().copied());
 
-        let store = SledStore::open(dir.path(), None).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let store = SledStore::open(dir.path(), None)
+            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         for id in &acked {
-            let env = store.get(id).unwrap_or_else(|e| panic!("round {round}: {id} unreadable: {e}"));
-            assert!(env.is_some(), "round {round}: acknowledged envelope {id} lost");
+            let env = store
+                .get(id)
+                .unwrap_or_else(|e| panic!("round {round}: {id} unreadable: {e}"));
+            assert!(
+                env.is_some(),
+                "round {round}: acknowledged envelope {id} lost"
+            );
         }
         assert!(store.len().unwrap() >= acked.len() as u64);
     }
-    assert!(acked.len() > 100, "the child acknowledged too little to mean anything: {}", acked.len());
-    println!("crash test: {rounds} SIGKILLs, {} acknowledged envelopes checked after every restart", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the child acknowledged too little to mean anything: {}",
+        acked.len()
+    );
+    println!(
+        "crash test: {rounds} SIGKILLs, {} acknowledged envelopes checked after every restart",
+        acked.len()
+    );
 }
 
 #[test]
@@ -64,20 +81,45 @@ fn full_disk_fails_cleanly_and_keeps_what_was_acknowledged() {
     // Create the store first so the child's open does not need to grow files.
     drop(SledStore::open(dir.path(), None).unwrap());
     let out = Command::new(CHILD)
-        .args(["fill", dir.path().to_str().unwrap(), "7", &(3 * 1024 * 1024).to_string()])
+        .args([
+            "fill",
+            dir.path().to_str().unwrap(),
+            "7",
+            &(3 * 1024 * 1024).to_string(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "child did not hit the limit: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let err = stdout.lines().find(|l| l.starts_with("ERR ")).expect("error line");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "child did not hit the limit: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = stdout
+        .lines()
+        .find(|l| l.starts_with("ERR "))
+        .expect("error line");
     assert!(err.contains("disk full"), "unclear error: {err}");
     let acked: Vec<EnvelopeId> = stdout.lines().filter_map(parse_ack).collect();
     assert!(!acked.is_empty());
     let store = SledStore::open(dir.path(), None).unwrap();
     for id in &acked {
-        assert!(store.get(id).unwrap().is_some(), "acknowledged {id} lost after disk-full");
+        assert!(
+            store.get(id).unwrap().is_some(),
+            "acknowledged {id} lost after disk-full"
+        );
     }
     // Reopening recovers to the last durable state and accepts writes again.
-    store.put(&fieldmesh_tests::test_envelope(&fieldmesh_crypto::NodeKey::from_seed([9; 32]), 1, 10)).unwrap();
-    println!("disk full after {} acknowledged envelopes: {err}", acked.len());
+    store
+        .put(&fieldmesh_tests::test_envelope(
+            &fieldmesh_crypto::NodeKey::from_seed([9; 32]),
+            1,
+            10,
+        ))
+        .unwrap();
+    println!(
+        "disk full after {} acknowledged envelopes: {err}",
+        acked.len()
+    );
 }

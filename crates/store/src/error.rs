@@ -32,7 +32,9 @@ pub enum OpenError {
         reason: String,
     },
     /// No room on disk to open (sled writes on recovery).
-    #[error("cannot open store {path}: disk full ({source}); free space and retry, nothing was lost")]
+    #[error(
+        "cannot open store {path}: disk full ({source}); free space and retry, nothing was lost"
+    )]
     DiskFull {
         /// Store directory.
         path: PathBuf,

@@ -54,7 +54,10 @@ impl SledStore {
                 sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
                     OpenError::Locked(path.to_owned())
                 }
-                sled::Error::Io(io) if is_disk_full(&io) => OpenError::DiskFull { path: path.to_owned(), source: io },
+                sled::Error::Io(io) if is_disk_full(&io) => OpenError::DiskFull {
+                    path: path.to_owned(),
+                    source: io,
+                },
                 other => engine(other),
             })?;
         let format = db.get(meta_key("format")).map_err(engine)?;

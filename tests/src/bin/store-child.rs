@@ -12,7 +12,11 @@ use std::io::Write;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (mode, dir, seed) = (args[1].as_str(), &args[2], args[3].parse::<u64>().expect("seed"));
+    let (mode, dir, seed) = (
+        args[1].as_str(),
+        &args[2],
+        args[3].parse::<u64>().expect("seed"),
+    );
     let store = SledStore::open(std::path::Path::new(dir), None).expect("open store");
     let key = NodeKey::from_seed([seed as u8; 32]);
     let mut rng = Rng(seed);
@@ -24,7 +28,11 @@ fn main() {
     let mut n = seed << 32;
     loop {
         // Mix single puts and batches, with payloads from tiny to 64 KiB.
-        let batch = if rng.range(0, 4) == 0 { rng.range(2, 20) } else { 1 };
+        let batch = if rng.range(0, 4) == 0 {
+            rng.range(2, 20)
+        } else {
+            1
+        };
         let envs: Vec<_> = (0..batch)
             .map(|_| {
                 n += 1;
@@ -54,7 +62,10 @@ fn set_file_size_limit(bytes: u64) {
     // SAFETY: plain libc calls with valid arguments, made before any other thread writes.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+        let lim = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0, "setrlimit");
     }
 }

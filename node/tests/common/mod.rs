@@ -1,0 +1,122 @@
+//! Helpers for driving real `fieldmesh` processes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fieldmesh");
+
+/// A node home in a temporary directory.
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn init(name: &str) -> TestNode {
+        let node = TestNode {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        node.ok(&["init", "--name", name]);
+        node
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--home")
+            .arg(self.home())
+            .arg("--profile")
+            .arg("ci-loopback")
+            .args(args);
+        c.env_remove("FIELDMESH_HOME")
+            .env_remove("FIELDMESH_PROFILE");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "fieldmesh {args:?} failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs and asserts failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "fieldmesh {args:?}: stdout {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn read_json(&self, channel: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["read", channel, "--json"])).unwrap()
+    }
+
+    /// Starts the daemon on an OS-chosen loopback port; waits for its record.
+    pub fn start_daemon(&self) -> Daemon {
+        let child = self
+            .cmd(&["run", "--http", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let record = self.home().join("daemon.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !record.exists() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        Daemon {
+            child,
+            http: rec["http"].as_str().unwrap().to_owned(),
+            record,
+        }
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub http: String,
+    record: PathBuf,
+}
+
+impl Daemon {
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exited with {status:?}");
+        assert!(!self.record.exists(), "daemon.json left behind");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
