@@ -1,15 +1,209 @@
-//! `fieldmesh bench`: measurements printed side by side with their reference.
+//! `fieldmesh bench`: figures printed side by side with their reference, measured in one
+//! run on the same machine and data. Build with `--release` for meaningful numbers.
+
+use crate::node::Node;
+use crate::ops::{Ops, PostRequest};
 use anyhow::Result;
+use fieldmesh_channel::{Channel, Incoming};
+use fieldmesh_core::{CompartmentId, Envelope, Header, Hlc, Precedence};
+use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
+use fieldmesh_profiles::Profile;
+use fieldmesh_store::{SledStore, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Store and channel figures.
+    /// Durable ingest vs raw sled, channel read latency, materialisation of a big channel.
     Store {
+        /// Envelopes for the ingest comparison.
         #[arg(long, default_value_t = 2000)]
         ingest: usize,
+        /// Envelopes in the materialisation test.
+        #[arg(long, default_value_t = 100_000)]
+        materialise: usize,
     },
 }
 
-pub fn run(_cmd: BenchCmd) -> Result<()> {
-    anyhow::bail!("bench not written yet")
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Store { ingest, materialise } => store_bench(ingest, materialise),
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A realistic stream of channel posts from one author, sealed and signed.
+fn posts(key: &NodeKey, n: usize) -> Result<(Channel, Vec<Envelope>)> {
+    let me = key.node_id();
+    let open = PayloadKey::open_compartment();
+    let (mut ch, g) = Channel::create(me, "bench", Hlc::new(1_700_000_000_000, 0))?;
+    let seal = |ch: &Channel, l: &fieldmesh_channel::LocalChange| {
+        let header = Header {
+            kind: l.kind,
+            precedence: l.precedence,
+            compartment: CompartmentId::OPEN,
+            epoch: 0,
+            channel: ch.id(),
+            author: me,
+            hlc: l.hlc,
+            deps: l.deps.clone(),
+        };
+        seal_envelope(key, header, &open, &l.payload)
+    };
+    let genv = seal(&ch, &g)?;
+    ch.bind(g.change, genv.id());
+    let mut out = vec![genv];
+    for i in 1..n {
+        let text = format!("SITREP {i}: patrol at grid 38S MB {:04} {:04}, no contact, fuel 70%, water 2 days", i % 10_000, (i * 7) % 10_000);
+        let l = ch.post(me, Hlc::new(1_700_000_000_000 + i as u64, 0), &text, Precedence::ALL[i % 4], None, vec![])?;
+        let e = seal(&ch, &l)?;
+        ch.bind(l.change, e.id());
+        out.push(e);
+    }
+    Ok((ch, out))
+}
+
+fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let key = NodeKey::from_seed([42; 32]);
+    let (_, envs) = posts(&key, ingest)?;
+    let avg = envs.iter().map(|e| e.encoded_len()).sum::<usize>() / envs.len();
+    println!("== durable ingest: {} envelopes of ~{avg} bytes, fsync before every acknowledgement", envs.len());
+
+    // Raw sled: insert + flush per envelope, same keys and bytes, fresh database.
+    let raw = sled::Config::new().path(dir.join("raw1")).mode(sled::Mode::HighThroughput).open()?;
+    let t = Instant::now();
+    for e in &envs {
+        raw.insert(&e.id().0[..], e.as_bytes())?;
+        raw.flush()?;
+    }
+    let raw_single = rate(envs.len(), t.elapsed());
+    let ours = SledStore::open(&dir.join("ours1"), None)?;
+    let t = Instant::now();
+    for e in &envs {
+        ours.put(e)?;
+    }
+    let ours_single = rate(envs.len(), t.elapsed());
+    println!(
+        "one per fsync:   fieldmesh {ours_single:>9.0} env/s   raw sled insert+flush {raw_single:>9.0} env/s   ratio {:.2}",
+        ours_single / raw_single
+    );
+
+    let raw = sled::Config::new().path(dir.join("raw2")).mode(sled::Mode::HighThroughput).open()?;
+    let t = Instant::now();
+    for chunk in envs.chunks(100) {
+        let mut b = sled::Batch::default();
+        for e in chunk {
+            b.insert(&e.id().0[..], e.as_bytes());
+        }
+        raw.apply_batch(b)?;
+        raw.flush()?;
+    }
+    let raw_batch = rate(envs.len(), t.elapsed());
+    let ours = SledStore::open(&dir.join("ours2"), None)?;
+    let t = Instant::now();
+    for chunk in envs.chunks(100) {
+        ours.put_batch(chunk)?;
+    }
+    let ours_batch = rate(envs.len(), t.elapsed());
+    println!(
+        "100 per fsync:   fieldmesh {ours_batch:>9.0} env/s   raw sled batch+flush  {raw_batch:>9.0} env/s   ratio {:.2}",
+        ours_batch / raw_batch
+    );
+    let verify = Instant::now();
+    for e in envs.iter().take(1000) {
+        Envelope::decode(e.as_bytes())?;
+    }
+    println!(
+        "verification (decode + Ed25519) alone: {:.0} env/s",
+        rate(envs.len().min(1000), verify.elapsed())
+    );
+
+    // Read latency of a 1,000-message channel, through the node as the CLI and API use it.
+    println!("== read latency: channel of 1,000 messages");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("read"), None)?);
+    let profile = Profile::builtin("command-post-server")?;
+    let node = Node::new(NodeKey::from_seed([7; 32]), "bench".into(), store.clone(), profile.clone());
+    node.create_channel("ops")?;
+    for i in 0..999 {
+        node.post("ops", &PostRequest { text: format!("message {i}: all stations, radio check"), precedence: None, reply_to: None })?;
+    }
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..7 {
+        let fresh = Node::new(NodeKey::from_seed([7; 32]), "bench".into(), store.clone(), profile.clone());
+        let t = Instant::now();
+        let n = fresh.read("ops")?.len();
+        cold.push(t.elapsed());
+        assert_eq!(n, 999);
+        let t = Instant::now();
+        fresh.read("ops")?;
+        warm.push(t.elapsed());
+    }
+    println!(
+        "cold (store -> verify id -> open -> apply -> view): median {:.1} ms;  warm (cached document -> view): median {:.2} ms",
+        median(cold).as_secs_f64() * 1e3,
+        median(warm).as_secs_f64() * 1e3
+    );
+
+    // Materialisation of a big channel.
+    println!("== materialisation: one channel of {materialise} envelopes");
+    let t = Instant::now();
+    let (reference, big) = posts(&key, materialise)?;
+    println!("generated and signed in {:.1} s", t.elapsed().as_secs_f64());
+    let store = SledStore::open(&dir.join("big"), None)?;
+    for chunk in big.chunks(1000) {
+        store.put_batch(chunk)?;
+    }
+    let t = Instant::now();
+    let loaded = store.channel_envelopes(&reference.id())?;
+    let read = t.elapsed();
+    let open = PayloadKey::open_compartment();
+    let t = Instant::now();
+    let plain: Vec<Vec<u8>> = loaded.iter().map(|e| open_envelope(e, &open)).collect::<Result<_, _>>()?;
+    let decrypt = t.elapsed();
+    let t = Instant::now();
+    let mut ch = Channel::new(reference.id());
+    let errors = ch.apply_many(loaded.iter().zip(&plain).map(|(e, p)| {
+        let h = e.header();
+        Incoming { envelope: e.id(), author: h.author, kind: h.kind, hlc: h.hlc, plaintext: p }
+    }))?;
+    assert!(errors.is_empty());
+    let apply = t.elapsed();
+    let t = Instant::now();
+    let msgs = ch.messages();
+    let view = t.elapsed();
+    assert_eq!(msgs.len(), materialise - 1);
+    assert_eq!(ch.heads(), reference.heads());
+    let total = read + decrypt + apply + view;
+    println!(
+        "total {:.2} s = store read {:.2} s + open {:.2} s + validate/apply {:.2} s + view copy {:.2} s  ({:.0} env/s)",
+        total.as_secs_f64(),
+        read.as_secs_f64(),
+        decrypt.as_secs_f64(),
+        apply.as_secs_f64(),
+        view.as_secs_f64(),
+        rate(materialise, total)
+    );
+    println!(
+        "ratio to the storage floor (reading the envelopes alone): {:.1}x",
+        total.as_secs_f64() / read.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let base = std::env::var_os("FIELDMESH_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("fieldmesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -109,10 +109,6 @@ impl Node {
         self.events.subscribe()
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// The payload key for a compartment, if this node holds it.
     fn payload_key(&self, compartment: &CompartmentId) -> Option<PayloadKey> {
         (*compartment == CompartmentId::OPEN).then(PayloadKey::open_compartment)
@@ -138,12 +134,43 @@ impl Node {
         .map_err(|e| e.to_string())
     }
 
-    /// Materialises a channel from the store.
+    /// Materialises a channel from the store: opens every envelope this node can read and
+    /// applies them in one Automerge batch (falling back to one by one if the batch fails).
     pub fn materialise(&self, id: &ChannelId) -> Result<Channel, NodeError> {
+        let envs = self.store.channel_envelopes(id)?;
+        let mut opened = Vec::with_capacity(envs.len());
+        let mut max_hlc = Hlc::ZERO;
+        for env in &envs {
+            let h = env.header();
+            let Some(key) = self.payload_key(&h.compartment) else { continue };
+            match open_envelope(env, &key) {
+                Ok(p) => {
+                    max_hlc = max_hlc.max(h.hlc);
+                    opened.push((env, p));
+                }
+                Err(e) => tracing::warn!(envelope = %env.id(), %e, "stored envelope does not open"),
+            }
+        }
+        lock(&self.clock).observe(max_hlc, now_ms());
+        fn incoming<'a>((env, p): &'a (&Envelope, Vec<u8>)) -> Incoming<'a> {
+            let h = env.header();
+            Incoming { envelope: env.id(), author: h.author, kind: h.kind, hlc: h.hlc, plaintext: p }
+        }
         let mut ch = Channel::new(*id);
-        for env in self.store.channel_envelopes(id)? {
-            if let Err(reason) = self.apply_to(&mut ch, &env) {
-                tracing::warn!(envelope = %env.id(), %reason, "stored envelope not applied");
+        match ch.apply_many(opened.iter().map(incoming)) {
+            Ok(errors) => {
+                for e in errors {
+                    tracing::warn!(%e, "stored envelope not applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%e, "batched materialisation failed; applying one by one");
+                ch = Channel::new(*id);
+                for item in &opened {
+                    if let Err(e) = ch.apply(incoming(item)) {
+                        tracing::warn!(%e, "stored envelope not applied");
+                    }
+                }
             }
         }
         Ok(ch)

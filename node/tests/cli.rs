@@ -306,3 +306,28 @@ fn api_refuses_non_loopback_addresses() {
     let err = n.fails(&["run", "--http", "0.0.0.0:0"], 1);
     assert!(err.contains("loopback only"), "{err}");
 }
+
+#[test]
+fn full_disk_is_a_clear_error_and_loses_nothing() {
+    let n = TestNode::init("alpha");
+    n.ok(&["channel", "create", "ops"]);
+    let text = "x".repeat(8000);
+    // Cap file sizes (as a full disk would) and ignore SIGXFSZ so writes fail with EFBIG.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1500; for i in $(seq 1 400); do '{}' --home '{}' --profile ci-loopback post ops \"$i {text}\" >/dev/null || exit $?; done; exit 0",
+        common::BIN,
+        n.home().display()
+    );
+    let out = std::process::Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "posting never hit the limit: {stderr}");
+    assert!(stderr.contains("disk full"), "unclear error: {stderr}");
+    // Every acknowledged post is there, in order, and the node works again with space.
+    let msgs = n.read_json("ops");
+    assert!(!msgs.is_empty());
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(m["text"].as_str().unwrap().starts_with(&format!("{} ", i + 1)));
+    }
+    n.ok(&["post", "ops", "space freed"]);
+    assert_eq!(n.read_json("ops").len(), msgs.len() + 1);
+}

@@ -7,7 +7,7 @@ use crate::{
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use fieldmesh_core::{ChannelId, EnvelopeId, Hlc, Kind, MAX_DEPS, NodeId, Precedence};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub use crate::schema::channel_id;
 
@@ -81,6 +81,11 @@ pub struct Channel {
     pending: BTreeMap<ChangeHash, Pending>,
     waiting: HashMap<ChangeHash, Vec<ChangeHash>>,
     rejected: BTreeMap<EnvelopeId, String>,
+    /// While [`Channel::apply_many`] runs: validated changes not yet in the document.
+    batch: Option<Vec<automerge::Change>>,
+    /// Materialised views, kept current by re-reading only the messages a change touched.
+    pub(crate) views: BTreeMap<String, crate::MessageView>,
+    dirty: BTreeSet<String>,
 }
 
 fn encode_payload(change: &automerge::Change) -> Vec<u8> {
@@ -107,6 +112,9 @@ impl Channel {
             pending: BTreeMap::new(),
             waiting: HashMap::new(),
             rejected: BTreeMap::new(),
+            batch: None,
+            views: BTreeMap::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -233,9 +241,48 @@ impl Channel {
                 envelope: inc.envelope,
                 reason,
             })?;
-        Ok(ApplyOutcome::Applied {
-            unblocked: self.release_waiting(hash),
-        })
+        let unblocked = self.release_waiting(hash);
+        if self.batch.is_none() {
+            self.refresh_views();
+            #[cfg(feature = "slow-assertions")]
+            self.check_invariants();
+        }
+        Ok(ApplyOutcome::Applied { unblocked })
+    }
+
+    /// Applies many envelopes at once: every change is validated in order exactly as by
+    /// [`Channel::apply`], then all accepted changes enter the document in one Automerge
+    /// batch, which is much faster than one by one. Per-envelope failures are returned and
+    /// do not stop the rest. If Automerge refuses the batch as a whole (which validated
+    /// changes should never cause), the channel is left unusable: rebuild it with `apply`.
+    pub fn apply_many<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = Incoming<'a>>,
+    ) -> Result<Vec<ApplyError>, ApplyError> {
+        self.batch = Some(Vec::new());
+        let errors: Vec<ApplyError> = items.into_iter().filter_map(|i| self.apply(i).err()).collect();
+        let batch = self.batch.take().unwrap_or_default();
+        self.doc
+            .apply_changes_batch(batch)
+            .map_err(|e| ApplyError::Batch(e.to_string()))?;
+        self.refresh_views();
+        #[cfg(feature = "slow-assertions")]
+        self.check_invariants();
+        Ok(errors)
+    }
+
+    /// Re-reads the views of the messages touched since the last refresh.
+    fn refresh_views(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            match self.read_view(&id) {
+                Some(v) => {
+                    self.views.insert(id, v);
+                }
+                None => {
+                    self.views.remove(&id);
+                }
+            }
+        }
     }
 
     /// Validates and applies a change whose dependencies are all present.
@@ -245,15 +292,38 @@ impl Channel {
                 self.rejected.insert(p.envelope, reason.clone());
             })?;
         let hash = p.change.hash();
-        self.doc.apply_changes([p.change]).map_err(|e| {
-            let reason = format!("automerge refused the change: {e}");
-            self.rejected.insert(p.envelope, reason.clone());
-            reason
-        })?;
-        self.reg.commit(v);
+        match &mut self.batch {
+            Some(batch) => batch.push(p.change),
+            None => {
+                self.doc.apply_changes([p.change]).map_err(|e| {
+                    let reason = format!("automerge refused the change: {e}");
+                    self.rejected.insert(p.envelope, reason.clone());
+                    reason
+                })?;
+            }
+        }
+        let touched = self.reg.commit(v);
+        self.dirty.extend(touched);
         self.applied.insert(hash);
         self.envelope_of.insert(hash, p.envelope);
         Ok(())
+    }
+
+    /// Expensive consistency checks, on in the test command (`slow-assertions`):
+    /// the schema registry and the document agree, and nothing pending is applicable.
+    #[cfg(feature = "slow-assertions")]
+    fn check_invariants(&self) {
+        let Ok(Some((_, messages))) = self.doc.get(ROOT, "messages") else { return };
+        for item in self.doc.map_range(&messages, ..) {
+            let author = self.reg.messages.get(item.key.as_ref());
+            assert!(author.is_some(), "message {} in the document but not in the registry", item.key);
+            assert!(schema::is_message_id_of(&item.key, author.expect("checked")));
+        }
+        assert_eq!(self.doc.length(&messages), self.reg.messages.len(), "registry and document disagree");
+        for (h, p) in &self.pending {
+            assert!(!self.applied.contains(h), "applied change still pending");
+            assert!(p.change.deps().iter().any(|d| !self.applied.contains(d)), "pending change is ready");
+        }
     }
 
     /// Applies pending changes unblocked by `arrived`, transitively. Returns how many.
@@ -319,7 +389,9 @@ impl Channel {
             schema::validate(&self.reg, &self.id, &author, kind, hlc, &change).map_err(|r| {
                 LocalOpError::Automerge(format!("internal: local change breaks the schema: {r}"))
             })?;
-        self.reg.commit(v);
+        let touched = self.reg.commit(v);
+        self.dirty.extend(touched);
+        self.refresh_views();
         self.applied.insert(change.hash());
         Ok(LocalChange {
             payload: encode_payload(&change),

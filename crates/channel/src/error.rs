@@ -23,6 +23,9 @@ pub enum ApplyError {
         /// Which rule.
         reason: String,
     },
+    /// Automerge refused a batch of validated changes (a bug: please report).
+    #[error("automerge refused a batch of validated changes: {0}")]
+    Batch(String),
     /// Too many changes are waiting for their dependencies.
     #[error("channel has {0} changes waiting for dependencies; refusing more")]
     PendingFull(usize),

@@ -33,9 +33,9 @@ pub(crate) enum Role {
     Meta,
     Messages,
     Message { author: NodeId, id: String },
-    Reactions,
-    Attachments { author: NodeId },
-    Attachment { author: NodeId },
+    Reactions { message: String },
+    Attachments { author: NodeId, message: String },
+    Attachment { author: NodeId, message: String },
 }
 
 /// What the genesis said about the channel.
@@ -66,16 +66,19 @@ pub(crate) struct Validated {
     genesis: Option<GenesisInfo>,
     author: NodeId,
     seq: u64,
+    /// Messages whose view this change alters.
+    pub(crate) touched: Vec<String>,
 }
 
 impl Registry {
-    pub(crate) fn commit(&mut self, v: Validated) {
+    pub(crate) fn commit(&mut self, v: Validated) -> Vec<String> {
         self.roles.extend(v.roles);
         self.messages.extend(v.messages);
         self.last_seq.insert(v.author, v.seq);
         if v.genesis.is_some() {
             self.genesis = v.genesis;
         }
+        v.touched
     }
 }
 
@@ -145,6 +148,7 @@ pub(crate) fn validate(
         genesis: None,
         author: *author,
         seq: change.seq(),
+        touched: vec![],
     };
     let is_genesis = change.deps().is_empty();
     match (is_genesis, kind) {
@@ -232,11 +236,13 @@ pub(crate) fn validate(
                     },
                 ));
                 v.messages.push((k.to_owned(), *author));
+                v.touched.push(k.to_owned());
             }
             (Some(Role::Message { author: owner, id }), Some(k)) => {
                 if owner != *author {
                     return err(&format!("only the author may change message {id}"));
                 }
+                v.touched.push(id.clone());
                 let ok = match (k, &op.action) {
                     ("author", OpType::Put(s)) => str_of(s) == Some(author.to_hex().as_str()),
                     ("text", OpType::Put(s)) => {
@@ -247,11 +253,11 @@ pub(crate) fn validate(
                     ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
                     ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,
                     ("reactions", OpType::Make(ObjType::Map)) => {
-                        v.roles.push((opid, Role::Reactions));
+                        v.roles.push((opid, Role::Reactions { message: id.clone() }));
                         true
                     }
                     ("attachments", OpType::Make(ObjType::List)) => {
-                        v.roles.push((opid, Role::Attachments { author: *author }));
+                        v.roles.push((opid, Role::Attachments { author: *author, message: id.clone() }));
                         true
                     }
                     _ => false,
@@ -260,7 +266,8 @@ pub(crate) fn validate(
                     return err(&format!("invalid write to message field {k:?}"));
                 }
             }
-            (Some(Role::Reactions), Some(k)) => {
+            (Some(Role::Reactions { message }), Some(k)) => {
+                v.touched.push(message);
                 let Some(emoji) = k.strip_prefix(&format!("{}:", prefix(author))) else {
                     return err("a node may only write its own reactions");
                 };
@@ -274,16 +281,16 @@ pub(crate) fn validate(
                     return err("a reaction is set to true or deleted");
                 }
             }
-            (Some(Role::Attachments { author: owner }), None) => {
+            (Some(Role::Attachments { author: owner, message }), None) => {
                 if owner != *author
                     || !op.insert
                     || !matches!(op.action, OpType::Make(ObjType::Map))
                 {
                     return err("only the author appends attachment maps");
                 }
-                v.roles.push((opid, Role::Attachment { author: *author }));
+                v.roles.push((opid, Role::Attachment { author: *author, message }));
             }
-            (Some(Role::Attachment { author: owner }), Some(k)) => {
+            (Some(Role::Attachment { author: owner, .. }), Some(k)) => {
                 let ok = owner == *author
                     && match (k, &op.action) {
                         ("hash", OpType::Put(s)) => str_of(s).is_some_and(|h| h.len() == 64),
@@ -314,5 +321,7 @@ pub(crate) fn validate(
             created: hlc,
         });
     }
+    v.touched.sort();
+    v.touched.dedup();
     Ok(v)
 }

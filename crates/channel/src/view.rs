@@ -132,34 +132,25 @@ impl Channel {
             name: g.name.clone(),
             creator: g.creator,
             created: g.created,
-            messages: self
-                .messages_obj()
-                .map(|m| self.doc.length(&m))
-                .unwrap_or(0),
+            messages: self.views.len(),
         })
     }
 
     /// One message by id.
     pub fn message(&self, id: &str) -> Option<MessageView> {
+        self.views.get(id).cloned()
+    }
+
+    /// Reads one message's view from the document.
+    pub(crate) fn read_view(&self, id: &str) -> Option<MessageView> {
         let messages = self.messages_obj()?;
         let (_, obj) = self.doc.get(&messages, id).ok().flatten()?;
         self.view_of(id, &obj)
     }
 
-    /// All messages in time order.
+    /// All messages in time order (message ids sort by time).
     pub fn messages(&self) -> Vec<MessageView> {
-        let Some(messages) = self.messages_obj() else {
-            return Vec::new();
-        };
-        let items: Vec<(String, ObjId)> = self
-            .doc
-            .map_range(&messages, ..)
-            .map(|item| (item.key.to_string(), item.id()))
-            .collect();
-        items
-            .iter()
-            .filter_map(|(id, obj)| self.view_of(id, obj))
-            .collect()
+        self.views.values().cloned().collect()
     }
 
     fn view_of(&self, id: &str, obj: &ObjId) -> Option<MessageView> {

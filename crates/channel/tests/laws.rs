@@ -153,6 +153,13 @@ proptest! {
         prop_assert_eq!(replica.heads(), reference.heads());
         prop_assert_eq!(replica.messages(), reference.messages());
         prop_assert_eq!(replica.change_count(), log.len());
+
+        // The batched path gives the same document as one-by-one application.
+        let mut batched = Channel::new(reference.id());
+        let errors = batched.apply_many(log.iter().rev().map(Rec::inc)).unwrap();
+        prop_assert!(errors.is_empty(), "{:?}", errors);
+        prop_assert_eq!(batched.heads(), reference.heads());
+        prop_assert_eq!(batched.messages(), reference.messages());
     }
 
     /// Merging is commutative and idempotent: A∪B = B∪A, and (A∪B)∪B = A∪B.

@@ -25,11 +25,13 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     quota: Option<u64>,
-    /// Serialises writers so that the duplicate check and counters are exact.
-    write: Mutex<()>,
     /// Set when a batch reached sled but its flush failed: sled's memory then holds data
     /// that may not be durable, so nothing more may be acknowledged.
     poisoned: AtomicBool,
+    /// Envelope count and bytes, as last written (read once at open, then kept here and
+    /// written in every batch). Its lock also serialises writers, so that the duplicate
+    /// check and the counters are exact.
+    counters: Mutex<StoreStats>,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -90,12 +92,16 @@ impl SledStore {
                 });
             }
         }
+        let read = |name: &str| -> Result<u64, OpenError> {
+            Ok(db.get(meta_key(name)).map_err(engine)?.map(|v| be_u64(&v)).unwrap_or(0))
+        };
+        let counters = StoreStats { envelopes: read("count")?, bytes: read("bytes")? };
         Ok(SledStore {
             db,
             path: path.to_owned(),
             quota,
-            write: Mutex::new(()),
             poisoned: AtomicBool::new(false),
+            counters: Mutex::new(counters),
         })
     }
 
@@ -114,14 +120,6 @@ impl SledStore {
         Ok(())
     }
 
-    fn counter(&self, name: &str) -> Result<u64, sled::Error> {
-        Ok(self
-            .db
-            .get(meta_key(name))?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
-    }
-
     fn decode(&self, id: &EnvelopeId, bytes: &[u8]) -> Result<Envelope, ReadError> {
         Envelope::decode_stored(bytes, id).map_err(|source| ReadError::Corrupt { id: *id, source })
     }
@@ -129,7 +127,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         if self.poisoned.load(Ordering::Acquire) {
             return Err(WriteError::Poisoned);
         }
@@ -150,7 +148,7 @@ impl Store for SledStore {
         if added == 0 {
             return Ok(outcomes);
         }
-        let used = self.counter("bytes")?;
+        let used = counters.bytes;
         if let Some(quota) = self.quota {
             if used + adding > quota {
                 return Err(WriteError::QuotaExceeded {
@@ -160,7 +158,7 @@ impl Store for SledStore {
                 });
             }
         }
-        let count = self.counter("count")?;
+        let count = counters.envelopes;
         let mut batch = sled::Batch::default();
         for (e, o) in envs.iter().zip(&outcomes) {
             if *o != PutOutcome::Inserted {
@@ -185,6 +183,7 @@ impl Store for SledStore {
                 other => WriteError::Engine(other),
             });
         }
+        *counters = StoreStats { envelopes: count + added, bytes: used + adding };
         Ok(outcomes)
     }
 
@@ -240,9 +239,6 @@ impl Store for SledStore {
     }
 
     fn stats(&self) -> Result<StoreStats, ReadError> {
-        Ok(StoreStats {
-            envelopes: self.counter("count")?,
-            bytes: self.counter("bytes")?,
-        })
+        Ok(*self.counters.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
