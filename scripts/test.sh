@@ -10,6 +10,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked --features fieldmesh-channel/slow-assertions 2>&1 | tee target/test-output.txt
+FEATURES=(--features fieldmesh-channel/slow-assertions)
+cargo test --workspace --exclude fieldmesh-tests --locked "${FEATURES[@]}" 2>&1 | tee target/test-output.txt
+# The multi-process durability tests print what they checked (kills, envelopes).
+cargo test -p fieldmesh-tests --locked -- --nocapture 2>&1 | tee -a target/test-output.txt
 # Print one summary line that counts every test binary's results.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt

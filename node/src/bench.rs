@@ -27,7 +27,10 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Store { ingest, materialise } => store_bench(ingest, materialise),
+        BenchCmd::Store {
+            ingest,
+            materialise,
+        } => store_bench(ingest, materialise),
     }
 }
 
@@ -62,8 +65,19 @@ fn posts(key: &NodeKey, n: usize) -> Result<(Channel, Vec<Envelope>)> {
     ch.bind(g.change, genv.id());
     let mut out = vec![genv];
     for i in 1..n {
-        let text = format!("SITREP {i}: patrol at grid 38S MB {:04} {:04}, no contact, fuel 70%, water 2 days", i % 10_000, (i * 7) % 10_000);
-        let l = ch.post(me, Hlc::new(1_700_000_000_000 + i as u64, 0), &text, Precedence::ALL[i % 4], None, vec![])?;
+        let text = format!(
+            "SITREP {i}: patrol at grid 38S MB {:04} {:04}, no contact, fuel 70%, water 2 days",
+            i % 10_000,
+            (i * 7) % 10_000
+        );
+        let l = ch.post(
+            me,
+            Hlc::new(1_700_000_000_000 + i as u64, 0),
+            &text,
+            Precedence::ALL[i % 4],
+            None,
+            vec![],
+        )?;
         let e = seal(&ch, &l)?;
         ch.bind(l.change, e.id());
         out.push(e);
@@ -76,10 +90,16 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
     let key = NodeKey::from_seed([42; 32]);
     let (_, envs) = posts(&key, ingest)?;
     let avg = envs.iter().map(|e| e.encoded_len()).sum::<usize>() / envs.len();
-    println!("== durable ingest: {} envelopes of ~{avg} bytes, fsync before every acknowledgement", envs.len());
+    println!(
+        "== durable ingest: {} envelopes of ~{avg} bytes, fsync before every acknowledgement",
+        envs.len()
+    );
 
     // Raw sled: insert + flush per envelope, same keys and bytes, fresh database.
-    let raw = sled::Config::new().path(dir.join("raw1")).mode(sled::Mode::HighThroughput).open()?;
+    let raw = sled::Config::new()
+        .path(dir.join("raw1"))
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
     let t = Instant::now();
     for e in &envs {
         raw.insert(&e.id().0[..], e.as_bytes())?;
@@ -97,7 +117,10 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
         ours_single / raw_single
     );
 
-    let raw = sled::Config::new().path(dir.join("raw2")).mode(sled::Mode::HighThroughput).open()?;
+    let raw = sled::Config::new()
+        .path(dir.join("raw2"))
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
     let t = Instant::now();
     for chunk in envs.chunks(100) {
         let mut b = sled::Batch::default();
@@ -131,15 +154,32 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
     println!("== read latency: channel of 1,000 messages");
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("read"), None)?);
     let profile = Profile::builtin("command-post-server")?;
-    let node = Node::new(NodeKey::from_seed([7; 32]), "bench".into(), store.clone(), profile.clone());
+    let node = Node::new(
+        NodeKey::from_seed([7; 32]),
+        "bench".into(),
+        store.clone(),
+        profile.clone(),
+    );
     node.create_channel("ops")?;
     for i in 0..999 {
-        node.post("ops", &PostRequest { text: format!("message {i}: all stations, radio check"), precedence: None, reply_to: None })?;
+        node.post(
+            "ops",
+            &PostRequest {
+                text: format!("message {i}: all stations, radio check"),
+                precedence: None,
+                reply_to: None,
+            },
+        )?;
     }
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for _ in 0..7 {
-        let fresh = Node::new(NodeKey::from_seed([7; 32]), "bench".into(), store.clone(), profile.clone());
+        let fresh = Node::new(
+            NodeKey::from_seed([7; 32]),
+            "bench".into(),
+            store.clone(),
+            profile.clone(),
+        );
         let t = Instant::now();
         let n = fresh.read("ops")?.len();
         cold.push(t.elapsed());
@@ -168,13 +208,22 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
     let read = t.elapsed();
     let open = PayloadKey::open_compartment();
     let t = Instant::now();
-    let plain: Vec<Vec<u8>> = loaded.iter().map(|e| open_envelope(e, &open)).collect::<Result<_, _>>()?;
+    let plain: Vec<Vec<u8>> = loaded
+        .iter()
+        .map(|e| open_envelope(e, &open))
+        .collect::<Result<_, _>>()?;
     let decrypt = t.elapsed();
     let t = Instant::now();
     let mut ch = Channel::new(reference.id());
     let errors = ch.apply_many(loaded.iter().zip(&plain).map(|(e, p)| {
         let h = e.header();
-        Incoming { envelope: e.id(), author: h.author, kind: h.kind, hlc: h.hlc, plaintext: p }
+        Incoming {
+            envelope: e.id(),
+            author: h.author,
+            kind: h.kind,
+            hlc: h.hlc,
+            plaintext: p,
+        }
     }))?;
     assert!(errors.is_empty());
     let apply = t.elapsed();
@@ -202,7 +251,9 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let base = std::env::var_os("FIELDMESH_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("FIELDMESH_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("fieldmesh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

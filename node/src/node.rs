@@ -142,7 +142,9 @@ impl Node {
         let mut max_hlc = Hlc::ZERO;
         for env in &envs {
             let h = env.header();
-            let Some(key) = self.payload_key(&h.compartment) else { continue };
+            let Some(key) = self.payload_key(&h.compartment) else {
+                continue;
+            };
             match open_envelope(env, &key) {
                 Ok(p) => {
                     max_hlc = max_hlc.max(h.hlc);
@@ -154,7 +156,13 @@ impl Node {
         lock(&self.clock).observe(max_hlc, now_ms());
         fn incoming<'a>((env, p): &'a (&Envelope, Vec<u8>)) -> Incoming<'a> {
             let h = env.header();
-            Incoming { envelope: env.id(), author: h.author, kind: h.kind, hlc: h.hlc, plaintext: p }
+            Incoming {
+                envelope: env.id(),
+                author: h.author,
+                kind: h.kind,
+                hlc: h.hlc,
+                plaintext: p,
+            }
         }
         let mut ch = Channel::new(*id);
         match ch.apply_many(opened.iter().map(incoming)) {
@@ -183,11 +191,10 @@ impl Node {
         f: impl FnOnce(&mut Channel) -> Result<R, NodeError>,
     ) -> Result<R, NodeError> {
         let mut cache = lock(&self.channels);
-        if !cache.contains_key(id) {
-            let ch = self.materialise(id)?;
-            cache.insert(*id, ch);
-        }
-        let ch = cache.get_mut(id).expect("inserted above");
+        let ch = match cache.entry(*id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.materialise(id)?),
+        };
         f(ch)
     }
 
@@ -279,11 +286,10 @@ impl Node {
         let id = self.resolve(spec)?;
         let me = self.node_id();
         let mut cache = lock(&self.channels);
-        if !cache.contains_key(&id) {
-            let ch = self.materialise(&id)?;
-            cache.insert(id, ch);
-        }
-        let ch = cache.get_mut(&id).expect("inserted above");
+        let ch = match cache.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.materialise(&id)?),
+        };
         let hlc = lock(&self.clock).tick(now_ms());
         let local = f(ch, me, hlc)?;
         let stored = self

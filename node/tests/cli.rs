@@ -244,10 +244,10 @@ fn next_sse_message(reader: &mut BufReader<std::net::TcpStream>) -> serde_json::
         let line = line.trim_end();
         if let Some(e) = line.strip_prefix("event: ") {
             event = e.to_owned();
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            if event == "message" {
-                return serde_json::from_str(d).unwrap();
-            }
+        } else if let Some(d) = line.strip_prefix("data: ")
+            && event == "message"
+        {
+            return serde_json::from_str(d).unwrap();
         }
     }
 }
@@ -318,15 +318,28 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
         common::BIN,
         n.home().display()
     );
-    let out = std::process::Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "posting never hit the limit: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "posting never hit the limit: {stderr}"
+    );
     assert!(stderr.contains("disk full"), "unclear error: {stderr}");
     // Every acknowledged post is there, in order, and the node works again with space.
     let msgs = n.read_json("ops");
     assert!(!msgs.is_empty());
     for (i, m) in msgs.iter().enumerate() {
-        assert!(m["text"].as_str().unwrap().starts_with(&format!("{} ", i + 1)));
+        assert!(
+            m["text"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{} ", i + 1))
+        );
     }
     n.ok(&["post", "ops", "space freed"]);
     assert_eq!(n.read_json("ops").len(), msgs.len() + 1);

@@ -260,7 +260,10 @@ impl Channel {
         items: impl IntoIterator<Item = Incoming<'a>>,
     ) -> Result<Vec<ApplyError>, ApplyError> {
         self.batch = Some(Vec::new());
-        let errors: Vec<ApplyError> = items.into_iter().filter_map(|i| self.apply(i).err()).collect();
+        let errors: Vec<ApplyError> = items
+            .into_iter()
+            .filter_map(|i| self.apply(i).err())
+            .collect();
         let batch = self.batch.take().unwrap_or_default();
         self.doc
             .apply_changes_batch(batch)
@@ -313,16 +316,32 @@ impl Channel {
     /// the schema registry and the document agree, and nothing pending is applicable.
     #[cfg(feature = "slow-assertions")]
     fn check_invariants(&self) {
-        let Ok(Some((_, messages))) = self.doc.get(ROOT, "messages") else { return };
+        let Ok(Some((_, messages))) = self.doc.get(ROOT, "messages") else {
+            return;
+        };
         for item in self.doc.map_range(&messages, ..) {
             let author = self.reg.messages.get(item.key.as_ref());
-            assert!(author.is_some(), "message {} in the document but not in the registry", item.key);
-            assert!(schema::is_message_id_of(&item.key, author.expect("checked")));
+            assert!(
+                author.is_some(),
+                "message {} in the document but not in the registry",
+                item.key
+            );
+            assert!(schema::is_message_id_of(
+                &item.key,
+                author.expect("checked")
+            ));
         }
-        assert_eq!(self.doc.length(&messages), self.reg.messages.len(), "registry and document disagree");
+        assert_eq!(
+            self.doc.length(&messages),
+            self.reg.messages.len(),
+            "registry and document disagree"
+        );
         for (h, p) in &self.pending {
             assert!(!self.applied.contains(h), "applied change still pending");
-            assert!(p.change.deps().iter().any(|d| !self.applied.contains(d)), "pending change is ready");
+            assert!(
+                p.change.deps().iter().any(|d| !self.applied.contains(d)),
+                "pending change is ready"
+            );
         }
     }
 

@@ -253,11 +253,22 @@ pub(crate) fn validate(
                     ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
                     ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,
                     ("reactions", OpType::Make(ObjType::Map)) => {
-                        v.roles.push((opid, Role::Reactions { message: id.clone() }));
+                        v.roles.push((
+                            opid,
+                            Role::Reactions {
+                                message: id.clone(),
+                            },
+                        ));
                         true
                     }
                     ("attachments", OpType::Make(ObjType::List)) => {
-                        v.roles.push((opid, Role::Attachments { author: *author, message: id.clone() }));
+                        v.roles.push((
+                            opid,
+                            Role::Attachments {
+                                author: *author,
+                                message: id.clone(),
+                            },
+                        ));
                         true
                     }
                     _ => false,
@@ -281,14 +292,26 @@ pub(crate) fn validate(
                     return err("a reaction is set to true or deleted");
                 }
             }
-            (Some(Role::Attachments { author: owner, message }), None) => {
+            (
+                Some(Role::Attachments {
+                    author: owner,
+                    message,
+                }),
+                None,
+            ) => {
                 if owner != *author
                     || !op.insert
                     || !matches!(op.action, OpType::Make(ObjType::Map))
                 {
                     return err("only the author appends attachment maps");
                 }
-                v.roles.push((opid, Role::Attachment { author: *author, message }));
+                v.roles.push((
+                    opid,
+                    Role::Attachment {
+                        author: *author,
+                        message,
+                    },
+                ));
             }
             (Some(Role::Attachment { author: owner, .. }), Some(k)) => {
                 let ok = owner == *author

@@ -173,17 +173,15 @@ impl Channel {
             }
         }
         let mut attachments = Vec::new();
-        if !redacted {
-            if let Some((_, list)) = doc.get(obj, "attachments").ok().flatten() {
-                for item in doc.list_range(&list, ..) {
-                    let a = item.id();
-                    attachments.push(AttachmentRef {
-                        hash: get_str(doc, &a, "hash").unwrap_or_default(),
-                        name: get_str(doc, &a, "name").unwrap_or_default(),
-                        size: get_u64(doc, &a, "size").unwrap_or(0),
-                        mime: get_str(doc, &a, "mime").unwrap_or_default(),
-                    });
-                }
+        if !redacted && let Some((_, list)) = doc.get(obj, "attachments").ok().flatten() {
+            for item in doc.list_range(&list, ..) {
+                let a = item.id();
+                attachments.push(AttachmentRef {
+                    hash: get_str(doc, &a, "hash").unwrap_or_default(),
+                    name: get_str(doc, &a, "name").unwrap_or_default(),
+                    size: get_u64(doc, &a, "size").unwrap_or(0),
+                    mime: get_str(doc, &a, "mime").unwrap_or_default(),
+                });
             }
         }
         Some(MessageView {

@@ -42,7 +42,7 @@ fn history(script: &[(u8, u8, u16, u8)]) -> (Channel, Vec<Rec>) {
     let g = Rec::new(nodes[0], &g);
     first.bind(first.heads()[0], g.envelope);
     let id = first.id();
-    let mut replicas = vec![first, Channel::new(id), Channel::new(id)];
+    let mut replicas = [first, Channel::new(id), Channel::new(id)];
     replicas[1].apply(g.inc()).unwrap();
     replicas[2].apply(g.inc()).unwrap();
     let mut log = vec![g];

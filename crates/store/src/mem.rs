@@ -52,14 +52,14 @@ impl Store for MemStore {
                 }
             })
             .collect();
-        if let Some(quota) = self.quota {
-            if g.stats.bytes + adding > quota {
-                return Err(WriteError::QuotaExceeded {
-                    used: g.stats.bytes,
-                    adding,
-                    quota,
-                });
-            }
+        if let Some(quota) = self.quota
+            && g.stats.bytes + adding > quota
+        {
+            return Err(WriteError::QuotaExceeded {
+                used: g.stats.bytes,
+                adding,
+                quota,
+            });
         }
         for (e, o) in envs.iter().zip(&outcomes) {
             if *o == PutOutcome::Inserted {

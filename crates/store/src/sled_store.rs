@@ -93,9 +93,16 @@ impl SledStore {
             }
         }
         let read = |name: &str| -> Result<u64, OpenError> {
-            Ok(db.get(meta_key(name)).map_err(engine)?.map(|v| be_u64(&v)).unwrap_or(0))
+            Ok(db
+                .get(meta_key(name))
+                .map_err(engine)?
+                .map(|v| be_u64(&v))
+                .unwrap_or(0))
         };
-        let counters = StoreStats { envelopes: read("count")?, bytes: read("bytes")? };
+        let counters = StoreStats {
+            envelopes: read("count")?,
+            bytes: read("bytes")?,
+        };
         Ok(SledStore {
             db,
             path: path.to_owned(),
@@ -149,14 +156,14 @@ impl Store for SledStore {
             return Ok(outcomes);
         }
         let used = counters.bytes;
-        if let Some(quota) = self.quota {
-            if used + adding > quota {
-                return Err(WriteError::QuotaExceeded {
-                    used,
-                    adding,
-                    quota,
-                });
-            }
+        if let Some(quota) = self.quota
+            && used + adding > quota
+        {
+            return Err(WriteError::QuotaExceeded {
+                used,
+                adding,
+                quota,
+            });
         }
         let count = counters.envelopes;
         let mut batch = sled::Batch::default();
@@ -183,7 +190,10 @@ impl Store for SledStore {
                 other => WriteError::Engine(other),
             });
         }
-        *counters = StoreStats { envelopes: count + added, bytes: used + adding };
+        *counters = StoreStats {
+            envelopes: count + added,
+            bytes: used + adding,
+        };
         Ok(outcomes)
     }
 
