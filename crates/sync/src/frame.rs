@@ -1,0 +1,282 @@
+//! The sync wire codec. Every frame has a size cap; decoding never allocates more than the
+//! frame's own length and rejects trailing bytes.
+//!
+//! ```text
+//! frame    = version u8 (1) | type u8 | body
+//! type 1   Range:    count u16 | msg*
+//!   msg    = tag u8 (1 fingerprint | 2 id list | 3 want) | fields
+//!   range  = flags u8 (bit 0: lower present, bit 1: upper present) | lower[32]? | upper[32]?
+//!   1      = range | fingerprint[16]
+//!   2      = range | n u16 | id[32]*n
+//!   3      = n u16 | id[32]*n
+//! type 2   Envelope: the envelope's canonical bytes (verified by the receiver)
+//! type 3   Announce: n u16 | id[32]*n   (ids of new envelopes, for live push)
+//! ```
+
+use crate::Fingerprint;
+use crate::ranger::{IdRange, RangeMsg};
+use fieldmesh_core::{EnvelopeId, MAX_ENVELOPE_BYTES};
+use thiserror::Error;
+
+/// Wire version.
+pub const VERSION: u8 = 1;
+/// The largest frame any node accepts, whatever its profile says.
+pub const MAX_FRAME_BYTES: usize = MAX_ENVELOPE_BYTES + 64;
+
+/// A sync frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Reconciliation messages.
+    Range(Vec<RangeMsg>),
+    /// One envelope.
+    Envelope(Vec<u8>),
+    /// Ids of new envelopes (live push).
+    Announce(Vec<EnvelopeId>),
+}
+
+/// A frame that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Larger than the cap.
+    #[error("frame of {len} bytes exceeds the cap of {cap}")]
+    TooLarge {
+        /// Frame length.
+        len: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// Unknown version.
+    #[error("frame version {0} not supported (this build speaks {VERSION})")]
+    Version(u8),
+    /// Unknown type or tag.
+    #[error("unknown frame type or message tag {0}")]
+    Unknown(u8),
+    /// Ends early.
+    #[error("frame truncated")]
+    Truncated,
+    /// Bytes after the last field.
+    #[error("{0} trailing bytes after frame")]
+    Trailing(usize),
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.b.len() < n {
+            return Err(FrameError::Truncated);
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn id(&mut self) -> Result<EnvelopeId, FrameError> {
+        Ok(EnvelopeId(self.take(32)?.try_into().expect("32 bytes")))
+    }
+    fn ids(&mut self) -> Result<Vec<EnvelopeId>, FrameError> {
+        let n = usize::from(self.u16()?);
+        if self.b.len() < 32 * n {
+            return Err(FrameError::Truncated);
+        }
+        (0..n).map(|_| self.id()).collect()
+    }
+    fn range(&mut self) -> Result<IdRange, FrameError> {
+        let flags = self.u8()?;
+        if flags > 3 {
+            return Err(FrameError::Unknown(flags));
+        }
+        let lower = if flags & 1 != 0 {
+            Some(self.id()?)
+        } else {
+            None
+        };
+        let upper = if flags & 2 != 0 {
+            Some(self.id()?)
+        } else {
+            None
+        };
+        Ok(IdRange { lower, upper })
+    }
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[EnvelopeId]) {
+    out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.0);
+    }
+}
+
+fn put_range(out: &mut Vec<u8>, r: &IdRange) {
+    out.push(u8::from(r.lower.is_some()) | (u8::from(r.upper.is_some()) << 1));
+    for b in [r.lower, r.upper].into_iter().flatten() {
+        out.extend_from_slice(&b.0);
+    }
+}
+
+impl Frame {
+    /// Canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        match self {
+            Frame::Range(msgs) => {
+                out.push(1);
+                out.extend_from_slice(&(msgs.len() as u16).to_be_bytes());
+                for m in msgs {
+                    match m {
+                        RangeMsg::Fingerprint { range, fp } => {
+                            out.push(1);
+                            put_range(&mut out, range);
+                            out.extend_from_slice(&fp.0);
+                        }
+                        RangeMsg::IdList { range, ids } => {
+                            out.push(2);
+                            put_range(&mut out, range);
+                            put_ids(&mut out, ids);
+                        }
+                        RangeMsg::Want { ids } => {
+                            out.push(3);
+                            put_ids(&mut out, ids);
+                        }
+                    }
+                }
+            }
+            Frame::Envelope(bytes) => {
+                out.push(2);
+                out.extend_from_slice(bytes);
+            }
+            Frame::Announce(ids) => {
+                out.push(3);
+                put_ids(&mut out, ids);
+            }
+        }
+        out
+    }
+
+    /// Decodes a frame no larger than `cap` bytes (and never larger than
+    /// [`MAX_FRAME_BYTES`]).
+    pub fn decode(bytes: &[u8], cap: usize) -> Result<Frame, FrameError> {
+        let cap = cap.min(MAX_FRAME_BYTES);
+        if bytes.len() > cap {
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                cap,
+            });
+        }
+        let mut r = Reader { b: bytes };
+        let v = r.u8()?;
+        if v != VERSION {
+            return Err(FrameError::Version(v));
+        }
+        let frame = match r.u8()? {
+            1 => {
+                let n = usize::from(r.u16()?);
+                let mut msgs = Vec::with_capacity(n.min(r.b.len()));
+                for _ in 0..n {
+                    msgs.push(match r.u8()? {
+                        1 => {
+                            let range = r.range()?;
+                            RangeMsg::Fingerprint {
+                                range,
+                                fp: Fingerprint(r.take(16)?.try_into().expect("16")),
+                            }
+                        }
+                        2 => RangeMsg::IdList {
+                            range: r.range()?,
+                            ids: r.ids()?,
+                        },
+                        3 => RangeMsg::Want { ids: r.ids()? },
+                        t => return Err(FrameError::Unknown(t)),
+                    });
+                }
+                Frame::Range(msgs)
+            }
+            2 => return Ok(Frame::Envelope(r.b.to_vec())),
+            3 => Frame::Announce(r.ids()?),
+            t => return Err(FrameError::Unknown(t)),
+        };
+        if !r.b.is_empty() {
+            return Err(FrameError::Trailing(r.b.len()));
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_id() -> impl Strategy<Value = EnvelopeId> {
+        any::<[u8; 32]>().prop_map(EnvelopeId)
+    }
+    fn arb_range() -> impl Strategy<Value = IdRange> {
+        (
+            proptest::option::of(arb_id()),
+            proptest::option::of(arb_id()),
+        )
+            .prop_map(|(lower, upper)| IdRange { lower, upper })
+    }
+    fn arb_msg() -> impl Strategy<Value = RangeMsg> {
+        prop_oneof![
+            (arb_range(), any::<[u8; 16]>()).prop_map(|(range, fp)| RangeMsg::Fingerprint {
+                range,
+                fp: Fingerprint(fp)
+            }),
+            (arb_range(), proptest::collection::vec(arb_id(), 0..5))
+                .prop_map(|(range, ids)| RangeMsg::IdList { range, ids }),
+            proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| RangeMsg::Want { ids }),
+        ]
+    }
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            proptest::collection::vec(arb_msg(), 0..6).prop_map(Frame::Range),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Frame::Envelope),
+            proptest::collection::vec(arb_id(), 0..6).prop_map(Frame::Announce),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(f in arb_frame()) {
+            let bytes = f.encode();
+            prop_assert_eq!(Frame::decode(&bytes, MAX_FRAME_BYTES).unwrap(), f);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Frame::decode(&bytes, MAX_FRAME_BYTES);
+        }
+    }
+
+    #[test]
+    fn caps_and_errors() {
+        let big = Frame::Envelope(vec![0; 2000]).encode();
+        assert_eq!(
+            Frame::decode(&big, 1024),
+            Err(FrameError::TooLarge {
+                len: 2002,
+                cap: 1024
+            })
+        );
+        assert_eq!(Frame::decode(&[9, 1], 100), Err(FrameError::Version(9)));
+        assert_eq!(Frame::decode(&[1, 7], 100), Err(FrameError::Unknown(7)));
+        // An announce claiming 1000 ids in a 10-byte frame is truncated, not allocated.
+        assert_eq!(
+            Frame::decode(&[1, 3, 0x03, 0xe8, 0, 0], 100),
+            Err(FrameError::Truncated)
+        );
+        let mut ok = Frame::Announce(vec![]).encode();
+        ok.push(0);
+        assert_eq!(Frame::decode(&ok, 100), Err(FrameError::Trailing(1)));
+    }
+}

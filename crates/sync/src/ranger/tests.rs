@@ -1,0 +1,167 @@
+use super::*;
+use crate::Meta;
+use fieldmesh_core::{Hlc, Precedence, sha256};
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+fn id(n: u64) -> EnvelopeId {
+    EnvelopeId(sha256(&n.to_be_bytes()))
+}
+
+fn index(ids: impl IntoIterator<Item = u64>) -> Index {
+    let mut ix = Index::default();
+    for n in ids {
+        ix.insert(
+            id(n),
+            Meta {
+                precedence: Precedence::Routine,
+                size: 500,
+                hlc: Hlc(n),
+            },
+        );
+    }
+    ix
+}
+
+fn expected(a: &BTreeSet<u64>, b: &BTreeSet<u64>) -> (Vec<EnvelopeId>, Vec<EnvelopeId>) {
+    let mut an: Vec<_> = b.difference(a).map(|n| id(*n)).collect();
+    let mut bn: Vec<_> = a.difference(b).map(|n| id(*n)).collect();
+    an.sort();
+    bn.sort();
+    (an, bn)
+}
+
+/// Bytes a message costs on the wire, from the real codec.
+fn wire_bytes(msgs: &[RangeMsg]) -> usize {
+    crate::frame::Frame::Range(msgs.to_vec()).encode().len()
+}
+
+#[test]
+fn identical_sets_finish_in_one_round_trip() {
+    let a = index(0..10_000);
+    let (an, bn, rounds) = Reconciler::default().run_local(&a, &a.clone(), 10).unwrap();
+    assert!(an.is_empty() && bn.is_empty());
+    assert_eq!(rounds, 1);
+}
+
+#[test]
+fn small_difference_in_a_large_store_is_cheap() {
+    let base: BTreeSet<u64> = (0..100_000).collect();
+    let mut b = base.clone();
+    b.insert(1_000_000);
+    let (ia, ib) = (index(base.iter().copied()), index(b.iter().copied()));
+    let r = Reconciler {
+        fanout: 16,
+        threshold: 32,
+    };
+    let (an, bn, rounds) = r.run_local(&ia, &ib, 10).unwrap();
+    assert_eq!(an, vec![id(1_000_000)]);
+    assert!(bn.is_empty());
+    assert!(rounds <= 4, "rounds {rounds}");
+    // Count the bytes of the whole exchange.
+    let mut msgs = r.initiate(&ia);
+    let mut bytes = wire_bytes(&msgs);
+    let mut turn_b = true;
+    while !msgs.is_empty() {
+        msgs = r
+            .respond(if turn_b { &ib } else { &ia }, &msgs)
+            .unwrap()
+            .reply;
+        bytes += wire_bytes(&msgs);
+        turn_b = !turn_b;
+    }
+    assert!(
+        bytes < 8_000,
+        "{bytes} bytes to find one difference among 100,000"
+    );
+}
+
+#[test]
+fn hostile_messages_are_rejected() {
+    let ix = index(0..100);
+    let r = Reconciler::default();
+    let bad = IdRange {
+        lower: Some(id(5)),
+        upper: Some(id(5)),
+    };
+    assert_eq!(
+        r.respond(
+            &ix,
+            &[RangeMsg::Fingerprint {
+                range: bad,
+                fp: Fingerprint([0; 16])
+            }]
+        ),
+        Err(RangeError::InvalidRange)
+    );
+    let mut ids = vec![id(1), id(2)];
+    ids.sort();
+    ids.reverse();
+    assert!(matches!(
+        r.respond(
+            &ix,
+            &[RangeMsg::IdList {
+                range: IdRange::ALL,
+                ids
+            }]
+        ),
+        Err(RangeError::MalformedIds(_))
+    ));
+    let many: Vec<_> = {
+        let mut v: Vec<_> = (0..5000).map(id).collect();
+        v.sort();
+        v
+    };
+    assert!(matches!(
+        r.respond(&ix, &[RangeMsg::Want { ids: many }]),
+        Err(RangeError::MalformedIds(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any two sets converge: each side learns exactly what it lacks, within a bounded
+    /// number of rounds.
+    #[test]
+    fn any_two_sets_converge(common in 0u64..3000, only_a in proptest::collection::btree_set(10_000u64..20_000, 0..200),
+                             only_b in proptest::collection::btree_set(20_000u64..30_000, 0..200),
+                             fanout in 2usize..20, threshold in 1usize..40) {
+        let mut a: BTreeSet<u64> = (0..common).collect();
+        let mut b = a.clone();
+        a.extend(&only_a);
+        b.extend(&only_b);
+        let r = Reconciler { fanout, threshold };
+        let (an, bn, rounds) = r.run_local(&index(a.iter().copied()), &index(b.iter().copied()), 64).unwrap();
+        let (ea, eb) = expected(&a, &b);
+        prop_assert_eq!(an, ea);
+        prop_assert_eq!(bn, eb);
+        // log_fanout(n / threshold) levels of splitting, plus list and want.
+        let n = (a.len() + b.len()) as f64;
+        let bound = (n / threshold as f64).max(1.0).log(fanout as f64).ceil() as usize + 3;
+        prop_assert!(rounds <= bound, "rounds {} > bound {}", rounds, bound);
+    }
+
+    /// Bytes exchanged grow with the difference, not with the store size.
+    #[test]
+    fn bytes_grow_with_difference_not_size(diff in 1u64..20) {
+        let cost = |size: u64| {
+            let a = index(0..size);
+            let b = index((0..size).chain(1_000_000..1_000_000 + diff));
+            let r = Reconciler::default();
+            let mut msgs = r.initiate(&a);
+            let mut bytes = wire_bytes(&msgs);
+            let mut turn_b = true;
+            while !msgs.is_empty() {
+                msgs = r.respond(if turn_b { &b } else { &a }, &msgs).unwrap().reply;
+                bytes += wire_bytes(&msgs);
+                turn_b = !turn_b;
+            }
+            bytes
+        };
+        let small = cost(2_000);
+        let large = cost(50_000);
+        // 25x the store, but nowhere near 25x the bytes: only the split depth grows.
+        prop_assert!(large < small * 3, "2k store: {} bytes, 50k store: {} bytes", small, large);
+    }
+}
