@@ -1,0 +1,2 @@
+//! libp2p networking for Fieldmesh.
+pub use libp2p;
