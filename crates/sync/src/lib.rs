@@ -32,6 +32,7 @@
 //! assert!(rounds <= 3);
 //! ```
 
+pub mod engine;
 pub mod frame;
 mod index;
 pub mod ranger;

@@ -1,0 +1,515 @@
+//! The sync engine: one state machine for all peers, `handle(now, input) -> outputs`.
+//!
+//! The driver (libp2p in `fieldmesh-net`, or the simulator) turns outputs into I/O and
+//! I/O into inputs. Requests carry one frame and are answered by one frame:
+//!
+//! * on connect, each side opens a reconciliation session with a `Range` request; the
+//!   answer carries the next messages, until a side has nothing more to say;
+//! * the ids a peer lacks go into that peer's [`TransferQueue`] and leave as `Envelope`
+//!   requests, most urgent first, as fast as the peer's [`TokenBucket`] allows;
+//! * a new local envelope is announced (gossip); peers lacking it answer with a `Want`;
+//! * sessions re-run every `resync_interval_ms` to repair whatever push missed;
+//! * a peer that sends undecodable frames or forged envelopes collects strikes and is
+//!   disconnected at `max_strikes`.
+
+use crate::frame::{Frame, MAX_FRAME_BYTES};
+use crate::ranger::{RangeMsg, Reconciler};
+use crate::{Index, Meta, TokenBucket, TransferQueue};
+use fieldmesh_core::{EnvelopeId, Precedence};
+use std::collections::BTreeMap;
+
+/// Engine parameters (from the firmware profile).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Reconciliation parameters.
+    pub reconciler: Reconciler,
+    /// Largest frame sent or accepted.
+    pub max_frame_bytes: usize,
+    /// Per-link send rate.
+    pub link_rate_bytes_per_s: u64,
+    /// Per-link burst.
+    pub link_burst_bytes: u64,
+    /// Re-run reconciliation this often.
+    pub resync_interval_ms: u64,
+    /// Misbehaviour tolerated before disconnecting a peer.
+    pub max_strikes: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            reconciler: Reconciler::default(),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            link_rate_bytes_per_s: 10 * 1024 * 1024,
+            link_burst_bytes: 1024 * 1024,
+            resync_interval_ms: 30_000,
+            max_strikes: 10,
+        }
+    }
+}
+
+/// Identifies an inbound request so that the driver can route the answer.
+pub type RequestId = u64;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<P> {
+    /// A connection to `P` is up.
+    PeerUp(P),
+    /// The last connection to `P` is gone.
+    PeerDown(P),
+    /// `P` sent a request frame.
+    Request {
+        /// From.
+        peer: P,
+        /// For the answer.
+        request: RequestId,
+        /// The frame bytes.
+        frame: Vec<u8>,
+    },
+    /// `P` answered one of our requests.
+    Response {
+        /// From.
+        peer: P,
+        /// The frame bytes.
+        frame: Vec<u8>,
+    },
+    /// `P` announced new envelopes (gossip).
+    Announce {
+        /// From.
+        peer: P,
+        /// The frame bytes.
+        frame: Vec<u8>,
+    },
+    /// An envelope is now durable in the local store (posted here, or ingested from
+    /// `from`).
+    Inserted {
+        /// Its id.
+        id: EnvelopeId,
+        /// Its metadata.
+        meta: Meta,
+        /// The peer it came from, if any.
+        from: Option<P>,
+    },
+    /// The driver refused an envelope from `peer` (bad signature, malformed).
+    Refused {
+        /// From.
+        peer: P,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<P> {
+    /// Send a request frame to `peer`.
+    Request {
+        /// To.
+        peer: P,
+        /// Frame bytes.
+        frame: Vec<u8>,
+    },
+    /// Answer an inbound request.
+    Respond {
+        /// The request.
+        request: RequestId,
+        /// Frame bytes.
+        frame: Vec<u8>,
+    },
+    /// Load envelope `id` and send it to `peer` as an `Envelope` request frame.
+    Push {
+        /// To.
+        peer: P,
+        /// Which envelope.
+        id: EnvelopeId,
+    },
+    /// Verify and store these bytes from `peer`; report back with `Inserted` or `Refused`.
+    Ingest {
+        /// From.
+        peer: P,
+        /// Envelope bytes.
+        envelope: Vec<u8>,
+    },
+    /// Publish an announce frame to connected peers.
+    Announce {
+        /// Frame bytes.
+        frame: Vec<u8>,
+    },
+    /// Drop the connection to `peer`.
+    Disconnect {
+        /// Whom.
+        peer: P,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Per-peer counters, for `sync-status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Last time anything arrived from the peer (ms).
+    pub last_contact_ms: u64,
+    /// Envelopes and bytes pushed to the peer.
+    pub envelopes_sent: u64,
+    /// Bytes of frames sent (requests and answers).
+    pub bytes_sent: u64,
+    /// Envelopes received from the peer.
+    pub envelopes_received: u64,
+    /// Bytes of frames received.
+    pub bytes_received: u64,
+    /// Reconciliation sessions completed.
+    pub sessions: u64,
+    /// Strikes for misbehaviour.
+    pub strikes: u32,
+    /// Backlog queued for the peer, by precedence (most urgent first).
+    pub backlog: Vec<(Precedence, usize)>,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    queue: TransferQueue,
+    bucket: TokenBucket,
+    stats: PeerStats,
+    next_resync_ms: u64,
+    session_open: bool,
+}
+
+/// The sync state machine.
+#[derive(Debug)]
+pub struct Engine<P: Ord + Clone> {
+    config: EngineConfig,
+    index: Index,
+    peers: BTreeMap<P, PeerState>,
+}
+
+impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
+    /// An engine over the ids the store already holds.
+    pub fn new(config: EngineConfig, index: Index) -> Engine<P> {
+        Engine {
+            config,
+            index,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The ids held.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Connected peers and their counters.
+    pub fn peer_stats(&self) -> Vec<(P, PeerStats)> {
+        self.peers
+            .iter()
+            .map(|(p, s)| {
+                let mut st = s.stats.clone();
+                st.backlog = s.queue.backlog().to_vec();
+                (p.clone(), st)
+            })
+            .collect()
+    }
+
+    /// Handles one input.
+    pub fn handle(&mut self, now_ms: u64, input: Input<P>) -> Vec<Output<P>> {
+        let mut out = Vec::new();
+        match input {
+            Input::PeerUp(peer) => {
+                let cfg = self.config;
+                self.peers.entry(peer.clone()).or_insert_with(|| PeerState {
+                    queue: TransferQueue::default(),
+                    bucket: TokenBucket::new(
+                        cfg.link_rate_bytes_per_s,
+                        cfg.link_burst_bytes,
+                        now_ms,
+                    ),
+                    stats: PeerStats {
+                        last_contact_ms: now_ms,
+                        ..PeerStats::default()
+                    },
+                    next_resync_ms: now_ms + cfg.resync_interval_ms,
+                    session_open: false,
+                });
+                self.open_session(now_ms, &peer, &mut out);
+            }
+            Input::PeerDown(peer) => {
+                self.peers.remove(&peer);
+            }
+            Input::Request {
+                peer,
+                request,
+                frame,
+            } => {
+                self.on_request(now_ms, peer, request, frame, &mut out);
+            }
+            Input::Response { peer, frame } => self.on_response(now_ms, peer, frame, &mut out),
+            Input::Announce { peer, frame } => self.on_announce(now_ms, peer, frame, &mut out),
+            Input::Inserted { id, meta, from } => {
+                if self.index.insert(id, meta) {
+                    if let Some(p) = from.as_ref().and_then(|p| self.peers.get_mut(p)) {
+                        p.stats.envelopes_received += 1;
+                    }
+                    for (p, st) in self.peers.iter_mut() {
+                        if Some(p) != from.as_ref() {
+                            st.queue.cancel(&id);
+                        }
+                    }
+                    out.push(Output::Announce {
+                        frame: Frame::Announce(vec![id]).encode(),
+                    });
+                }
+            }
+            Input::Refused { peer } => {
+                self.strike(&peer, "sent an envelope that failed verification", &mut out)
+            }
+            Input::Tick => {
+                let due: Vec<P> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, s)| !s.session_open && now_ms >= s.next_resync_ms)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in due {
+                    self.open_session(now_ms, &p, &mut out);
+                }
+            }
+        }
+        self.flush_pushes(now_ms, &mut out);
+        out
+    }
+
+    fn open_session(&mut self, now_ms: u64, peer: &P, out: &mut Vec<Output<P>>) {
+        let msgs = self.config.reconciler.initiate(&self.index);
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.session_open = true;
+            st.next_resync_ms = now_ms + self.config.resync_interval_ms;
+        }
+        self.send_range(peer, msgs, out);
+    }
+
+    /// Sends range messages as one or more requests, each under the frame cap.
+    fn send_range(&mut self, peer: &P, msgs: Vec<RangeMsg>, out: &mut Vec<Output<P>>) {
+        for frame in self.pack(msgs) {
+            if let Some(st) = self.peers.get_mut(peer) {
+                st.stats.bytes_sent += frame.len() as u64;
+            }
+            out.push(Output::Request {
+                peer: peer.clone(),
+                frame,
+            });
+        }
+    }
+
+    fn pack(&self, msgs: Vec<RangeMsg>) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut batch = Vec::new();
+        let mut size = 4;
+        for m in msgs {
+            let len = Frame::Range(vec![m.clone()]).encode().len() - 4;
+            if size + len > self.config.max_frame_bytes && !batch.is_empty() {
+                frames.push(Frame::Range(std::mem::take(&mut batch)).encode());
+                size = 4;
+            }
+            size += len;
+            batch.push(m);
+        }
+        if !batch.is_empty() {
+            frames.push(Frame::Range(batch).encode());
+        }
+        frames
+    }
+
+    fn strike(&mut self, peer: &P, why: &str, out: &mut Vec<Output<P>>) {
+        let Some(st) = self.peers.get_mut(peer) else {
+            return;
+        };
+        st.stats.strikes += 1;
+        if st.stats.strikes >= self.config.max_strikes {
+            out.push(Output::Disconnect {
+                peer: peer.clone(),
+                reason: format!("{} strikes; last: {why}", st.stats.strikes),
+            });
+        }
+    }
+
+    fn decode(
+        &mut self,
+        now_ms: u64,
+        peer: &P,
+        frame: &[u8],
+        out: &mut Vec<Output<P>>,
+    ) -> Option<Frame> {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.stats.bytes_received += frame.len() as u64;
+            st.stats.last_contact_ms = now_ms;
+        }
+        match Frame::decode(frame, self.config.max_frame_bytes) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.strike(peer, &format!("undecodable frame: {e}"), out);
+                None
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        now_ms: u64,
+        peer: P,
+        request: RequestId,
+        frame: Vec<u8>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let ack = Frame::Range(Vec::new()).encode();
+        if !self.peers.contains_key(&peer) {
+            self.handle_peer_up_silently(now_ms, &peer);
+        }
+        let reply = match self.decode(now_ms, &peer, &frame, out) {
+            Some(Frame::Range(msgs)) => match self.config.reconciler.respond(&self.index, &msgs) {
+                Ok(step) => {
+                    self.queue_pushes(&peer, step.push);
+                    let mut frames = self.pack(step.reply);
+                    let first = if frames.is_empty() {
+                        ack.clone()
+                    } else {
+                        frames.remove(0)
+                    };
+                    // Anything beyond one frame continues as our own requests.
+                    for f in frames {
+                        out.push(Output::Request {
+                            peer: peer.clone(),
+                            frame: f,
+                        });
+                    }
+                    first
+                }
+                Err(e) => {
+                    self.strike(&peer, &format!("protocol violation: {e}"), out);
+                    ack.clone()
+                }
+            },
+            Some(Frame::Envelope(bytes)) => {
+                out.push(Output::Ingest {
+                    peer: peer.clone(),
+                    envelope: bytes,
+                });
+                ack.clone()
+            }
+            Some(Frame::Announce(_)) | None => ack.clone(),
+        };
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.stats.bytes_sent += reply.len() as u64;
+        }
+        out.push(Output::Respond {
+            request,
+            frame: reply,
+        });
+    }
+
+    /// A request can arrive before the driver reports the connection.
+    fn handle_peer_up_silently(&mut self, now_ms: u64, peer: &P) {
+        let cfg = self.config;
+        self.peers.insert(
+            peer.clone(),
+            PeerState {
+                queue: TransferQueue::default(),
+                bucket: TokenBucket::new(cfg.link_rate_bytes_per_s, cfg.link_burst_bytes, now_ms),
+                stats: PeerStats {
+                    last_contact_ms: now_ms,
+                    ..PeerStats::default()
+                },
+                next_resync_ms: now_ms,
+                session_open: false,
+            },
+        );
+    }
+
+    fn on_response(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
+        match self.decode(now_ms, &peer, &frame, out) {
+            Some(Frame::Range(msgs)) if msgs.is_empty() => {
+                if let Some(st) = self.peers.get_mut(&peer)
+                    && st.session_open
+                {
+                    st.session_open = false;
+                    st.stats.sessions += 1;
+                }
+            }
+            Some(Frame::Range(msgs)) => match self.config.reconciler.respond(&self.index, &msgs) {
+                Ok(step) => {
+                    self.queue_pushes(&peer, step.push);
+                    if step.reply.is_empty() {
+                        if let Some(st) = self.peers.get_mut(&peer) {
+                            st.session_open = false;
+                            st.stats.sessions += 1;
+                        }
+                    } else {
+                        self.send_range(&peer, step.reply, out);
+                    }
+                }
+                Err(e) => self.strike(&peer, &format!("protocol violation: {e}"), out),
+            },
+            Some(_) => self.strike(&peer, "unexpected frame in a response", out),
+            None => {}
+        }
+    }
+
+    fn on_announce(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
+        if let Some(Frame::Announce(ids)) = self.decode(now_ms, &peer, &frame, out) {
+            let mut missing: Vec<EnvelopeId> = ids
+                .into_iter()
+                .filter(|id| !self.index.contains(id))
+                .collect();
+            missing.sort();
+            missing.dedup();
+            if !missing.is_empty() && self.peers.contains_key(&peer) {
+                self.send_range(&peer, vec![RangeMsg::Want { ids: missing }], out);
+            }
+        }
+    }
+
+    fn queue_pushes(&mut self, peer: &P, ids: Vec<EnvelopeId>) {
+        let Some(st) = self.peers.get_mut(peer) else {
+            return;
+        };
+        for id in ids {
+            if let Some(meta) = self.index.meta(&id) {
+                st.queue.push(id, meta);
+            }
+        }
+    }
+
+    fn flush_pushes(&mut self, now_ms: u64, out: &mut Vec<Output<P>>) {
+        for (peer, st) in self.peers.iter_mut() {
+            if st.queue.is_empty() {
+                continue;
+            }
+            let budget = st.bucket.available(now_ms);
+            let ids = st.queue.take(budget);
+            for id in ids {
+                let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
+                st.bucket.spend(size);
+                st.stats.envelopes_sent += 1;
+                st.stats.bytes_sent += size;
+                out.push(Output::Push {
+                    peer: peer.clone(),
+                    id,
+                });
+            }
+        }
+    }
+
+    /// When the driver should call `Tick` next (earliest resync or budget refill).
+    pub fn next_wakeup_ms(&self, now_ms: u64) -> u64 {
+        let mut next = now_ms + self.config.resync_interval_ms;
+        for st in self.peers.values() {
+            next = next.min(st.next_resync_ms.max(now_ms));
+            if !st.queue.is_empty() {
+                next = next.min(now_ms + st.bucket.wait_ms(1500).max(1));
+            }
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+//! Two engines wired back to back: the smallest simulator.
+
+use super::*;
+use fieldmesh_core::{Hlc, sha256};
+use std::collections::{BTreeMap, VecDeque};
+
+type Net = BTreeMap<EnvelopeId, (Meta, Vec<u8>)>;
+
+struct Node {
+    engine: Engine<u8>,
+    held: BTreeMap<EnvelopeId, Vec<u8>>,
+    arrivals: Vec<EnvelopeId>,
+    disconnected: Vec<u8>,
+}
+
+fn envelope(n: u64, p: Precedence) -> (EnvelopeId, Meta, Vec<u8>) {
+    let bytes = format!("envelope {n}").into_bytes();
+    (
+        EnvelopeId(sha256(&bytes)),
+        Meta {
+            precedence: p,
+            size: 500,
+            hlc: Hlc(n),
+        },
+        bytes,
+    )
+}
+
+fn node(cfg: EngineConfig, items: &[(EnvelopeId, Meta, Vec<u8>)]) -> Node {
+    let mut ix = Index::default();
+    let mut held = BTreeMap::new();
+    for (id, m, b) in items {
+        ix.insert(*id, *m);
+        held.insert(*id, b.clone());
+    }
+    Node {
+        engine: Engine::new(cfg, ix),
+        held,
+        arrivals: vec![],
+        disconnected: vec![],
+    }
+}
+
+/// Delivers outputs between nodes 0 and 1 until quiet; `tick_ms` of virtual time pass
+/// whenever the queue drains, up to `max_ms`.
+fn run(
+    nodes: &mut [Node; 2],
+    net: &Net,
+    start: Vec<(usize, Input<u8>)>,
+    from_ms: u64,
+    tick_ms: u64,
+    max_ms: u64,
+) -> u64 {
+    let mut q: VecDeque<(usize, Input<u8>)> = start.into();
+    let mut now = from_ms;
+    loop {
+        while let Some((to, input)) = q.pop_front() {
+            let from_peer = 1 - to;
+            let outs = nodes[to].engine.handle(now, input);
+            for o in outs {
+                match o {
+                    Output::Request { frame, .. } => q.push_back((
+                        from_peer,
+                        Input::Request {
+                            peer: to as u8,
+                            request: 0,
+                            frame,
+                        },
+                    )),
+                    Output::Respond { frame, .. } => q.push_back((
+                        from_peer,
+                        Input::Response {
+                            peer: to as u8,
+                            frame,
+                        },
+                    )),
+                    Output::Push { id, .. } => {
+                        let bytes = nodes[to].held[&id].clone();
+                        q.push_back((
+                            from_peer,
+                            Input::Request {
+                                peer: to as u8,
+                                request: 0,
+                                frame: Frame::Envelope(bytes).encode(),
+                            },
+                        ));
+                    }
+                    Output::Ingest { peer, envelope } => {
+                        let id = EnvelopeId(sha256(&envelope));
+                        match net.get(&id) {
+                            Some((meta, _)) => {
+                                if nodes[to].held.insert(id, envelope).is_none() {
+                                    nodes[to].arrivals.push(id);
+                                }
+                                q.push_back((
+                                    to,
+                                    Input::Inserted {
+                                        id,
+                                        meta: *meta,
+                                        from: Some(peer),
+                                    },
+                                ));
+                            }
+                            None => q.push_back((to, Input::Refused { peer })),
+                        }
+                    }
+                    Output::Announce { frame } => q.push_back((
+                        from_peer,
+                        Input::Announce {
+                            peer: to as u8,
+                            frame,
+                        },
+                    )),
+                    Output::Disconnect { peer, .. } => nodes[to].disconnected.push(peer),
+                }
+            }
+        }
+        if now >= max_ms {
+            return now;
+        }
+        now += tick_ms;
+        q.push_back((0, Input::Tick));
+        q.push_back((1, Input::Tick));
+    }
+}
+
+fn all(items: &[(EnvelopeId, Meta, Vec<u8>)]) -> Net {
+    items
+        .iter()
+        .map(|(id, m, b)| (*id, (*m, b.clone())))
+        .collect()
+}
+
+#[test]
+fn two_peers_converge_on_the_union() {
+    let items: Vec<_> = (0..300)
+        .map(|n| envelope(n, Precedence::ALL[(n % 4) as usize]))
+        .collect();
+    let net = all(&items);
+    let a_items: Vec<_> = items[..200].to_vec();
+    let b_items: Vec<_> = items[150..].to_vec();
+    let mut nodes = [
+        node(EngineConfig::default(), &a_items),
+        node(EngineConfig::default(), &b_items),
+    ];
+    run(
+        &mut nodes,
+        &net,
+        vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+        0,
+        100,
+        1000,
+    );
+    assert_eq!(nodes[0].held.len(), 300);
+    assert_eq!(nodes[1].held.len(), 300);
+    assert_eq!(nodes[0].engine.index().len(), 300);
+    // Each missing envelope crossed exactly once.
+    assert_eq!(nodes[0].arrivals.len(), 100);
+    assert_eq!(nodes[1].arrivals.len(), 150);
+}
+
+#[test]
+fn flash_overtakes_routine_on_a_throttled_link() {
+    let routine: Vec<_> = (0..1000)
+        .map(|n| envelope(n, Precedence::Routine))
+        .collect();
+    let flash = envelope(5000, Precedence::Flash);
+    let mut everything = routine.clone();
+    everything.push(flash.clone());
+    let net = all(&everything);
+    // 5 KB/s: ten 500-byte envelopes per second.
+    let cfg = EngineConfig {
+        link_rate_bytes_per_s: 5_000,
+        link_burst_bytes: 5_000,
+        ..EngineConfig::default()
+    };
+    let mut nodes = [node(cfg, &routine), node(cfg, &[])];
+    let t = run(
+        &mut nodes,
+        &net,
+        vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+        0,
+        100,
+        2_000,
+    );
+    let before = nodes[1].arrivals.len();
+    assert!(before > 0 && before < 100, "throttle not applied: {before}");
+    // A FLASH is posted on A after the 1,000 routine ones were queued.
+    nodes[0].held.insert(flash.0, flash.2.clone());
+    run(
+        &mut nodes,
+        &net,
+        vec![(
+            0,
+            Input::Inserted {
+                id: flash.0,
+                meta: flash.1,
+                from: None,
+            },
+        )],
+        t,
+        100,
+        t + 500,
+    );
+    let pos = nodes[1]
+        .arrivals
+        .iter()
+        .position(|id| *id == flash.0)
+        .expect("flash delivered");
+    assert!(
+        pos <= before + 10,
+        "flash arrived at position {pos}, after {before} routine had arrived"
+    );
+    assert!(
+        nodes[1].arrivals.len() < 1001,
+        "flash must not wait for the routine backlog"
+    );
+}
+
+#[test]
+fn garbage_and_forgeries_earn_strikes_then_disconnect() {
+    let items: Vec<_> = (0..10).map(|n| envelope(n, Precedence::Routine)).collect();
+    let cfg = EngineConfig {
+        max_strikes: 3,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &items);
+    n.engine.handle(0, Input::PeerUp(7));
+    let o = n.engine.handle(
+        1,
+        Input::Request {
+            peer: 7,
+            request: 1,
+            frame: vec![0xde, 0xad],
+        },
+    );
+    assert!(
+        matches!(o.last(), Some(Output::Respond { request: 1, .. })),
+        "the node still answers"
+    );
+    let o = n.engine.handle(
+        2,
+        Input::Request {
+            peer: 7,
+            request: 2,
+            frame: vec![1; 10_000_000],
+        },
+    );
+    assert!(!o.iter().any(|x| matches!(x, Output::Disconnect { .. })));
+    let o = n.engine.handle(3, Input::Refused { peer: 7 });
+    assert!(
+        o.iter()
+            .any(|x| matches!(x, Output::Disconnect { peer: 7, .. })),
+        "{o:?}"
+    );
+    assert_eq!(n.engine.peer_stats()[0].1.strikes, 3);
+}
