@@ -1,0 +1,414 @@
+//! The swarm task.
+
+use crate::Host;
+use crate::protocol::{FrameCodec, PROTOCOL};
+use fieldmesh_sync::engine::{Engine, EngineConfig, Input, Output, PeerStats};
+use fieldmesh_sync::frame::Frame;
+use fieldmesh_sync::{Index, Meta};
+use fieldmesh_core::EnvelopeId;
+use futures_util::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, request_response, tcp, yamux};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+const ANNOUNCE_TOPIC: &str = "/fieldmesh/announce/1";
+
+/// Network settings (from the CLI and the firmware profile).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (QUIC: `/ip4/127.0.0.1/udp/0/quic-v1`; TCP: `/ip4/127.0.0.1/tcp/0`).
+    pub listen: Vec<Multiaddr>,
+    /// Static peers to dial and keep dialling.
+    pub peers: Vec<Multiaddr>,
+    /// Discover peers on the local link with mDNS (multicast on the real interface: off
+    /// by default).
+    pub mdns: bool,
+    /// The sync engine's parameters.
+    pub engine: EngineConfig,
+    /// Tick period of the engine (resync and budget refills).
+    pub tick: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig { listen: vec![], peers: vec![], mdns: false, engine: EngineConfig::default(), tick: Duration::from_millis(100) }
+    }
+}
+
+/// Starting the network failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The transport or a behaviour could not be built.
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// One connected peer, for `peers` and `sync-status`.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Its peer id (its node id's libp2p form).
+    pub peer: PeerId,
+    /// Addresses it is connected on.
+    pub addresses: Vec<Multiaddr>,
+    /// Sync counters.
+    pub stats: PeerStats,
+}
+
+/// The network's state.
+#[derive(Debug, Clone)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Addresses we listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Envelopes held.
+    pub envelopes: usize,
+}
+
+enum Command {
+    Inserted(EnvelopeId, Meta),
+    Status(oneshot::Sender<NetStatus>),
+    Shutdown,
+}
+
+/// Talks to the network task.
+#[derive(Debug, Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Inserted(..) => "Inserted",
+            Command::Status(_) => "Status",
+            Command::Shutdown => "Shutdown",
+        })
+    }
+}
+
+impl NetHandle {
+    /// Tells the network a local envelope is durable. Never blocks: if the queue is full
+    /// the announce is skipped and the next reconciliation carries the envelope.
+    pub fn inserted(&self, id: EnvelopeId, meta: Meta) {
+        if self.tx.try_send(Command::Inserted(id, meta)).is_err() {
+            tracing::debug!(%id, "network queue full; reconciliation will carry it");
+        }
+    }
+
+    /// The network's state.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Status(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops the network task.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    sync: request_response::Behaviour<FrameCodec>,
+    gossip: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Builds the swarm, starts listening and dialling, and spawns the network task on the
+/// current tokio runtime. Returns the handle and the addresses actually bound.
+pub async fn spawn(
+    keypair: libp2p::identity::Keypair,
+    config: NetConfig,
+    index: Index,
+    host: Arc<dyn Host>,
+) -> Result<(NetHandle, Vec<Multiaddr>), NetError> {
+    let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let codec = FrameCodec { max_frame_bytes: config.engine.max_frame_bytes };
+    let mdns_on = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| build(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_secs(1))
+                .max_transmit_size(64 * 1024)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id()).map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                sync: request_response::Behaviour::with_codec(
+                    codec,
+                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+                ),
+                gossip,
+                identify: identify::Behaviour::new(identify::Config::new("/fieldmesh/1.0.0".into(), key.public())),
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| build(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+
+    let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
+    swarm.behaviour_mut().gossip.subscribe(&topic).map_err(|e| build(&e))?;
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+    }
+    // Wait until every listener reports its bound address (port 0 becomes real).
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bound.len() < config.listen.len() {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => bound.push(address),
+            Ok(SwarmEvent::ListenerError { error, .. }) => {
+                return Err(NetError::Listen { addr: config.listen[bound.len()].clone(), reason: error.to_string() });
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let (tx, rx) = mpsc::channel(1024);
+    let mut driver = Driver {
+        swarm,
+        engine: Engine::new(config.engine, index),
+        host,
+        topic,
+        inbound: HashMap::new(),
+        next_request: 0,
+        statics: config.peers.iter().map(|a| (a.clone(), Redial { at: Instant::now(), backoff: Duration::from_secs(1), connected: false })).collect(),
+        addresses: BTreeMap::new(),
+        listen: bound.clone(),
+    };
+    tokio::spawn(async move { driver.run(rx, config.tick).await });
+    Ok((NetHandle { tx }, bound))
+}
+
+struct Redial {
+    at: Instant,
+    backoff: Duration,
+    connected: bool,
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    engine: Engine<PeerId>,
+    host: Arc<dyn Host>,
+    topic: gossipsub::IdentTopic,
+    inbound: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    next_request: u64,
+    statics: Vec<(Multiaddr, Redial)>,
+    addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
+    listen: Vec<Multiaddr>,
+}
+
+impl Driver {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Command>, tick: Duration) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Inserted(id, meta)) => self.feed(Input::Inserted { id, meta, from: None }),
+                    Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Some(Command::Shutdown) | None => break,
+                },
+                _ = ticker.tick() => {
+                    self.redial();
+                    self.feed(Input::Tick);
+                }
+            }
+        }
+        tracing::info!("network task stopped");
+    }
+
+    fn status(&self) -> NetStatus {
+        NetStatus {
+            peer_id: *self.swarm.local_peer_id(),
+            listen: self.listen.clone(),
+            peers: self
+                .engine
+                .peer_stats()
+                .into_iter()
+                .map(|(peer, stats)| PeerStatus { peer, addresses: self.addresses.get(&peer).cloned().unwrap_or_default(), stats })
+                .collect(),
+            envelopes: self.engine.index().len(),
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for (addr, r) in self.statics.iter_mut() {
+            if !r.connected && now >= r.at {
+                tracing::debug!(%addr, "dialling static peer");
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!(%addr, %e, "dial failed");
+                }
+                r.at = now + r.backoff;
+                r.backoff = (r.backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    fn mark_static(&mut self, addr: &Multiaddr, connected: bool) {
+        for (a, r) in self.statics.iter_mut() {
+            if a == addr || addr.to_string().starts_with(&a.to_string()) {
+                r.connected = connected;
+                if connected {
+                    r.backoff = Duration::from_secs(1);
+                } else {
+                    r.at = Instant::now() + r.backoff;
+                }
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer() {
+                    self.mark_static(&addr, true);
+                }
+                self.addresses.entry(peer_id).or_default().push(addr);
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, "peer connected");
+                    self.feed(Input::PeerUp(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer() {
+                    self.mark_static(&addr, false);
+                }
+                if let Some(v) = self.addresses.get_mut(&peer_id) {
+                    v.retain(|a| *a != addr);
+                }
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "peer disconnected");
+                    self.addresses.remove(&peer_id);
+                    self.feed(Input::PeerDown(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => tracing::debug!(%error, "outgoing connection failed"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listen.contains(&address) {
+                    self.listen.push(address);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. })) => {
+                let peer = message.source.unwrap_or(propagation_source);
+                if self.swarm.is_connected(&peer) {
+                    self.feed(Input::Announce { peer, frame: message.data });
+                } else {
+                    self.feed(Input::Announce { peer: propagation_source, frame: message.data });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::info!(%peer, %addr, "mDNS discovered a peer");
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let id = self.next_request;
+                    self.next_request += 1;
+                    self.inbound.insert(id, channel);
+                    self.feed(Input::Request { peer, request: id, frame: request });
+                }
+                request_response::Message::Response { response, .. } => self.feed(Input::Response { peer, frame: response }),
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "sync request failed"),
+            request_response::Event::InboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "inbound sync request failed"),
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Runs one input through the engine and performs its outputs (which may produce more
+    /// inputs, handled in the same call).
+    fn feed(&mut self, input: Input<PeerId>) {
+        let mut pending = vec![input];
+        while let Some(input) = pending.pop() {
+            for out in self.engine.handle(now_ms(), input) {
+                match out {
+                    Output::Request { peer, frame } => {
+                        self.swarm.behaviour_mut().sync.send_request(&peer, frame);
+                    }
+                    Output::Respond { request, frame } => {
+                        if let Some(ch) = self.inbound.remove(&request) {
+                            let _ = self.swarm.behaviour_mut().sync.send_response(ch, frame);
+                        }
+                    }
+                    Output::Push { peer, id } => match self.host.load(&id) {
+                        Some(bytes) => {
+                            self.swarm.behaviour_mut().sync.send_request(&peer, Frame::Envelope(bytes).encode());
+                        }
+                        None => tracing::warn!(%id, "queued envelope is no longer stored"),
+                    },
+                    Output::Ingest { peer, envelope } => match self.host.ingest(&envelope) {
+                        Ok((id, meta)) => pending.push(Input::Inserted { id, meta, from: Some(peer) }),
+                        Err(reason) => {
+                            tracing::warn!(%peer, %reason, "refused an envelope");
+                            pending.push(Input::Refused { peer });
+                        }
+                    },
+                    Output::Announce { frame } => {
+                        let topic = self.topic.clone();
+                        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, frame) {
+                            tracing::debug!(%e, "announce not published (reconciliation will carry it)");
+                        }
+                    }
+                    Output::Disconnect { peer, reason } => {
+                        tracing::warn!(%peer, %reason, "disconnecting misbehaving peer");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+        }
+    }
+}
