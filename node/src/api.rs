@@ -14,6 +14,7 @@
 //! | GET  | /api/v1/bundle?channel= | → bundle file |
 //! | POST | /api/v1/bundle | bundle file → import report |
 //! | GET  | /api/v1/events | server-sent events: `message` {channel, message} |
+//! | GET  | /api/v1/sync-status | → {peer_id, listen, envelopes, peers: [per-peer counters, backlog]} |
 //!
 //! Errors are `{"error": "..."}` with 400, 404, 409, 413, 500 or 507.
 //! The API has no authentication: it listens on loopback only.
@@ -106,6 +107,7 @@ struct BundleQuery {
 
 pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
     Router::new()
+        .route("/api/v1/sync-status", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.net()).await) }))
         .route("/api/v1/node", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.identity()).await) }))
         .route(
             "/api/v1/channels",

@@ -141,6 +141,9 @@ impl Ops for Client {
             .unwrap_or_default();
         Self::finish(self.agent.get(format!("{}/bundle{q}", self.base)).call())
     }
+    fn net(&self) -> Result<crate::ops::NetView, NodeError> {
+        self.get("/sync-status")
+    }
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let resp = self
             .agent

@@ -32,6 +32,12 @@ pub struct DaemonRecord {
     pub pid: u32,
     pub http: String,
     pub node_id: String,
+    /// libp2p peer id, when the network runs.
+    #[serde(default)]
+    pub peer_id: Option<String>,
+    /// Bound network addresses (QUIC and TCP multiaddrs).
+    #[serde(default)]
+    pub listen: Vec<String>,
 }
 
 impl Home {

@@ -93,11 +93,30 @@ enum Cmd {
     /// Carry envelopes by hand: export to and import from a bundle file.
     #[command(subcommand)]
     Bundle(BundleCmd),
-    /// Run the daemon with its localhost HTTP API.
+    /// Run the daemon: the mesh (when given --listen or --peer) and the localhost HTTP API.
     Run {
         /// Address for the HTTP API (loopback only). Default: the profile's.
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
+        /// Listen for peers (repeatable): /ip4/127.0.0.1/udp/PORT/quic-v1 or /ip4/127.0.0.1/tcp/PORT.
+        #[arg(long)]
+        listen: Vec<fieldmesh_net::Multiaddr>,
+        /// Keep a connection to this peer (repeatable), redialling with backoff.
+        #[arg(long)]
+        peer: Vec<fieldmesh_net::Multiaddr>,
+        /// Discover peers with mDNS on the local link (multicasts on the real interface).
+        #[arg(long)]
+        mdns: bool,
+    },
+    /// Connected peers (needs the daemon).
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-peer sync state: last contact, traffic each way, backlog by precedence.
+    SyncStatus {
+        #[arg(long)]
+        json: bool,
     },
     /// Measure store and channel performance.
     #[command(subcommand)]
@@ -318,7 +337,62 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Run { http } => daemon(&home, profile()?, http)?,
+        Cmd::Run {
+            http,
+            listen,
+            peer,
+            mdns,
+        } => {
+            let net = NetArgs {
+                listen,
+                peers: peer,
+                mdns,
+            };
+            daemon(&home, profile()?, http, net)?
+        }
+        Cmd::Peers { json } => {
+            let view = backend(&home, &profile()?)?.net()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view.peers)?);
+            } else {
+                println!("{} peer(s) connected to {}", view.peers.len(), view.peer_id);
+                for p in &view.peers {
+                    println!("{}  {}", p.peer, p.addresses.join(" "));
+                }
+            }
+        }
+        Cmd::SyncStatus { json } => {
+            let view = backend(&home, &profile()?)?.net()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!(
+                    "node {} holds {} envelopes; listening on {}",
+                    view.peer_id,
+                    view.envelopes,
+                    view.listen.join(" ")
+                );
+                let now = node::now_ms();
+                for p in &view.peers {
+                    let backlog: Vec<String> = p
+                        .backlog
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| format!("{k}:{n}"))
+                        .collect();
+                    println!(
+                        "{}  last contact {:.1}s ago  sent {} env / {} B  received {} env / {} B  backlog [{}]",
+                        p.peer,
+                        now.saturating_sub(p.last_contact_ms) as f64 / 1000.0,
+                        p.envelopes_sent,
+                        p.bytes_sent,
+                        p.envelopes_received,
+                        p.bytes_received,
+                        backlog.join(" ")
+                    );
+                }
+            }
+        }
         Cmd::Bench(b) => bench::run(b)?,
     }
     Ok(())
@@ -373,7 +447,39 @@ fn print_messages(msgs: &[MessageView]) {
     }
 }
 
-fn daemon(home: &Home, profile: Profile, http: Option<std::net::SocketAddr>) -> Result<()> {
+struct NetArgs {
+    listen: Vec<fieldmesh_net::Multiaddr>,
+    peers: Vec<fieldmesh_net::Multiaddr>,
+    mdns: bool,
+}
+
+fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
+    let engine = fieldmesh_sync::engine::EngineConfig {
+        max_frame_bytes: (profile.sync.max_frame_bytes as usize)
+            .max(fieldmesh_core::MAX_ENVELOPE_BYTES + 64),
+        link_rate_bytes_per_s: profile.sync.per_link_budget_bytes_per_s,
+        link_burst_bytes: profile
+            .sync
+            .per_link_budget_bytes_per_s
+            .max(fieldmesh_core::MAX_ENVELOPE_BYTES as u64 * 2),
+        resync_interval_ms: u64::from(profile.sync.reconcile_interval_s) * 1000,
+        ..Default::default()
+    };
+    fieldmesh_net::NetConfig {
+        listen: args.listen,
+        peers: args.peers,
+        mdns: args.mdns,
+        engine,
+        ..Default::default()
+    }
+}
+
+fn daemon(
+    home: &Home,
+    profile: Profile,
+    http: Option<std::net::SocketAddr>,
+    net: NetArgs,
+) -> Result<()> {
     let key = home.key()?;
     let addr = http.unwrap_or(profile.api.http_default);
     if !addr.ip().is_loopback() {
@@ -391,11 +497,31 @@ fn daemon(home: &Home, profile: Profile, http: Option<std::net::SocketAddr>) -> 
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        home.write_daemon(&DaemonRecord {
+        let mut record = DaemonRecord {
             pid: std::process::id(),
             http: local.to_string(),
             node_id: node.node_id().to_hex(),
-        })?;
+            peer_id: None,
+            listen: vec![],
+        };
+        let network = if net.listen.is_empty() && net.peers.is_empty() && !net.mdns {
+            None
+        } else {
+            let cfg = net_config(node.profile(), net);
+            let index = tokio::task::block_in_place(|| node.sync_index())?;
+            let keypair = fieldmesh_net::keypair_from_seed(node.key().transport_seed());
+            let peer_id = fieldmesh_net::PeerId::from(keypair.public());
+            let host = Arc::new(node::NodeHost(node.clone()));
+            let (handle, bound) = fieldmesh_net::spawn(keypair, cfg, index, host).await?;
+            node.attach_net(handle.clone());
+            record.listen = bound.iter().map(|a| a.to_string()).collect();
+            record.peer_id = Some(peer_id.to_string());
+            for a in &bound {
+                println!("listening on {a}/p2p/{peer_id}");
+            }
+            Some(handle)
+        };
+        home.write_daemon(&record)?;
         tracing::info!(%local, node = %node.node_id().short(), "daemon listening");
         println!(
             "fieldmesh node {} serving http://{local}/api/v1",
@@ -409,6 +535,9 @@ fn daemon(home: &Home, profile: Profile, http: Option<std::net::SocketAddr>) -> 
                 let _ = tx.send(true);
             })
             .await;
+        if let Some(n) = network {
+            n.shutdown().await;
+        }
         home.remove_daemon();
         served.context("http server failed")
     })

@@ -21,6 +21,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sync metadata of an envelope.
+pub fn meta_of(env: &Envelope) -> fieldmesh_sync::Meta {
+    fieldmesh_sync::Meta {
+        precedence: env.header().precedence,
+        size: env.encoded_len() as u32,
+        hlc: env.header().hlc,
+    }
+}
+
 /// A running node.
 pub struct Node {
     key: NodeKey,
@@ -30,6 +39,8 @@ pub struct Node {
     clock: Mutex<HlcClock>,
     channels: Mutex<HashMap<ChannelId, Channel>>,
     events: tokio::sync::broadcast::Sender<StoredEvent>,
+    /// The network, once the daemon has started it.
+    net: std::sync::OnceLock<fieldmesh_net::NetHandle>,
 }
 
 impl std::fmt::Debug for Node {
@@ -89,6 +100,7 @@ impl Node {
             clock: Mutex::new(HlcClock::default()),
             channels: Mutex::default(),
             events,
+            net: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,6 +111,36 @@ impl Node {
     ) -> Result<Arc<SledStore>, fieldmesh_store::OpenError> {
         let quota = profile.storage.budget_mb.saturating_mul(1024 * 1024);
         Ok(Arc::new(SledStore::open(path, Some(quota))?))
+    }
+
+    /// Connects the network: local writes are announced from now on.
+    pub fn attach_net(&self, net: fieldmesh_net::NetHandle) {
+        let _ = self.net.set(net);
+    }
+
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The sync index over everything stored (relayed envelopes included).
+    pub fn sync_index(&self) -> Result<fieldmesh_sync::Index, NodeError> {
+        let mut ix = fieldmesh_sync::Index::default();
+        for id in self.store.ids()? {
+            if let Some(env) = self.store.get(&id)? {
+                ix.insert(id, meta_of(&env));
+            }
+        }
+        Ok(ix)
+    }
+
+    fn announce(&self, env: &Envelope) {
+        if let Some(net) = self.net.get() {
+            net.inserted(env.id(), meta_of(env));
+        }
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -305,6 +347,7 @@ impl Node {
             }
         };
         ch.bind(local.change, env.id());
+        self.announce(&env);
         if let Some(message) = ch.message(&local.message_id) {
             let _ = self.events.send(StoredEvent {
                 channel: id,
@@ -331,6 +374,7 @@ impl Node {
                 continue;
             }
             inserted += 1;
+            self.announce(env);
             let cid = env.header().channel;
             if let Some(ch) = cache.get_mut(&cid) {
                 match self.apply_to(ch, env) {
@@ -387,6 +431,7 @@ impl Ops for Node {
         let env = self.seal(ch.id(), &local)?;
         self.store.put(&env)?;
         ch.bind(local.change, env.id());
+        self.announce(&env);
         let summary = ch
             .summary()
             .ok_or_else(|| NodeError::Internal("genesis not applied".into()))?;
@@ -446,6 +491,10 @@ impl Ops for Node {
         Ok(bundle::encode(&envs))
     }
 
+    fn net(&self) -> Result<crate::ops::NetView, NodeError> {
+        self.net_view()
+    }
+
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let frames = bundle::decode(bytes).map_err(NodeError::BadRequest)?;
         let mut good = Vec::new();
@@ -465,5 +514,49 @@ impl Ops for Node {
             rejected,
             channel_rejects,
         })
+    }
+}
+
+/// The node as the network sees it: load bytes, verify and store bytes.
+#[derive(Debug)]
+pub struct NodeHost(pub Arc<Node>);
+
+impl fieldmesh_net::Host for NodeHost {
+    fn load(&self, id: &fieldmesh_core::EnvelopeId) -> Option<Vec<u8>> {
+        self.0
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .map(|e| e.as_bytes().to_vec())
+    }
+
+    fn ingest(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), String> {
+        let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
+        let meta = meta_of(&env);
+        let id = env.id();
+        let (_, _, rejects) = self.0.ingest(vec![env]).map_err(|e| e.to_string())?;
+        for r in rejects {
+            tracing::warn!(reason = %r, "stored envelope refused by channel rules");
+        }
+        Ok((id, meta))
+    }
+}
+
+impl Node {
+    /// Network status, if the network runs in this process.
+    pub fn net_view(&self) -> Result<crate::ops::NetView, NodeError> {
+        let Some(net) = self.net.get() else {
+            return Err(NodeError::Conflict("the network is not running: start the node with `fieldmesh run --listen ... [--peer ...]`".into()));
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| NodeError::Internal("no runtime".into()))?;
+        let st = handle
+            .block_on(net.status())
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok(crate::ops::NetView::from(st))
     }
 }

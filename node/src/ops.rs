@@ -99,6 +99,62 @@ pub struct StoredEvent {
     pub message: MessageView,
 }
 
+/// One peer in `peers` / `sync-status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer: String,
+    pub addresses: Vec<String>,
+    pub last_contact_ms: u64,
+    pub envelopes_sent: u64,
+    pub bytes_sent: u64,
+    pub envelopes_received: u64,
+    pub bytes_received: u64,
+    pub sessions: u64,
+    pub strikes: u32,
+    /// Envelopes queued for this peer, by precedence.
+    pub backlog: std::collections::BTreeMap<String, usize>,
+}
+
+/// The network as the API and CLI show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetView {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub envelopes: usize,
+    pub peers: Vec<PeerView>,
+}
+
+impl From<fieldmesh_net::NetStatus> for NetView {
+    fn from(s: fieldmesh_net::NetStatus) -> Self {
+        NetView {
+            peer_id: s.peer_id.to_string(),
+            listen: s.listen.iter().map(|a| a.to_string()).collect(),
+            envelopes: s.envelopes,
+            peers: s
+                .peers
+                .into_iter()
+                .map(|p| PeerView {
+                    peer: p.peer.to_string(),
+                    addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+                    last_contact_ms: p.stats.last_contact_ms,
+                    envelopes_sent: p.stats.envelopes_sent,
+                    bytes_sent: p.stats.bytes_sent,
+                    envelopes_received: p.stats.envelopes_received,
+                    bytes_received: p.stats.bytes_received,
+                    sessions: p.stats.sessions,
+                    strikes: p.stats.strikes,
+                    backlog: p
+                        .stats
+                        .backlog
+                        .iter()
+                        .map(|(pr, n)| (pr.name().to_owned(), *n))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What the node can do, wherever it runs.
 pub trait Ops {
     fn identity(&self) -> Result<Identity, NodeError>;
@@ -118,4 +174,5 @@ pub trait Ops {
     fn export_channel(&self, channel: &str) -> Result<Vec<u8>, NodeError>;
     fn export_bundle(&self, channel: Option<&str>) -> Result<Vec<u8>, NodeError>;
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError>;
+    fn net(&self) -> Result<NetView, NodeError>;
 }

@@ -48,6 +48,7 @@ pub enum KeyFileError {
 pub struct NodeKey {
     pair: Ed25519KeyPair,
     pkcs8: Vec<u8>,
+    seed: [u8; 32],
 }
 
 impl std::fmt::Debug for NodeKey {
@@ -65,7 +66,8 @@ impl NodeKey {
             Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyFileError::Rng)?;
         let pkcs8 = doc.as_ref().to_vec();
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| KeyFileError::Rng)?;
-        Ok(NodeKey { pair, pkcs8 })
+        let seed = seed_of(&pkcs8, &pair).ok_or(KeyFileError::Rng)?;
+        Ok(NodeKey { pair, pkcs8, seed })
     }
 
     /// A key derived from a 32-byte seed: for tests and the simulator only.
@@ -74,6 +76,7 @@ impl NodeKey {
         NodeKey {
             pair,
             pkcs8: Vec::new(),
+            seed,
         }
     }
 
@@ -96,7 +99,11 @@ impl NodeKey {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        Ok(NodeKey { pair, pkcs8 })
+        let seed = seed_of(&pkcs8, &pair).ok_or_else(|| KeyFileError::Malformed {
+            path: path.to_owned(),
+            reason: "not a PKCS#8 v2 Ed25519 document".into(),
+        })?;
+        Ok(NodeKey { pair, pkcs8, seed })
     }
 
     /// Generates a key and writes it to `path` with mode 0600, durably. Fails if the file
@@ -139,6 +146,22 @@ impl NodeKey {
     }
 }
 
+/// The 32-byte private seed inside a ring PKCS#8 v2 Ed25519 document (bytes 16..48),
+/// checked by re-deriving the public key from it.
+fn seed_of(pkcs8: &[u8], pair: &Ed25519KeyPair) -> Option<[u8; 32]> {
+    let seed: [u8; 32] = pkcs8.get(16..48)?.try_into().ok()?;
+    let again = Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
+    (again.public_key().as_ref() == pair.public_key().as_ref()).then_some(seed)
+}
+
+impl NodeKey {
+    /// The private seed, for deriving the transport identity (libp2p uses the same
+    /// Ed25519 key, so the peer id is the node id). Never log or store it elsewhere.
+    pub fn transport_seed(&self) -> [u8; 32] {
+        self.seed
+    }
+}
+
 impl Signer for NodeKey {
     fn node_id(&self) -> NodeId {
         NodeKey::node_id(self)
@@ -162,6 +185,13 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(NodeKey::load(&path).unwrap().node_id(), k.node_id());
+        assert_eq!(
+            NodeKey::load(&path).unwrap().transport_seed(),
+            k.transport_seed()
+        );
+        let again =
+            ring::signature::Ed25519KeyPair::from_seed_unchecked(&k.transport_seed()).unwrap();
+        assert_eq!(again.public_key().as_ref(), &k.node_id().0);
         assert!(matches!(
             NodeKey::create(&path),
             Err(KeyFileError::Exists(_))

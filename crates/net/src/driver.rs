@@ -2,14 +2,16 @@
 
 use crate::Host;
 use crate::protocol::{FrameCodec, PROTOCOL};
+use fieldmesh_core::EnvelopeId;
 use fieldmesh_sync::engine::{Engine, EngineConfig, Input, Output, PeerStats};
 use fieldmesh_sync::frame::Frame;
 use fieldmesh_sync::{Index, Meta};
-use fieldmesh_core::EnvelopeId;
 use futures_util::StreamExt;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, request_response, tcp, yamux,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +38,13 @@ pub struct NetConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { listen: vec![], peers: vec![], mdns: false, engine: EngineConfig::default(), tick: Duration::from_millis(100) }
+        NetConfig {
+            listen: vec![],
+            peers: vec![],
+            mdns: false,
+            engine: EngineConfig::default(),
+            tick: Duration::from_millis(100),
+        }
     }
 }
 
@@ -118,7 +126,10 @@ impl NetHandle {
     /// The network's state.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Status(tx)).await.map_err(|_| NetError::Stopped)?;
+        self.tx
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
@@ -138,7 +149,10 @@ struct Behaviour {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Builds the swarm, starts listening and dialling, and spawns the network task on the
@@ -150,11 +164,17 @@ pub async fn spawn(
     host: Arc<dyn Host>,
 ) -> Result<(NetHandle, Vec<Multiaddr>), NetError> {
     let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
-    let codec = FrameCodec { max_frame_bytes: config.engine.max_frame_bytes };
+    let codec = FrameCodec {
+        max_frame_bytes: config.engine.max_frame_bytes,
+    };
     let mdns_on = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| build(&e))?
         .with_quic()
         .with_behaviour(|key| {
@@ -164,9 +184,15 @@ pub async fn spawn(
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .build()
                 .map_err(|e| e.to_string())?;
-            let gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            let gossip = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+            )?;
             let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id()).map_err(|e| e.to_string())?)
+                Some(
+                    mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())
+                        .map_err(|e| e.to_string())?,
+                )
             } else {
                 None
             };
@@ -174,10 +200,14 @@ pub async fn spawn(
                 sync: request_response::Behaviour::with_codec(
                     codec,
                     [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60)),
                 ),
                 gossip,
-                identify: identify::Behaviour::new(identify::Config::new("/fieldmesh/1.0.0".into(), key.public())),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/fieldmesh/1.0.0".into(),
+                    key.public(),
+                )),
                 ping: ping::Behaviour::default(),
                 mdns: Toggle::from(mdns),
             })
@@ -187,9 +217,18 @@ pub async fn spawn(
         .build();
 
     let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
-    swarm.behaviour_mut().gossip.subscribe(&topic).map_err(|e| build(&e))?;
+    swarm
+        .behaviour_mut()
+        .gossip
+        .subscribe(&topic)
+        .map_err(|e| build(&e))?;
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
     }
     // Wait until every listener reports its bound address (port 0 becomes real).
     let mut bound = Vec::new();
@@ -198,7 +237,10 @@ pub async fn spawn(
         match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
             Ok(SwarmEvent::NewListenAddr { address, .. }) => bound.push(address),
             Ok(SwarmEvent::ListenerError { error, .. }) => {
-                return Err(NetError::Listen { addr: config.listen[bound.len()].clone(), reason: error.to_string() });
+                return Err(NetError::Listen {
+                    addr: config.listen[bound.len()].clone(),
+                    reason: error.to_string(),
+                });
             }
             Ok(_) => {}
             Err(_) => break,
@@ -212,7 +254,20 @@ pub async fn spawn(
         topic,
         inbound: HashMap::new(),
         next_request: 0,
-        statics: config.peers.iter().map(|a| (a.clone(), Redial { at: Instant::now(), backoff: Duration::from_secs(1), connected: false })).collect(),
+        statics: config
+            .peers
+            .iter()
+            .map(|a| {
+                (
+                    a.clone(),
+                    Redial {
+                        at: Instant::now(),
+                        backoff: Duration::from_secs(1),
+                        connected: false,
+                    },
+                )
+            })
+            .collect(),
         addresses: BTreeMap::new(),
         listen: bound.clone(),
     };
@@ -267,7 +322,11 @@ impl Driver {
                 .engine
                 .peer_stats()
                 .into_iter()
-                .map(|(peer, stats)| PeerStatus { peer, addresses: self.addresses.get(&peer).cloned().unwrap_or_default(), stats })
+                .map(|(peer, stats)| PeerStatus {
+                    peer,
+                    addresses: self.addresses.get(&peer).cloned().unwrap_or_default(),
+                    stats,
+                })
                 .collect(),
             envelopes: self.engine.index().len(),
         }
@@ -302,7 +361,12 @@ impl Driver {
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     self.mark_static(&addr, true);
@@ -313,7 +377,12 @@ impl Driver {
                     self.feed(Input::PeerUp(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     self.mark_static(&addr, false);
@@ -327,19 +396,31 @@ impl Driver {
                     self.feed(Input::PeerDown(peer_id));
                 }
             }
-            SwarmEvent::OutgoingConnectionError { error, .. } => tracing::debug!(%error, "outgoing connection failed"),
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                tracing::debug!(%error, "outgoing connection failed")
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 if !self.listen.contains(&address) {
                     self.listen.push(address);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => {
                 let peer = message.source.unwrap_or(propagation_source);
                 if self.swarm.is_connected(&peer) {
-                    self.feed(Input::Announce { peer, frame: message.data });
+                    self.feed(Input::Announce {
+                        peer,
+                        frame: message.data,
+                    });
                 } else {
-                    self.feed(Input::Announce { peer: propagation_source, frame: message.data });
+                    self.feed(Input::Announce {
+                        peer: propagation_source,
+                        frame: message.data,
+                    });
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -355,16 +436,31 @@ impl Driver {
     fn on_sync(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
                     let id = self.next_request;
                     self.next_request += 1;
                     self.inbound.insert(id, channel);
-                    self.feed(Input::Request { peer, request: id, frame: request });
+                    self.feed(Input::Request {
+                        peer,
+                        request: id,
+                        frame: request,
+                    });
                 }
-                request_response::Message::Response { response, .. } => self.feed(Input::Response { peer, frame: response }),
+                request_response::Message::Response { response, .. } => {
+                    self.feed(Input::Response {
+                        peer,
+                        frame: response,
+                    })
+                }
             },
-            request_response::Event::OutboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "sync request failed"),
-            request_response::Event::InboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "inbound sync request failed"),
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync request failed")
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed")
+            }
             request_response::Event::ResponseSent { .. } => {}
         }
     }
@@ -386,12 +482,19 @@ impl Driver {
                     }
                     Output::Push { peer, id } => match self.host.load(&id) {
                         Some(bytes) => {
-                            self.swarm.behaviour_mut().sync.send_request(&peer, Frame::Envelope(bytes).encode());
+                            self.swarm
+                                .behaviour_mut()
+                                .sync
+                                .send_request(&peer, Frame::Envelope(bytes).encode());
                         }
                         None => tracing::warn!(%id, "queued envelope is no longer stored"),
                     },
                     Output::Ingest { peer, envelope } => match self.host.ingest(&envelope) {
-                        Ok((id, meta)) => pending.push(Input::Inserted { id, meta, from: Some(peer) }),
+                        Ok((id, meta)) => pending.push(Input::Inserted {
+                            id,
+                            meta,
+                            from: Some(peer),
+                        }),
                         Err(reason) => {
                             tracing::warn!(%peer, %reason, "refused an envelope");
                             pending.push(Input::Refused { peer });

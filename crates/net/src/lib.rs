@@ -31,5 +31,6 @@ pub trait Host: Send + Sync + 'static {
 
 /// The libp2p identity for a node key seed (the same Ed25519 key: peer id = node id).
 pub fn keypair_from_seed(mut seed: [u8; 32]) -> libp2p::identity::Keypair {
-    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).expect("32-byte seed is a valid ed25519 key")
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .expect("32-byte seed is a valid ed25519 key")
 }

@@ -18,7 +18,9 @@ pub struct FrameCodec {
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec { max_frame_bytes: MAX_FRAME_BYTES }
+        FrameCodec {
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
     }
 }
 
@@ -27,7 +29,10 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, cap: usize) -> io::
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > cap {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds the cap of {cap}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the cap of {cap}"),
+        ));
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
@@ -45,16 +50,34 @@ impl libp2p::request_response::Codec for FrameCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_frame(io, self.max_frame_bytes).await
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         read_frame(io, self.max_frame_bytes).await
     }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         write_frame(io, &req).await
     }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
         write_frame(io, &res).await
     }
 }
@@ -67,9 +90,13 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_and_cap() {
-        let mut c = FrameCodec { max_frame_bytes: 16 };
+        let mut c = FrameCodec {
+            max_frame_bytes: 16,
+        };
         let mut buf = Cursor::new(Vec::new());
-        c.write_request(&PROTOCOL, &mut buf, b"hello".to_vec()).await.unwrap();
+        c.write_request(&PROTOCOL, &mut buf, b"hello".to_vec())
+            .await
+            .unwrap();
         let mut r = Cursor::new(buf.into_inner());
         assert_eq!(c.read_request(&PROTOCOL, &mut r).await.unwrap(), b"hello");
         // A length prefix over the cap is refused before anything is allocated.
