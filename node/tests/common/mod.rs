@@ -72,12 +72,16 @@ impl TestNode {
 
     /// Starts the daemon on an OS-chosen loopback port; waits for its record.
     pub fn start_daemon(&self) -> Daemon {
-        let child = self
-            .cmd(&["run", "--http", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.start_daemon_with(&[])
+    }
+
+    /// Starts the daemon with extra `run` arguments (listen, peer); waits for its record.
+    pub fn start_daemon_with(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["run", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         let record = self.home().join("daemon.json");
+        let _ = std::fs::remove_file(&record);
+        let child = self.cmd(&args).stdout(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !record.exists() {
             assert!(Instant::now() < deadline, "daemon did not start");
@@ -85,10 +89,15 @@ impl TestNode {
         }
         let rec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let listen = rec["listen"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
         Daemon {
             child,
             http: rec["http"].as_str().unwrap().to_owned(),
             record,
+            listen,
         }
     }
 }
@@ -97,6 +106,31 @@ pub struct Daemon {
     pub child: Child,
     pub http: String,
     record: PathBuf,
+    /// Bound network addresses.
+    pub listen: Vec<String>,
+}
+
+impl Daemon {
+    /// The bound address of the given transport ("quic" or "tcp").
+    pub fn addr(&self, transport: &str) -> String {
+        self.listen
+            .iter()
+            .find(|a| a.contains(transport))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {transport} listener"))
+    }
+}
+
+/// Polls `f` every 100 ms until it is true or `secs` pass.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Daemon {

@@ -1,0 +1,82 @@
+//! The mesh with real processes on 127.0.0.1: QUIC and TCP, relaying, catch-up.
+
+mod common;
+use common::{TestNode, wait_until};
+
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// A–B–C in a line; A and C are never connected. A message posted on A is read on C,
+/// in a channel C has never seen, by id and by name.
+#[test]
+fn a_message_crosses_a_relay_between_nodes_that_never_meet() {
+    let (a, b, c) = (
+        TestNode::init("alpha"),
+        TestNode::init("bravo"),
+        TestNode::init("charlie"),
+    );
+    let ch = a.ok(&["channel", "create", "company-net"]);
+    let db = b.start_daemon_with(&["--listen", QUIC, "--listen", TCP]);
+    let da = a.start_daemon_with(&["--peer", &db.addr("quic")]);
+    let dc = c.start_daemon_with(&["--peer", &db.addr("tcp")]);
+    let id = a.ok(&[
+        "post",
+        "company-net",
+        "contact front, grid 38S MB 1234 5678",
+        "--precedence",
+        "flash",
+    ]);
+    wait_until(30, "the message on C", || {
+        let out = c.run(&["read", &ch, "--json"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&id)
+    });
+    let msgs = c.read_json("company-net");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["text"], "contact front, grid 38S MB 1234 5678");
+    assert_eq!(msgs[0]["precedence"], "flash");
+    // C only ever talked to B.
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["sync-status", "--json"])).unwrap();
+    assert_eq!(status["peers"].as_array().unwrap().len(), 1);
+    let b_status: serde_json::Value =
+        serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
+    assert_eq!(b_status["peers"].as_array().unwrap().len(), 2);
+    // And the reply comes back the other way.
+    let reply = c.ok(&["post", &ch, "copy, moving to support", "--reply-to", &id]);
+    wait_until(30, "the reply on A", || {
+        a.read_json(&ch).iter().any(|m| m["id"] == reply.as_str())
+    });
+    for d in [da, db, dc] {
+        d.stop();
+    }
+}
+
+/// B goes away, A posts 100 messages, B returns: every message arrives exactly once.
+#[test]
+fn a_returning_node_catches_up_on_everything_it_missed() {
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    let ch = a.ok(&["channel", "create", "logistics"]);
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    let peer = da.addr("quic");
+    let db = b.start_daemon_with(&["--peer", &peer]);
+    wait_until(30, "the channel on B", || {
+        b.run(&["read", &ch]).status.success()
+    });
+    db.stop();
+
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(a.ok(&["post", "logistics", &format!("resupply request {i}")]));
+    }
+    let db = b.start_daemon_with(&["--peer", &peer]);
+    wait_until(60, "100 messages on B", || b.read_json(&ch).len() >= 100);
+    let got = b.read_json(&ch);
+    assert_eq!(got.len(), 100, "every message exactly once");
+    let got_ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(got_ids, want);
+    assert_eq!(a.read_json(&ch), got, "both views are identical");
+    db.stop();
+    da.stop();
+}
