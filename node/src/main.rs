@@ -4,6 +4,7 @@ mod api;
 mod bench;
 mod bundle;
 mod client;
+mod demo;
 mod home;
 mod node;
 mod ops;
@@ -117,6 +118,13 @@ enum Cmd {
     SyncStatus {
         #[arg(long)]
         json: bool,
+    },
+    /// Start a small local mesh (three squads and a command post on 127.0.0.1), play
+    /// scripted field traffic through it and show it converging.
+    Demo {
+        /// Where to put the nodes' homes (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Measure store and channel performance.
     #[command(subcommand)]
@@ -394,6 +402,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Bench(b) => bench::run(b)?,
+        Cmd::Demo { dir } => demo::run(dir, &cli.profile)?,
     }
     Ok(())
 }

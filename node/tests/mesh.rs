@@ -80,3 +80,25 @@ fn a_returning_node_catches_up_on_everything_it_missed() {
     db.stop();
     da.stop();
 }
+
+/// The README's first command: the demo runs, converges and says so.
+#[test]
+fn the_demo_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["--profile", "ci-loopback", "demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("all 4 replicas identical: true"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("squad-3 caught up"), "{stdout}");
+}

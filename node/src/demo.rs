@@ -1,0 +1,323 @@
+//! `fieldmesh demo`: a small mesh on 127.0.0.1 — three squads and a command post — with
+//! scripted field traffic, an intermittent link, and convergence shown as it happens.
+//!
+//! Topology: squad-1 and squad-2 reach the command post directly; squad-3 only reaches
+//! squad-2 (so its traffic is relayed), and drops off the air in the middle of the
+//! exercise, then comes back and catches up.
+
+use crate::client::Client;
+use crate::home::{DaemonRecord, Home};
+use crate::ops::{Ops, PostRequest};
+use anyhow::{Context, Result, bail};
+use fieldmesh_core::Precedence;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc {
+    name: &'static str,
+    home: Home,
+    child: Option<Child>,
+    record: Option<DaemonRecord>,
+}
+
+impl Proc {
+    fn client(&self) -> Client {
+        Client::new(&self.record.as_ref().expect("running").http)
+    }
+
+    fn start(&mut self, exe: &Path, profile: &str, args: &[String]) -> Result<()> {
+        let _ = std::fs::remove_file(self.home.daemon_path());
+        let child = Command::new(exe)
+            .arg("--home")
+            .arg(&self.home.root)
+            .arg("--profile")
+            .arg(profile)
+            .args(["run", "--http", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(rec) = self.home.daemon()? {
+                self.record = Some(rec);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        self.record = None;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn init(exe: &Path, dir: &Path, name: &'static str, profile: &str) -> Result<Proc> {
+    let home = Home {
+        root: dir.join(name),
+    };
+    let st = Command::new(exe)
+        .arg("--home")
+        .arg(&home.root)
+        .arg("--profile")
+        .arg(profile)
+        .args(["init", "--name", name])
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("init {name} failed");
+    }
+    Ok(Proc {
+        name,
+        home,
+        child: None,
+        record: None,
+    })
+}
+
+fn counts(procs: &[&Proc], channel: &str) -> Vec<usize> {
+    procs
+        .iter()
+        .map(|p| p.client().read(channel).map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+fn wait_converged(procs: &[&Proc], channel: &str, expected: usize, secs: u64) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let c = counts(procs, channel);
+        if c.iter().all(|n| *n == expected) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(secs) {
+            bail!("not converged after {secs}s: {c:?} of {expected}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let cleanup = dir.is_none();
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("fieldmesh-demo-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "== Fieldmesh demo in {} (127.0.0.1 only, mDNS off)",
+        dir.display()
+    );
+    let mut cp = init(&exe, &dir, "command-post", profile)?;
+    let mut s1 = init(&exe, &dir, "squad-1", profile)?;
+    let mut s2 = init(&exe, &dir, "squad-2", profile)?;
+    let mut s3 = init(&exe, &dir, "squad-3", profile)?;
+
+    cp.start(
+        &exe,
+        profile,
+        &[
+            "--listen".into(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+        ],
+    )?;
+    let cp_rec = cp.record.clone().expect("running");
+    let cp_quic = cp_rec
+        .listen
+        .iter()
+        .find(|a| a.contains("quic"))
+        .cloned()
+        .context("no QUIC listener")?;
+    let cp_tcp = cp_rec
+        .listen
+        .iter()
+        .find(|a| a.contains("tcp"))
+        .cloned()
+        .context("no TCP listener")?;
+    s1.start(&exe, profile, &["--peer".into(), cp_quic.clone()])?;
+    s2.start(
+        &exe,
+        profile,
+        &[
+            "--peer".into(),
+            cp_tcp,
+            "--listen".into(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+        ],
+    )?;
+    let s2_quic = s2
+        .record
+        .as_ref()
+        .and_then(|r| r.listen.first().cloned())
+        .context("squad-2 listener")?;
+    s3.start(&exe, profile, &["--peer".into(), s2_quic.clone()])?;
+    println!(
+        "command-post  QUIC+TCP listener   {}",
+        cp_rec.peer_id.clone().unwrap_or_default()
+    );
+    println!("squad-1  ──QUIC──▶ command-post");
+    println!("squad-2  ──TCP───▶ command-post");
+    println!("squad-3  ──QUIC──▶ squad-2 (never talks to the command post directly)");
+
+    let net = cp.client().create_channel("company-net")?;
+    let ch = net.id.to_hex();
+    println!(
+        "\n== command-post creates channel company-net {}",
+        net.id.short()
+    );
+    let t = wait_converged(&[&cp, &s1, &s2, &s3], &ch, 0, 30).and_then(|_| {
+        // The channel exists everywhere once every node can read it.
+        let start = Instant::now();
+        while [&cp, &s1, &s2, &s3]
+            .iter()
+            .any(|p| p.client().read(&ch).is_err())
+        {
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("channel did not reach every node");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(start.elapsed())
+    })?;
+    println!(
+        "channel reached all 4 nodes in {:.0} ms",
+        t.as_secs_f64() * 1e3
+    );
+
+    let script: [(&Proc, &str, Precedence); 5] = [
+        (
+            &s1,
+            "SITREP squad-1: at checkpoint 4, grid 38S MB 1200 5600, no contact, fuel 80%",
+            Precedence::Routine,
+        ),
+        (
+            &s2,
+            "SITREP squad-2: holding bridge, grid 38S MB 1310 5720, 1 vehicle down",
+            Precedence::Priority,
+        ),
+        (
+            &s3,
+            "CONTACT squad-3: 4 vehicles moving north on MSR TAMPA, grid 38S MB 1240 5690",
+            Precedence::Flash,
+        ),
+        (
+            &cp,
+            "All units: hold positions, QRF launching",
+            Precedence::Immediate,
+        ),
+        (&s1, "squad-1: roger, holding", Precedence::Routine),
+    ];
+    println!("\n== field traffic");
+    let mut expected = 0;
+    for (p, text, prec) in script {
+        let t = Instant::now();
+        p.client().post(
+            &ch,
+            &PostRequest {
+                text: text.into(),
+                precedence: Some(prec),
+                reply_to: None,
+            },
+        )?;
+        expected += 1;
+        let d = wait_converged(&[&cp, &s1, &s2, &s3], &ch, expected, 60)?;
+        println!(
+            "{:<13} {:<9} visible on all 4 nodes after {:>5.0} ms  {text}",
+            p.name,
+            prec.name().to_uppercase(),
+            d.max(t.elapsed()).as_secs_f64() * 1e3
+        );
+    }
+
+    println!("\n== squad-3 drives out of radio range");
+    s3.stop();
+    for text in [
+        "command-post: QRF at phase line BLUE",
+        "squad-2: QRF in sight",
+        "command-post: squad-3 report status",
+    ] {
+        let p = if text.starts_with("squad-2") {
+            &s2
+        } else {
+            &cp
+        };
+        p.client().post(
+            &ch,
+            &PostRequest {
+                text: text.into(),
+                precedence: Some(Precedence::Priority),
+                reply_to: None,
+            },
+        )?;
+        expected += 1;
+    }
+    wait_converged(&[&cp, &s1, &s2], &ch, expected, 60)?;
+    println!("3 messages posted while squad-3 is away; the other nodes have {expected}");
+    println!("== squad-3 comes back into range");
+    let t = Instant::now();
+    s3.start(&exe, profile, &["--peer".into(), s2_quic])?;
+    let caught_up = wait_converged(&[&cp, &s1, &s2, &s3], &ch, expected, 60)?;
+    println!(
+        "squad-3 caught up on everything it missed in {:.0} ms",
+        t.elapsed().max(caught_up).as_secs_f64() * 1e3
+    );
+
+    println!("\n== the command post's view of company-net");
+    for m in cp.client().read(&ch)? {
+        println!(
+            "{} {:<9} {}  {}",
+            m.time,
+            m.precedence.name().to_uppercase(),
+            m.author.short(),
+            m.text
+        );
+    }
+    let views: Vec<_> = [&cp, &s1, &s2, &s3]
+        .iter()
+        .map(|p| p.client().read(&ch))
+        .collect::<Result<_, _>>()?;
+    let same = views.windows(2).all(|w| w[0] == w[1]);
+    println!("\nall 4 replicas identical: {same}");
+    println!("\n== sync status at the command post");
+    let status = cp.client().net()?;
+    for p in &status.peers {
+        println!(
+            "{}  sent {} env / {} B, received {} env / {} B",
+            p.peer, p.envelopes_sent, p.bytes_sent, p.envelopes_received, p.bytes_received
+        );
+    }
+    for p in [&mut s3, &mut s2, &mut s1, &mut cp] {
+        p.stop();
+    }
+    drop((cp, s1, s2, s3));
+    if cleanup {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if !same {
+        bail!("replicas differ");
+    }
+    println!("\ndemo complete");
+    Ok(())
+}
