@@ -190,7 +190,7 @@ mod tests {
             k.transport_seed()
         );
         let again =
-            ring::signature::Ed25519KeyPair::from_seed_unchecked(&k.transport_seed()).unwrap();
+            Ed25519KeyPair::from_seed_unchecked(&k.transport_seed()).unwrap();
         assert_eq!(again.public_key().as_ref(), &k.node_id().0);
         assert!(matches!(
             NodeKey::create(&path),

@@ -399,10 +399,8 @@ impl Driver {
             SwarmEvent::OutgoingConnectionError { error, .. } => {
                 tracing::debug!(%error, "outgoing connection failed")
             }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.listen.contains(&address) {
-                    self.listen.push(address);
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
+                self.listen.push(address);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
