@@ -121,6 +121,8 @@ pub struct NetView {
     pub peer_id: String,
     pub listen: Vec<String>,
     pub envelopes: usize,
+    /// Frames and envelopes rejected from misbehaving peers since start.
+    pub rejected: u64,
     pub peers: Vec<PeerView>,
 }
 
@@ -130,6 +132,7 @@ impl From<fieldmesh_net::NetStatus> for NetView {
             peer_id: s.peer_id.to_string(),
             listen: s.listen.iter().map(|a| a.to_string()).collect(),
             envelopes: s.envelopes,
+            rejected: s.rejected,
             peers: s
                 .peers
                 .into_iter()

@@ -102,3 +102,63 @@ fn the_demo_converges() {
     );
     assert!(stdout.contains("squad-3 caught up"), "{stdout}");
 }
+
+/// A hostile peer sends garbage, oversized and forged frames: each is rejected and
+/// counted, none is stored, and the node keeps serving its honest peer.
+#[test]
+fn hostile_frames_are_rejected_counted_and_service_continues() {
+    use fieldmesh_sync::frame::Frame;
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    let ch = a.ok(&["channel", "create", "ops"]);
+    a.ok(&["post", "ops", "genuine"]);
+    // A genuine envelope to forge from.
+    let bundle = a.dir.path().join("b.fmb");
+    a.ok(&["bundle", "export", "--out", bundle.to_str().unwrap()]);
+    let bytes = std::fs::read(&bundle).unwrap();
+    let first_len = u32::from_be_bytes(bytes[9..13].try_into().unwrap()) as usize;
+    let genuine = bytes[13..13 + first_len].to_vec();
+    let mut bad_sig = genuine.clone();
+    *bad_sig.last_mut().unwrap() ^= 1;
+    let mut other_author = genuine.clone();
+    other_author[80] ^= 0xff;
+
+    let db = b.start_daemon_with(&["--listen", TCP]);
+    let da = a.start_daemon_with(&["--peer", &db.addr("tcp")]);
+    wait_until(30, "the channel on B", || {
+        b.run(&["read", &ch]).status.success()
+    });
+
+    let frames = vec![
+        vec![0xde, 0xad, 0xbe, 0xef],
+        vec![1, 99],
+        vec![1, 1, 0xff, 0xff],
+        vec![7; 100],
+        Frame::Announce(vec![]).encode()[..1].to_vec(),
+        Frame::Envelope(bad_sig).encode(),
+        Frame::Envelope(other_author).encode(),
+        vec![0u8; 2 * 1024 * 1024],
+    ];
+    let n_bad = frames.len() as u64;
+    let target: fieldmesh_net::Multiaddr = db.addr("tcp").parse().unwrap();
+    let report = fieldmesh_tests::hostile::attack(target, frames, 20);
+    assert_eq!(report.sent as u64, n_bad);
+
+    wait_until(10, "every bad frame counted", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
+        status["rejected"].as_u64().unwrap() >= n_bad
+    });
+    // Still serving: a new message from the honest peer arrives.
+    let id = a.ok(&["post", "ops", "still here?", "--precedence", "immediate"]);
+    wait_until(30, "the new message on B", || {
+        b.read_json(&ch).iter().any(|m| m["id"] == id.as_str())
+    });
+    let texts: Vec<String> = b
+        .read_json(&ch)
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, vec!["genuine", "still here?"]);
+    da.stop();
+    db.stop();
+}

@@ -3,6 +3,8 @@
 //!
 //! Shared fixtures: a deterministic envelope factory.
 
+pub mod hostile;
+
 use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, Kind, Precedence};
 use fieldmesh_crypto::{NodeKey, PayloadKey, seal_envelope};
 

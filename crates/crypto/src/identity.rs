@@ -189,8 +189,7 @@ mod tests {
             NodeKey::load(&path).unwrap().transport_seed(),
             k.transport_seed()
         );
-        let again =
-            Ed25519KeyPair::from_seed_unchecked(&k.transport_seed()).unwrap();
+        let again = Ed25519KeyPair::from_seed_unchecked(&k.transport_seed()).unwrap();
         assert_eq!(again.public_key().as_ref(), &k.node_id().0);
         assert!(matches!(
             NodeKey::create(&path),

@@ -90,6 +90,8 @@ pub struct NetStatus {
     pub peers: Vec<PeerStatus>,
     /// Envelopes held.
     pub envelopes: usize,
+    /// Frames and envelopes rejected from misbehaving peers since start.
+    pub rejected: u64,
 }
 
 enum Command {
@@ -164,9 +166,8 @@ pub async fn spawn(
     host: Arc<dyn Host>,
 ) -> Result<(NetHandle, Vec<Multiaddr>), NetError> {
     let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
-    let codec = FrameCodec {
-        max_frame_bytes: config.engine.max_frame_bytes,
-    };
+    let codec = FrameCodec::new(config.engine.max_frame_bytes);
+    let oversized = codec.oversized.clone();
     let mdns_on = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -270,6 +271,7 @@ pub async fn spawn(
             .collect(),
         addresses: BTreeMap::new(),
         listen: bound.clone(),
+        oversized,
     };
     tokio::spawn(async move { driver.run(rx, config.tick).await });
     Ok((NetHandle { tx }, bound))
@@ -291,6 +293,7 @@ struct Driver {
     statics: Vec<(Multiaddr, Redial)>,
     addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
     listen: Vec<Multiaddr>,
+    oversized: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Driver {
@@ -329,6 +332,8 @@ impl Driver {
                 })
                 .collect(),
             envelopes: self.engine.index().len(),
+            rejected: self.engine.total_strikes()
+                + self.oversized.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

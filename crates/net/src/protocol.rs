@@ -5,30 +5,48 @@ use fieldmesh_sync::frame::MAX_FRAME_BYTES;
 use futures_util::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol name, negotiated by multistream-select.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/sync/1");
 
 /// Length-prefixed frames with a size cap.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FrameCodec {
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
+    /// Frames refused for exceeding the cap. libp2p does not report failed reads to the
+    /// behaviour, so the codec counts them itself.
+    pub oversized: Arc<AtomicU64>,
 }
 
-impl Default for FrameCodec {
-    fn default() -> Self {
+impl FrameCodec {
+    /// A codec with a cap.
+    pub fn new(max_frame_bytes: usize) -> FrameCodec {
         FrameCodec {
-            max_frame_bytes: MAX_FRAME_BYTES,
+            max_frame_bytes,
+            oversized: Arc::default(),
         }
     }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, cap: usize) -> io::Result<Vec<u8>> {
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(MAX_FRAME_BYTES)
+    }
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    cap: usize,
+    oversized: &AtomicU64,
+) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > cap {
+        oversized.fetch_add(1, Ordering::Relaxed);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {len} bytes exceeds the cap of {cap}"),
@@ -55,14 +73,14 @@ impl libp2p::request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_frame_bytes).await
+        read_frame(io, self.max_frame_bytes, &self.oversized).await
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_frame_bytes).await
+        read_frame(io, self.max_frame_bytes, &self.oversized).await
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -90,19 +108,18 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_and_cap() {
-        let mut c = FrameCodec {
-            max_frame_bytes: 16,
-        };
+        let mut c = FrameCodec::new(16);
         let mut buf = Cursor::new(Vec::new());
         c.write_request(&PROTOCOL, &mut buf, b"hello".to_vec())
             .await
             .unwrap();
         let mut r = Cursor::new(buf.into_inner());
         assert_eq!(c.read_request(&PROTOCOL, &mut r).await.unwrap(), b"hello");
-        // A length prefix over the cap is refused before anything is allocated.
+        // A length prefix over the cap is refused before anything is allocated, and counted.
         let mut r = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
         let err = c.read_request(&PROTOCOL, &mut r).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(c.oversized.load(Ordering::Relaxed), 1);
         // A truncated frame is an error, not a hang.
         let mut r = Cursor::new(vec![0, 0, 0, 9, 1, 2]);
         assert!(c.read_request(&PROTOCOL, &mut r).await.is_err());

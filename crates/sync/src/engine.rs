@@ -181,6 +181,8 @@ pub struct Engine<P: Ord + Clone> {
     config: EngineConfig,
     index: Index,
     peers: BTreeMap<P, PeerState>,
+    /// Strikes ever given, across peers (survives disconnects).
+    total_strikes: u64,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
@@ -190,6 +192,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             config,
             index,
             peers: BTreeMap::new(),
+            total_strikes: 0,
         }
     }
 
@@ -319,7 +322,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         frames
     }
 
+    /// Strikes given to misbehaving peers since start (rejected frames and envelopes).
+    pub fn total_strikes(&self) -> u64 {
+        self.total_strikes
+    }
+
     fn strike(&mut self, peer: &P, why: &str, out: &mut Vec<Output<P>>) {
+        self.total_strikes += 1;
         let Some(st) = self.peers.get_mut(peer) else {
             return;
         };

@@ -1,0 +1,89 @@
+//! A hostile peer: connects to a node over libp2p and sends garbage, oversized and forged
+//! frames through the real sync protocol. Used by the multi-process tests.
+
+use fieldmesh_net::protocol::{FrameCodec, PROTOCOL};
+use futures_util::StreamExt;
+use libp2p::{Multiaddr, request_response, swarm::SwarmEvent};
+use std::time::Duration;
+
+/// What the attack saw.
+#[derive(Debug, Default)]
+pub struct AttackReport {
+    /// Requests sent.
+    pub sent: usize,
+    /// Answers received.
+    pub answered: usize,
+    /// Requests that failed (stream reset, connection closed by the target).
+    pub failed: usize,
+    /// Whether the target closed the connection.
+    pub disconnected: bool,
+}
+
+/// Sends each of `frames` as a sync request to `target` (oversized frames included: the
+/// attacker's codec has no cap), then waits up to `secs` for the outcome.
+pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_quic()
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    FrameCodec::new(64 << 20),
+                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(secs)),
+                )
+            })
+            .expect("behaviour")
+            .build();
+        swarm.dial(target).expect("dial");
+        let mut report = AttackReport::default();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut pending = 0usize;
+        let mut frames = Some(frames);
+        loop {
+            let ev = match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(ev) => ev,
+                Err(_) => break,
+            };
+            match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    for f in frames.take().unwrap_or_default() {
+                        swarm.behaviour_mut().send_request(&peer_id, f);
+                        report.sent += 1;
+                        pending += 1;
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                }) => {
+                    report.answered += 1;
+                    pending -= 1;
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                    report.failed += 1;
+                    pending -= 1;
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => report.disconnected = true,
+                _ => {}
+            }
+            if report.sent > 0 && pending == 0 {
+                break;
+            }
+        }
+        report
+    })
+}
