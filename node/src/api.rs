@@ -14,6 +14,8 @@
 //! | GET  | /api/v1/bundle?channel= | → bundle file |
 //! | POST | /api/v1/bundle | bundle file → import report |
 //! | GET  | /api/v1/events | server-sent events: `message` {channel, message} |
+//! | POST | /api/v1/channels/{ch}/blobs?name=&mime= | file bytes → attachment reference |
+//! | GET  | /api/v1/messages/{id}/attachments/{n} | → verified attachment bytes |
 //! | GET  | /api/v1/sync-status | → {peer_id, listen, envelopes, peers: [per-peer counters, backlog]} |
 //!
 //! Errors are `{"error": "..."}` with 400, 404, 409, 413, 500 or 507.
@@ -101,12 +103,33 @@ fn yes() -> bool {
     true
 }
 #[derive(Deserialize)]
+struct BlobQuery {
+    name: String,
+    #[serde(default = "octet")]
+    mime: String,
+}
+fn octet() -> String {
+    "application/octet-stream".into()
+}
+#[derive(Deserialize)]
 struct BundleQuery {
     channel: Option<String>,
 }
 
 pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
     Router::new()
+        .route(
+            "/api/v1/channels/{ch}/blobs",
+            post(|State(n): State<AppState>, Path(ch): Path<String>, Query(q): Query<BlobQuery>, body: Bytes| async move {
+                json(blocking(n, move |n| n.put_blob(&ch, &q.name, &q.mime, &body)).await)
+            }),
+        )
+        .route(
+            "/api/v1/messages/{id}/attachments/{n}",
+            get(|State(n): State<AppState>, Path((id, i)): Path<(String, usize)>| async move {
+                bytes(blocking(n, move |n| n.get_attachment(&id, i)).await)
+            }),
+        )
         .route("/api/v1/sync-status", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.net()).await) }))
         .route("/api/v1/node", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.identity()).await) }))
         .route(

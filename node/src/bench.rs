@@ -168,6 +168,7 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
                 text: format!("message {i}: all stations, radio check"),
                 precedence: None,
                 reply_to: None,
+                attachments: vec![],
             },
         )?;
     }

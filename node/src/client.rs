@@ -144,6 +144,38 @@ impl Ops for Client {
     fn net(&self) -> Result<crate::ops::NetView, NodeError> {
         self.get("/sync-status")
     }
+    fn put_blob(
+        &self,
+        channel: &str,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<fieldmesh_channel::AttachmentRef, NodeError> {
+        let url = format!(
+            "{}/channels/{}/blobs?name={}&mime={}",
+            self.base,
+            seg(channel),
+            seg(name),
+            seg(mime)
+        );
+        let resp = self
+            .agent
+            .post(url)
+            .header("content-type", "application/octet-stream")
+            .send(data);
+        Self::json(Self::finish(resp)?)
+    }
+    fn get_attachment(&self, message: &str, index: usize) -> Result<Vec<u8>, NodeError> {
+        Self::finish(
+            self.agent
+                .get(format!(
+                    "{}/messages/{}/attachments/{index}",
+                    self.base,
+                    seg(message)
+                ))
+                .call(),
+        )
+    }
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let resp = self
             .agent

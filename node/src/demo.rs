@@ -239,6 +239,7 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
                 text: text.into(),
                 precedence: Some(prec),
                 reply_to: None,
+                attachments: vec![],
             },
         )?;
         expected += 1;
@@ -269,6 +270,7 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
                 text: text.into(),
                 precedence: Some(Precedence::Priority),
                 reply_to: None,
+                attachments: vec![],
             },
         )?;
         expected += 1;

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod blob;
 mod bundle;
 mod client;
 mod demo;
@@ -68,7 +69,13 @@ enum Cmd {
         /// Reply in the thread of this message id.
         #[arg(long)]
         reply_to: Option<String>,
+        /// Attach a file (repeatable); it travels as verified, resumable chunks.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
     },
+    /// Attachments of messages.
+    #[command(subcommand)]
+    Attachment(AttachmentCmd),
     /// Read a channel.
     Read {
         channel: String,
@@ -145,6 +152,19 @@ enum ChannelCmd {
         channel: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AttachmentCmd {
+    /// Write a message's attachment to a file, verified against its hash.
+    Get {
+        message: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Which attachment of the message (0 = first).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
     },
 }
 
@@ -263,17 +283,43 @@ fn run(cli: Cli) -> Result<()> {
             text,
             precedence,
             reply_to,
+            attach,
         } => {
             let ops = backend(&home, &profile()?)?;
+            let mut attachments = Vec::new();
+            for path in &attach {
+                let data =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                attachments.push(ops.put_blob(
+                    &channel,
+                    &name,
+                    "application/octet-stream",
+                    &data,
+                )?);
+            }
             let posted = ops.post(
                 &channel,
                 &PostRequest {
                     text,
                     precedence: Some(precedence),
                     reply_to,
+                    attachments,
                 },
             )?;
             println!("{}", posted.id);
+        }
+        Cmd::Attachment(AttachmentCmd::Get {
+            message,
+            out,
+            index,
+        }) => {
+            let data = backend(&home, &profile()?)?.get_attachment(&message, index)?;
+            write_file(&out, &data)?;
+            println!("wrote {} bytes to {}", data.len(), out.display());
         }
         Cmd::Read { channel, json } => {
             let msgs = backend(&home, &profile()?)?.read(&channel)?;

@@ -4,7 +4,7 @@
 use crate::bundle;
 use crate::ops::{Identity, ImportReport, NodeError, Ops, PostRequest, Posted, StoredEvent};
 use fieldmesh_channel::{
-    Channel, ChannelSummary, Incoming, LocalChange, LocalOpError, MessageView,
+    AttachmentRef, Channel, ChannelSummary, Incoming, LocalChange, LocalOpError, MessageView,
 };
 use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, HlcClock, NodeId};
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
@@ -182,7 +182,7 @@ impl Node {
         let envs = self.store.channel_envelopes(id)?;
         let mut opened = Vec::with_capacity(envs.len());
         let mut max_hlc = Hlc::ZERO;
-        for env in &envs {
+        for env in envs.iter().filter(|e| e.header().kind.is_channel_change()) {
             let h = env.header();
             let Some(key) = self.payload_key(&h.compartment) else {
                 continue;
@@ -376,6 +376,9 @@ impl Node {
             inserted += 1;
             self.announce(env);
             let cid = env.header().channel;
+            if !env.header().kind.is_channel_change() {
+                continue;
+            }
             if let Some(ch) = cache.get_mut(&cid) {
                 match self.apply_to(ch, env) {
                     Ok(()) => {
@@ -448,6 +451,14 @@ impl Ops for Node {
         let precedence = req
             .precedence
             .unwrap_or(fieldmesh_core::Precedence::Routine);
+        if !req.attachments.is_empty() {
+            // Attach only what is complete and verified here.
+            let id = self.resolve(spec)?;
+            for a in &req.attachments {
+                self.blob(&id, a)?;
+            }
+        }
+        let attachments = req.attachments.clone();
         self.write(spec, |ch, me, hlc| {
             ch.post(
                 me,
@@ -455,7 +466,7 @@ impl Ops for Node {
                 &req.text,
                 precedence,
                 req.reply_to.as_deref(),
-                vec![],
+                attachments,
             )
         })
     }
@@ -495,6 +506,73 @@ impl Ops for Node {
         self.net_view()
     }
 
+    fn put_blob(
+        &self,
+        spec: &str,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<AttachmentRef, NodeError> {
+        if data.len() as u64 > crate::blob::MAX_BLOB_BYTES {
+            return Err(NodeError::TooLarge(format!(
+                "attachment of {} bytes exceeds {}",
+                data.len(),
+                crate::blob::MAX_BLOB_BYTES
+            )));
+        }
+        let channel = self.resolve(spec)?;
+        let (hash, payloads) = crate::blob::split(data);
+        let key = PayloadKey::open_compartment();
+        let mut envs = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            let hlc = lock(&self.clock).tick(now_ms());
+            let header = Header {
+                kind: fieldmesh_core::Kind::BLOB_CHUNK,
+                precedence: fieldmesh_core::Precedence::Routine,
+                compartment: CompartmentId::OPEN,
+                epoch: 0,
+                channel,
+                author: self.node_id(),
+                hlc,
+                deps: vec![],
+            };
+            envs.push(
+                seal_envelope(&self.key, header, &key, &p)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?,
+            );
+        }
+        for batch in envs.chunks(256) {
+            self.store.put_batch(batch)?;
+        }
+        for e in &envs {
+            self.announce(e);
+        }
+        Ok(AttachmentRef {
+            hash: hex::encode(hash),
+            name: name.to_owned(),
+            size: data.len() as u64,
+            mime: mime.to_owned(),
+        })
+    }
+
+    fn get_attachment(&self, message: &str, index: usize) -> Result<Vec<u8>, NodeError> {
+        for (id, _) in self.store.channels()? {
+            let found = self.with_channel(&id, |ch| Ok(ch.message(message)))?;
+            if let Some(m) = found {
+                let a = m.attachments.get(index).ok_or_else(|| {
+                    NodeError::NotFound(format!(
+                        "message {message} has {} attachment(s); no #{index}",
+                        m.attachments.len()
+                    ))
+                })?;
+                return self.blob(&id, a);
+            }
+        }
+        Err(NodeError::NotFound(format!(
+            "no message {message} in any channel this node can read"
+        )))
+    }
+
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let frames = bundle::decode(bytes).map_err(NodeError::BadRequest)?;
         let mut good = Vec::new();
@@ -514,6 +592,24 @@ impl Ops for Node {
             rejected,
             channel_rejects,
         })
+    }
+}
+
+impl Node {
+    /// Reassembles and verifies a blob from the chunk envelopes stored in `channel`.
+    fn blob(&self, channel: &ChannelId, a: &AttachmentRef) -> Result<Vec<u8>, NodeError> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&a.hash, &mut hash)
+            .map_err(|_| NodeError::BadRequest("attachment hash is not hex".into()))?;
+        let key = PayloadKey::open_compartment();
+        let chunks = self
+            .store
+            .channel_envelopes(channel)?
+            .into_iter()
+            .filter(|e| e.header().kind == fieldmesh_core::Kind::BLOB_CHUNK)
+            .filter_map(|e| open_envelope(&e, &key).ok())
+            .filter_map(|p| crate::blob::decode(&p).ok());
+        crate::blob::assemble(&hash, a.size, chunks).map_err(NodeError::Conflict)
     }
 }
 

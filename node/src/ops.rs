@@ -69,6 +69,9 @@ pub struct PostRequest {
     pub precedence: Option<Precedence>,
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// Blobs stored beforehand with `put_blob`.
+    #[serde(default)]
+    pub attachments: Vec<fieldmesh_channel::AttachmentRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,4 +181,14 @@ pub trait Ops {
     fn export_bundle(&self, channel: Option<&str>) -> Result<Vec<u8>, NodeError>;
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError>;
     fn net(&self) -> Result<NetView, NodeError>;
+    /// Stores a blob as chunk envelopes in a channel; returns the reference to attach.
+    fn put_blob(
+        &self,
+        channel: &str,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<fieldmesh_channel::AttachmentRef, NodeError>;
+    /// The verified content of attachment `index` of a message.
+    fn get_attachment(&self, message: &str, index: usize) -> Result<Vec<u8>, NodeError>;
 }

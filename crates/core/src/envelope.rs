@@ -54,6 +54,13 @@ impl Kind {
     pub const CHANNEL_GENESIS: Kind = Kind(1);
     /// Later Automerge changes of a channel.
     pub const CHANNEL_CHANGE: Kind = Kind(2);
+    /// One chunk of an attachment (a content-addressed blob) in a channel.
+    pub const BLOB_CHUNK: Kind = Kind(3);
+
+    /// Whether the payload is an Automerge change of the channel document.
+    pub fn is_channel_change(self) -> bool {
+        self == Kind::CHANNEL_GENESIS || self == Kind::CHANNEL_CHANGE
+    }
 }
 
 /// Everything in an envelope but the payload, the nonce and the signature.

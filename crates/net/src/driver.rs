@@ -272,6 +272,7 @@ pub async fn spawn(
         addresses: BTreeMap::new(),
         listen: bound.clone(),
         oversized,
+        pushes: HashMap::new(),
     };
     tokio::spawn(async move { driver.run(rx, config.tick).await });
     Ok((NetHandle { tx }, bound))
@@ -294,6 +295,8 @@ struct Driver {
     addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
     listen: Vec<Multiaddr>,
     oversized: Arc<std::sync::atomic::AtomicU64>,
+    /// Push requests in flight.
+    pushes: HashMap<request_response::OutboundRequestId, (PeerId, EnvelopeId)>,
 }
 
 impl Driver {
@@ -451,15 +454,38 @@ impl Driver {
                         frame: request,
                     });
                 }
-                request_response::Message::Response { response, .. } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((peer, id)) = self.pushes.remove(&request_id) {
+                        self.feed(Input::PushDone {
+                            peer,
+                            id,
+                            delivered: true,
+                        });
+                        return;
+                    }
                     self.feed(Input::Response {
                         peer,
                         frame: response,
                     })
                 }
             },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "sync request failed")
+            request_response::Event::OutboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                if let Some((peer, id)) = self.pushes.remove(&request_id) {
+                    self.feed(Input::PushDone {
+                        peer,
+                        id,
+                        delivered: false,
+                    });
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed")
@@ -485,12 +511,21 @@ impl Driver {
                     }
                     Output::Push { peer, id } => match self.host.load(&id) {
                         Some(bytes) => {
-                            self.swarm
+                            let req = self
+                                .swarm
                                 .behaviour_mut()
                                 .sync
                                 .send_request(&peer, Frame::Envelope(bytes).encode());
+                            self.pushes.insert(req, (peer, id));
                         }
-                        None => tracing::warn!(%id, "queued envelope is no longer stored"),
+                        None => {
+                            tracing::warn!(%id, "queued envelope is no longer stored");
+                            pending.push(Input::PushDone {
+                                peer,
+                                id,
+                                delivered: true,
+                            });
+                        }
                     },
                     Output::Ingest { peer, envelope } => match self.host.ingest(&envelope) {
                         Ok((id, meta)) => pending.push(Input::Inserted {

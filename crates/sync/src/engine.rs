@@ -16,7 +16,7 @@ use crate::frame::{Frame, MAX_FRAME_BYTES};
 use crate::ranger::{RangeMsg, Reconciler};
 use crate::{Index, Meta, TokenBucket, TransferQueue};
 use fieldmesh_core::{EnvelopeId, Precedence};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Engine parameters (from the firmware profile).
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub resync_interval_ms: u64,
     /// Misbehaviour tolerated before disconnecting a peer.
     pub max_strikes: u32,
+    /// Pushes per peer awaiting acknowledgement (transport streams are finite).
+    pub max_inflight: usize,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
             link_burst_bytes: 1024 * 1024,
             resync_interval_ms: 30_000,
             max_strikes: 10,
+            max_inflight: 32,
         }
     }
 }
@@ -90,6 +93,16 @@ pub enum Input<P> {
         meta: Meta,
         /// The peer it came from, if any.
         from: Option<P>,
+    },
+    /// A `Push` finished: the peer acknowledged it (`delivered`), or the request failed
+    /// and the envelope goes back in the queue.
+    PushDone {
+        /// To whom.
+        peer: P,
+        /// Which envelope.
+        id: EnvelopeId,
+        /// Whether the peer acknowledged it.
+        delivered: bool,
     },
     /// The driver refused an envelope from `peer` (bad signature, malformed).
     Refused {
@@ -173,6 +186,10 @@ struct PeerState {
     stats: PeerStats,
     next_resync_ms: u64,
     session_open: bool,
+    /// Pushes sent and not yet acknowledged.
+    inflight: BTreeSet<EnvelopeId>,
+    /// Pushes the peer acknowledged on this connection.
+    delivered: BTreeSet<EnvelopeId>,
 }
 
 /// The sync state machine.
@@ -232,6 +249,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     },
                     next_resync_ms: now_ms + cfg.resync_interval_ms,
                     session_open: false,
+                    inflight: BTreeSet::new(),
+                    delivered: BTreeSet::new(),
                 });
                 self.open_session(now_ms, &peer, &mut out);
             }
@@ -264,6 +283,21 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             }
             Input::Refused { peer } => {
                 self.strike(&peer, "sent an envelope that failed verification", &mut out)
+            }
+            Input::PushDone {
+                peer,
+                id,
+                delivered,
+            } => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.inflight.remove(&id);
+                    if delivered {
+                        st.delivered.insert(id);
+                    }
+                    if !delivered && let Some(meta) = self.index.meta(&id) {
+                        st.queue.push(id, meta);
+                    }
+                }
             }
             Input::Tick => {
                 let due: Vec<P> = self
@@ -429,6 +463,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 },
                 next_resync_ms: now_ms,
                 session_open: false,
+                inflight: BTreeSet::new(),
+                delivered: BTreeSet::new(),
             },
         );
     }
@@ -481,6 +517,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             return;
         };
         for id in ids {
+            // Already on its way, or acknowledged on this connection (a want computed
+            // before it arrived): a resync must not send it twice.
+            if st.inflight.contains(&id) || st.delivered.contains(&id) {
+                continue;
+            }
             if let Some(meta) = self.index.meta(&id) {
                 st.queue.push(id, meta);
             }
@@ -493,7 +534,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 continue;
             }
             let budget = st.bucket.available(now_ms);
-            let ids = st.queue.take(budget);
+            let room = self.config.max_inflight.saturating_sub(st.inflight.len());
+            let ids = st.queue.take(budget, room);
+            st.inflight.extend(ids.iter().copied());
             for id in ids {
                 let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
                 st.bucket.spend(size);

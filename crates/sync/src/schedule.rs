@@ -99,10 +99,10 @@ impl TransferQueue {
     /// Takes the most urgent envelopes whose sizes fit in `budget` bytes, in sending
     /// order. Stops at the first that does not fit, so a large routine envelope never
     /// lets smaller ones of lower precedence jump ahead of it.
-    pub fn take(&mut self, mut budget: u64) -> Vec<EnvelopeId> {
+    pub fn take(&mut self, mut budget: u64, max: usize) -> Vec<EnvelopeId> {
         let mut out = Vec::new();
         while let Some(&((_, _, Reverse(id)), size)) = self.heap.peek() {
-            if u64::from(size) > budget {
+            if u64::from(size) > budget || out.len() >= max {
                 break;
             }
             self.heap.pop();
@@ -152,11 +152,11 @@ mod tests {
             b[..4].copy_from_slice(&i.to_be_bytes());
             q.push(EnvelopeId(b), &m(Precedence::Routine, u64::from(i), 500));
         }
-        let first = q.take(5_000);
+        let first = q.take(5_000, usize::MAX);
         assert_eq!(first.len(), 10);
         // A FLASH posted later goes before the remaining 990 routine envelopes.
         q.push(EnvelopeId([0xff; 32]), &m(Precedence::Flash, 5000, 300));
-        assert_eq!(q.take(300), vec![EnvelopeId([0xff; 32])]);
+        assert_eq!(q.take(300, usize::MAX), vec![EnvelopeId([0xff; 32])]);
         assert_eq!(q.backlog()[3], (Precedence::Routine, 990));
         assert!(!q.push(first_id(0), &m(Precedence::Routine, 0, 500)) || q.len() == 991);
     }
@@ -173,11 +173,11 @@ mod tests {
         q.push(EnvelopeId([1; 32]), &m(Precedence::Priority, 1, 700));
         q.push(EnvelopeId([2; 32]), &m(Precedence::Routine, 0, 100));
         assert!(
-            q.take(600).is_empty(),
+            q.take(600, usize::MAX).is_empty(),
             "nothing may jump the priority envelope"
         );
         assert!(q.cancel(&EnvelopeId([1; 32])));
-        assert_eq!(q.take(600), vec![EnvelopeId([2; 32])]);
+        assert_eq!(q.take(600, usize::MAX), vec![EnvelopeId([2; 32])]);
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
     }

@@ -10,12 +10,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_fieldmesh");
 /// A node home in a temporary directory.
 pub struct TestNode {
     pub dir: tempfile::TempDir,
+    /// The `--profile` every command gets.
+    pub profile: String,
 }
 
 impl TestNode {
     pub fn init(name: &str) -> TestNode {
         let node = TestNode {
             dir: tempfile::tempdir().unwrap(),
+            profile: "ci-loopback".into(),
         };
         node.ok(&["init", "--name", name]);
         node
@@ -30,7 +33,7 @@ impl TestNode {
         c.arg("--home")
             .arg(self.home())
             .arg("--profile")
-            .arg("ci-loopback")
+            .arg(&self.profile)
             .args(args);
         c.env_remove("FIELDMESH_HOME")
             .env_remove("FIELDMESH_PROFILE");

@@ -42,7 +42,8 @@ fn node(cfg: EngineConfig, items: &[(EnvelopeId, Meta, Vec<u8>)]) -> Node {
 }
 
 /// Delivers outputs between nodes 0 and 1 until quiet; `tick_ms` of virtual time pass
-/// whenever the queue drains, up to `max_ms`.
+/// whenever the queue drains, up to `max_ms`. Request ids from 1000 up are pushes: their
+/// answer comes back as `PushDone`.
 fn run(
     nodes: &mut [Node; 2],
     net: &Net,
@@ -53,6 +54,8 @@ fn run(
 ) -> u64 {
     let mut q: VecDeque<(usize, Input<u8>)> = start.into();
     let mut now = from_ms;
+    let mut pushes: BTreeMap<u64, EnvelopeId> = BTreeMap::new();
+    let mut next_push = 1000u64;
     loop {
         while let Some((to, input)) = q.pop_front() {
             let from_peer = 1 - to;
@@ -67,6 +70,17 @@ fn run(
                             frame,
                         },
                     )),
+                    Output::Respond { request, .. } if request >= 1000 => {
+                        let id = pushes.remove(&request).expect("push in flight");
+                        q.push_back((
+                            from_peer,
+                            Input::PushDone {
+                                peer: to as u8,
+                                id,
+                                delivered: true,
+                            },
+                        ));
+                    }
                     Output::Respond { frame, .. } => q.push_back((
                         from_peer,
                         Input::Response {
@@ -76,12 +90,15 @@ fn run(
                     )),
                     Output::Push { id, .. } => {
                         let bytes = nodes[to].held[&id].clone();
+                        next_push += 1;
+                        pushes.insert(next_push, id);
+                        let frame = Frame::Envelope(bytes).encode();
                         q.push_back((
                             from_peer,
                             Input::Request {
                                 peer: to as u8,
-                                request: 0,
-                                frame: Frame::Envelope(bytes).encode(),
+                                request: next_push,
+                                frame,
                             },
                         ));
                     }
