@@ -513,10 +513,9 @@ fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
         max_frame_bytes: (profile.sync.max_frame_bytes as usize)
             .max(fieldmesh_core::MAX_ENVELOPE_BYTES + 64),
         link_rate_bytes_per_s: profile.sync.per_link_budget_bytes_per_s,
-        link_burst_bytes: profile
-            .sync
-            .per_link_budget_bytes_per_s
-            .max(fieldmesh_core::MAX_ENVELOPE_BYTES as u64 * 2),
+        // One second of budget: urgent traffic is never stuck behind a long burst of bulk
+        // (an envelope larger than the burst still goes once the bucket is full).
+        link_burst_bytes: profile.sync.per_link_budget_bytes_per_s,
         resync_interval_ms: u64::from(profile.sync.reconcile_interval_s) * 1000,
         ..Default::default()
     };

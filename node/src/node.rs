@@ -361,8 +361,10 @@ impl Node {
         })
     }
 
-    /// Verifies, stores and applies envelopes from outside (bundle import, later: peers).
-    pub fn ingest(&self, envs: Vec<Envelope>) -> Result<(usize, usize, Vec<String>), NodeError> {
+    /// Stores and applies verified envelopes from outside: a bundle, or a peer. `announce`
+    /// tells the network about them (bundles); envelopes from the network itself are
+    /// reported to the sync engine by its driver.
+    pub fn ingest(&self, envs: Vec<Envelope>, announce: bool) -> Result<(usize, usize, Vec<String>), NodeError> {
         let outcomes = self.store.put_batch(&envs)?;
         let mut inserted = 0;
         let mut duplicates = 0;
@@ -374,7 +376,9 @@ impl Node {
                 continue;
             }
             inserted += 1;
-            self.announce(env);
+            if announce {
+                self.announce(env);
+            }
             let cid = env.header().channel;
             if !env.header().kind.is_channel_change() {
                 continue;
@@ -584,7 +588,7 @@ impl Ops for Node {
             }
         }
         let total = good.len() + rejected.len();
-        let (inserted, duplicates, channel_rejects) = self.ingest(good)?;
+        let (inserted, duplicates, channel_rejects) = self.ingest(good, true)?;
         Ok(ImportReport {
             total,
             inserted,
@@ -634,7 +638,7 @@ impl fieldmesh_net::Host for NodeHost {
         let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
         let meta = meta_of(&env);
         let id = env.id();
-        let (_, _, rejects) = self.0.ingest(vec![env]).map_err(|e| e.to_string())?;
+        let (_, _, rejects) = self.0.ingest(vec![env], false).map_err(|e| e.to_string())?;
         for r in rejects {
             tracing::warn!(reason = %r, "stored envelope refused by channel rules");
         }

@@ -117,11 +117,12 @@ impl std::fmt::Debug for Command {
 }
 
 impl NetHandle {
-    /// Tells the network a local envelope is durable. Never blocks: if the queue is full
-    /// the announce is skipped and the next reconciliation carries the envelope.
+    /// Tells the network an envelope written outside the network task is durable. The
+    /// sync index must hold every stored envelope, so this waits for room in the queue
+    /// rather than dropping: call it from a blocking context (never from async code).
     pub fn inserted(&self, id: EnvelopeId, meta: Meta) {
-        if self.tx.try_send(Command::Inserted(id, meta)).is_err() {
-            tracing::debug!(%id, "network queue full; reconciliation will carry it");
+        if self.tx.blocking_send(Command::Inserted(id, meta)).is_err() {
+            tracing::debug!(%id, "network task stopped");
         }
     }
 

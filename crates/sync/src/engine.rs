@@ -535,7 +535,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             }
             let budget = st.bucket.available(now_ms);
             let room = self.config.max_inflight.saturating_sub(st.inflight.len());
-            let ids = st.queue.take(budget, room);
+            let mut ids = st.queue.take(budget, room);
+            // An envelope larger than the whole burst still goes, when the bucket is full.
+            if ids.is_empty() && room > 0 && st.bucket.is_full() {
+                ids = st.queue.take(u64::MAX, 1);
+            }
             st.inflight.extend(ids.iter().copied());
             for id in ids {
                 let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));

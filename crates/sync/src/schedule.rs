@@ -33,6 +33,11 @@ impl TokenBucket {
         self.tokens
     }
 
+    /// Whether the bucket holds its whole burst.
+    pub fn is_full(&self) -> bool {
+        self.tokens >= self.burst
+    }
+
     /// Spends `n` bytes (saturating).
     pub fn spend(&mut self, n: u64) {
         self.tokens = self.tokens.saturating_sub(n);

@@ -157,3 +157,19 @@ impl Drop for Daemon {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A JSON POST to the daemon's API with a raw socket; returns the response body.
+pub fn http_post_json(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
