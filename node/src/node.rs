@@ -364,7 +364,11 @@ impl Node {
     /// Stores and applies verified envelopes from outside: a bundle, or a peer. `announce`
     /// tells the network about them (bundles); envelopes from the network itself are
     /// reported to the sync engine by its driver.
-    pub fn ingest(&self, envs: Vec<Envelope>, announce: bool) -> Result<(usize, usize, Vec<String>), NodeError> {
+    pub fn ingest(
+        &self,
+        envs: Vec<Envelope>,
+        announce: bool,
+    ) -> Result<(usize, usize, Vec<String>), NodeError> {
         let outcomes = self.store.put_batch(&envs)?;
         let mut inserted = 0;
         let mut duplicates = 0;

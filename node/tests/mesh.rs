@@ -266,21 +266,45 @@ fn held_offline(n: &TestNode) -> u64 {
 fn flash_overtakes_a_routine_backlog_on_a_throttled_link() {
     let (mut a, mut b) = (TestNode::init("alpha"), TestNode::init("bravo"));
     let profile = a.dir.path().join("thin-link.toml");
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../firmware-profiles/ci-loopback.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../firmware-profiles/ci-loopback.toml"
+    ))
+    .unwrap();
     // 5 kB/s: about 8 small envelopes a second, so posting 1,000 outruns the link.
-    std::fs::write(&profile, text.replace("per_link_budget_bytes_per_s = 67108864", "per_link_budget_bytes_per_s = 5000")).unwrap();
+    std::fs::write(
+        &profile,
+        text.replace(
+            "per_link_budget_bytes_per_s = 67108864",
+            "per_link_budget_bytes_per_s = 5000",
+        ),
+    )
+    .unwrap();
     a.profile = profile.to_str().unwrap().to_owned();
     b.profile = a.profile.clone();
     let ch = a.ok(&["channel", "create", "net"]);
     let da = a.start_daemon_with(&["--listen", QUIC]);
     let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
-    wait_until(30, "the channel on B", || b.run(&["read", &ch]).status.success());
+    wait_until(30, "the channel on B", || {
+        b.run(&["read", &ch]).status.success()
+    });
     let path = format!("/api/v1/channels/{ch}/messages");
     for i in 0..1000 {
-        common::http_post_json(&da.http, &path, &format!("{{\"text\":\"routine report {i}\",\"precedence\":\"routine\"}}"));
+        common::http_post_json(
+            &da.http,
+            &path,
+            &format!("{{\"text\":\"routine report {i}\",\"precedence\":\"routine\"}}"),
+        );
     }
-    let flash = common::http_post_json(&da.http, &path, "{\"text\":\"FLASH: contact front\",\"precedence\":\"flash\"}");
-    let flash_id = serde_json::from_str::<serde_json::Value>(&flash).unwrap()["id"].as_str().unwrap().to_owned();
+    let flash = common::http_post_json(
+        &da.http,
+        &path,
+        "{\"text\":\"FLASH: contact front\",\"precedence\":\"flash\"}",
+    );
+    let flash_id = serde_json::from_str::<serde_json::Value>(&flash).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut routine_when_flash_arrived = 0;
     wait_until(60, "the FLASH on B", || {
         let msgs = b.read_json(&ch);
@@ -288,9 +312,15 @@ fn flash_overtakes_a_routine_backlog_on_a_throttled_link() {
         msgs.iter().any(|m| m["id"] == flash_id.as_str())
     });
     println!("FLASH arrived with {routine_when_flash_arrived} of 1000 routine messages delivered");
-    assert!(routine_when_flash_arrived < 900, "FLASH waited for the routine backlog: {routine_when_flash_arrived}");
+    assert!(
+        routine_when_flash_arrived < 900,
+        "FLASH waited for the routine backlog: {routine_when_flash_arrived}"
+    );
     let st: serde_json::Value = serde_json::from_str(&a.ok(&["sync-status", "--json"])).unwrap();
-    assert!(st["peers"][0]["backlog"]["routine"].as_u64().unwrap() > 0, "no backlog left: the link was not thin");
+    assert!(
+        st["peers"][0]["backlog"]["routine"].as_u64().unwrap() > 0,
+        "no backlog left: the link was not thin"
+    );
     db.stop();
     da.stop();
 }

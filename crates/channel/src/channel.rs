@@ -86,6 +86,9 @@ pub struct Channel {
     /// Materialised views, kept current by re-reading only the messages a change touched.
     pub(crate) views: BTreeMap<String, crate::MessageView>,
     dirty: BTreeSet<String>,
+    /// Posts whose change waits for causal predecessors, shown early (marked pending) so
+    /// that a FLASH is readable before the routine backlog it follows has arrived.
+    pub(crate) provisional: BTreeMap<ChangeHash, crate::MessageView>,
 }
 
 fn encode_payload(change: &automerge::Change) -> Vec<u8> {
@@ -115,6 +118,7 @@ impl Channel {
             batch: None,
             views: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            provisional: BTreeMap::new(),
         }
     }
 
@@ -232,6 +236,9 @@ impl Channel {
             }
             for d in missing {
                 self.waiting.entry(d).or_default().push(hash);
+            }
+            if let Some(view) = self.provisional_view(&pending) {
+                self.provisional.insert(hash, view);
             }
             self.pending.insert(hash, pending);
             return Ok(ApplyOutcome::Pending);
@@ -359,6 +366,7 @@ impl Channel {
                     continue;
                 }
                 let p = self.pending.remove(&child).expect("checked above");
+                self.provisional.remove(&child);
                 let envelope = p.envelope;
                 match self.apply_ready(p) {
                     Ok(()) => {
@@ -370,6 +378,59 @@ impl Channel {
             }
         }
         applied
+    }
+
+    /// A post whose change cannot be applied yet, read straight from its operations:
+    /// only a change by its own author creating one author-keyed message qualifies.
+    fn provisional_view(&self, p: &Pending) -> Option<crate::MessageView> {
+        use automerge::legacy::{Key, ObjectId, OpType};
+        use automerge::{ObjType, ScalarValue};
+        let messages = self.reg.messages_obj.as_ref()?;
+        if p.kind != Kind::CHANNEL_CHANGE || p.change.actor_id().to_bytes() != p.author.0 {
+            return None;
+        }
+        let ex = p.change.decode();
+        let start = ex.start_op.get();
+        let key_of = |id: &automerge::legacy::OpId| (id.0, id.1.to_bytes().to_vec());
+        let mut created: Option<(String, schema::ObjKey)> = None;
+        let (mut text, mut ts, mut prec, mut reply_to) = (String::new(), 0u64, 0u64, None);
+        for (i, op) in ex.operations.iter().enumerate() {
+            let ObjectId::Id(obj) = &op.obj else { continue };
+            let Key::Map(k) = &op.key else { continue };
+            match &op.action {
+                OpType::Make(ObjType::Map)
+                    if key_of(obj) == *messages && schema::is_message_id_of(k, &p.author) =>
+                {
+                    created = Some((k.to_string(), (start + i as u64, p.author.0.to_vec())));
+                }
+                OpType::Put(v) if created.as_ref().is_some_and(|(_, o)| key_of(obj) == *o) => {
+                    match (k.as_str(), v) {
+                        ("text", ScalarValue::Str(s)) => text = s.to_string(),
+                        ("ts", ScalarValue::Uint(t)) => ts = *t,
+                        ("precedence", ScalarValue::Uint(x)) => prec = *x,
+                        ("reply_to", ScalarValue::Str(s)) => reply_to = Some(s.to_string()),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (id, _) = created?;
+        Some(crate::MessageView {
+            id,
+            author: p.author,
+            channel: self.id,
+            text,
+            precedence: Precedence::from_u8(prec as u8).unwrap_or(Precedence::Routine),
+            timestamp: Hlc(ts),
+            time: crate::view::rfc3339(Hlc(ts).wall_ms()),
+            reply_to,
+            reactions: BTreeMap::new(),
+            edited: false,
+            redacted: false,
+            attachments: Vec::new(),
+            pending: true,
+        })
     }
 
     /// Records the envelope that carries a local change (see [`LocalChange`]).

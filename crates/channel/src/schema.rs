@@ -56,6 +56,8 @@ pub(crate) struct Registry {
     pub(crate) messages: HashMap<String, NodeId>,
     pub(crate) last_seq: HashMap<NodeId, u64>,
     pub(crate) genesis: Option<GenesisInfo>,
+    /// The `messages` map, once the genesis is in.
+    pub(crate) messages_obj: Option<ObjKey>,
 }
 
 /// What a valid change adds to the registry.
@@ -72,6 +74,9 @@ pub(crate) struct Validated {
 
 impl Registry {
     pub(crate) fn commit(&mut self, v: Validated) -> Vec<String> {
+        if let Some((k, _)) = v.roles.iter().find(|(_, r)| *r == Role::Messages) {
+            self.messages_obj = Some(k.clone());
+        }
         self.roles.extend(v.roles);
         self.messages.extend(v.messages);
         self.last_seq.insert(v.author, v.seq);

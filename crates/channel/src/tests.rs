@@ -293,3 +293,32 @@ fn thread_reactions_edits_and_attachments_replicate() {
     let loaded = automerge::Automerge::load(&a.export()).unwrap();
     assert_eq!(loaded.get_heads().len(), a.doc.get_heads().len());
 }
+
+#[test]
+fn a_post_waiting_for_its_predecessors_is_shown_as_pending() {
+    let (mut a, _b, _id, changes) = setup();
+    let flash = a
+        .post(
+            A,
+            Hlc::new(9000, 0),
+            "FLASH contact",
+            Precedence::Flash,
+            None,
+            vec![],
+        )
+        .unwrap();
+    let mut late = Channel::new(a.id());
+    late.apply(inc(A, &changes[0])).unwrap();
+    // The routine post `changes[1]` has not arrived; the FLASH builds on it.
+    assert_eq!(late.apply(inc(A, &flash)).unwrap(), ApplyOutcome::Pending);
+    let shown = late.messages();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].text, "FLASH contact");
+    assert_eq!(shown[0].precedence, Precedence::Flash);
+    assert!(shown[0].pending);
+    late.apply(inc(A, &changes[1])).unwrap();
+    let all = late.messages();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|m| !m.pending));
+    assert_eq!(all, a.messages());
+}

@@ -60,6 +60,10 @@ pub struct MessageView {
     pub redacted: bool,
     /// Attachments (none once redacted).
     pub attachments: Vec<AttachmentRef>,
+    /// Received and authenticated, but waiting for earlier changes it builds on: shown
+    /// early so urgent traffic is readable at once; reactions and edits come later.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// A channel in listings.
@@ -148,9 +152,17 @@ impl Channel {
         self.view_of(id, &obj)
     }
 
-    /// All messages in time order (message ids sort by time).
+    /// All messages in time order (message ids sort by time), including posts still
+    /// waiting for causal predecessors (marked `pending`).
     pub fn messages(&self) -> Vec<MessageView> {
-        self.views.values().cloned().collect()
+        if self.provisional.is_empty() {
+            return self.views.values().cloned().collect();
+        }
+        let mut all = self.views.clone();
+        for v in self.provisional.values() {
+            all.entry(v.id.clone()).or_insert_with(|| v.clone());
+        }
+        all.into_values().collect()
     }
 
     fn view_of(&self, id: &str, obj: &ObjId) -> Option<MessageView> {
@@ -203,6 +215,7 @@ impl Channel {
             edited: get_u64(doc, obj, "edited_ts").is_some() && !redacted,
             redacted,
             attachments,
+            pending: false,
         })
     }
 }
