@@ -14,6 +14,19 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
+    /// Sync: wire bytes per payload byte against Automerge's sync protocol, round trips,
+    /// and post-to-visible latency between two daemons on loopback.
+    Sync {
+        /// Envelopes per store for the reconciliation figures.
+        #[arg(long, default_value_t = 100_000)]
+        store: usize,
+        /// Changes per document for the Automerge comparison.
+        #[arg(long, default_value_t = 10_000)]
+        automerge: usize,
+        /// Messages for the latency figures.
+        #[arg(long, default_value_t = 200)]
+        latency: usize,
+    },
     /// Durable ingest vs raw sled, channel read latency, materialisation of a big channel.
     Store {
         /// Envelopes for the ingest comparison.
@@ -31,6 +44,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             ingest,
             materialise,
         } => store_bench(ingest, materialise),
+        BenchCmd::Sync {
+            store,
+            automerge,
+            latency,
+        } => crate::bench_sync::run(store, automerge, latency),
     }
 }
 
@@ -44,7 +62,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// A realistic stream of channel posts from one author, sealed and signed.
-fn posts(key: &NodeKey, n: usize) -> Result<(Channel, Vec<Envelope>)> {
+pub fn posts(key: &NodeKey, n: usize) -> Result<(Channel, Vec<Envelope>)> {
     let me = key.node_id();
     let open = PayloadKey::open_compartment();
     let (mut ch, g) = Channel::create(me, "bench", Hlc::new(1_700_000_000_000, 0))?;

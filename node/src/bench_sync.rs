@@ -1,0 +1,290 @@
+//! `fieldmesh bench sync`: the sync figures, each next to its reference, in one run.
+
+use crate::client::Client;
+use crate::home::Home;
+use crate::ops::{Ops, PostRequest};
+use anyhow::{Context, Result, bail};
+use automerge::sync::SyncDoc;
+use fieldmesh_core::{EnvelopeId, Hlc, Precedence, sha256};
+use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope};
+use fieldmesh_sync::frame::Frame;
+use fieldmesh_sync::ranger::Reconciler;
+use fieldmesh_sync::{Index, Meta};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn id(n: u64) -> EnvelopeId {
+    EnvelopeId(sha256(&n.to_be_bytes()))
+}
+
+/// Reconciliation bytes and round trips between a store of `size` and one with `diff` more.
+fn reconcile_cost(size: u64, diff: u64) -> (usize, usize) {
+    let meta = Meta {
+        precedence: Precedence::Routine,
+        size: 600,
+        hlc: Hlc(0),
+    };
+    let mut a = Index::default();
+    let mut b = Index::default();
+    for n in 0..size {
+        a.insert(id(n), meta);
+        b.insert(id(n), meta);
+    }
+    for n in 0..diff {
+        b.insert(id(10_000_000 + n), meta);
+    }
+    let r = Reconciler::default();
+    let mut msgs = r.initiate(&a);
+    let mut bytes = Frame::Range(msgs.clone()).encode().len() + 4;
+    let mut half_trips: usize = 1;
+    let mut turn_b = true;
+    while !msgs.is_empty() {
+        msgs = r
+            .respond(if turn_b { &b } else { &a }, &msgs)
+            .expect("valid")
+            .reply;
+        if !msgs.is_empty() {
+            bytes += Frame::Range(msgs.clone()).encode().len() + 4;
+            half_trips += 1;
+        }
+        turn_b = !turn_b;
+    }
+    (bytes, half_trips.div_ceil(2))
+}
+
+/// Automerge's own sync between a document of `n` changes and one missing the last `diff`.
+fn automerge_cost(changes: &[Vec<u8>], diff: usize) -> Result<(usize, usize, usize)> {
+    let mut a = automerge::Automerge::new();
+    let mut b = automerge::Automerge::new();
+    let parsed: Vec<automerge::Change> = changes
+        .iter()
+        .map(|c| automerge::Change::from_bytes(c.clone()))
+        .collect::<Result<_, _>>()?;
+    a.apply_changes(parsed.clone())?;
+    b.apply_changes(parsed[..parsed.len() - diff].to_vec())?;
+    let payload: usize = changes[changes.len() - diff..].iter().map(Vec::len).sum();
+    let (mut sa, mut sb) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let mut bytes = 0;
+    let mut trips = 0;
+    loop {
+        let m1 = a.generate_sync_message(&mut sa);
+        let m2 = b.generate_sync_message(&mut sb);
+        if m1.is_none() && m2.is_none() {
+            break;
+        }
+        trips += 1;
+        if let Some(m) = m1 {
+            let e = m.encode();
+            bytes += e.len();
+            b.receive_sync_message(&mut sb, automerge::sync::Message::decode(&e)?)?;
+        }
+        if let Some(m) = m2 {
+            let e = m.encode();
+            bytes += e.len();
+            a.receive_sync_message(&mut sa, automerge::sync::Message::decode(&e)?)?;
+        }
+        if trips > 1000 {
+            bail!("automerge sync did not finish");
+        }
+    }
+    if a.get_heads() != b.get_heads() {
+        bail!("automerge sync did not converge");
+    }
+    Ok((bytes, payload, trips))
+}
+
+pub fn run(store: usize, am_changes: usize, latency: usize) -> Result<()> {
+    println!("== wire bytes per byte of new payload (physical limit 1.00)");
+    let key = NodeKey::from_seed([9; 32]);
+    let (_, envs) = crate::bench::posts(&key, am_changes.max(10_001))?;
+    let open = PayloadKey::open_compartment();
+    let changes: Vec<Vec<u8>> = envs
+        .iter()
+        .map(|e| open_envelope(e, &open).map(|p| p[1..].to_vec()))
+        .collect::<Result<_, _>>()?;
+    let avg_env = envs.iter().map(|e| e.encoded_len()).sum::<usize>() / envs.len();
+    let avg_payload = changes.iter().map(Vec::len).sum::<usize>() / changes.len();
+    println!(
+        "envelopes average {avg_env} bytes for {avg_payload} bytes of Automerge change (the payload)"
+    );
+    println!(
+        "{:>7} | {:>34} | {:>40}",
+        "diff",
+        format!("fieldmesh, stores of {store}"),
+        format!("automerge sync, docs of {am_changes} changes")
+    );
+    for diff in [1usize, 100, 10_000] {
+        let (rbytes, rtrips) = reconcile_cost(store as u64, diff as u64);
+        // Each new envelope travels as one frame: 4-byte length, 2-byte frame header.
+        let transfer = diff * (avg_env + 6);
+        let ours = (rbytes + transfer) as f64 / (diff * avg_payload) as f64;
+        let vs_env = (rbytes + transfer) as f64 / (diff * avg_env) as f64;
+        let am_docs = &changes[..am_changes.min(changes.len())];
+        let am = if diff < am_docs.len() {
+            let (abytes, apayload, atrips) = automerge_cost(am_docs, diff)?;
+            format!(
+                "{:>6.3}x payload, {:>3} round trips",
+                abytes as f64 / apayload as f64,
+                atrips
+            )
+        } else {
+            "n/a".into()
+        };
+        println!(
+            "{diff:>7} | {ours:>6.3}x payload ({vs_env:.3}x envelope), {rtrips:>2} RT | {am:>40}"
+        );
+    }
+    println!(
+        "(fieldmesh adds per envelope a signed header, AEAD tag and nonce: the payload ratio includes them)"
+    );
+
+    println!("\n== post-to-visible latency between two daemons on 127.0.0.1 (QUIC)");
+    latency_bench(latency)
+}
+
+struct Daemon {
+    child: Child,
+    home: Home,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(
+    exe: &std::path::Path,
+    home: &Home,
+    args: &[&str],
+) -> Result<(Daemon, crate::home::DaemonRecord)> {
+    let _ = std::fs::remove_file(home.daemon_path());
+    let child = Command::new(exe)
+        .arg("--home")
+        .arg(&home.root)
+        .args(["--profile", "ci-loopback", "run", "--http", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let d = Daemon {
+        child,
+        home: home.clone(),
+    };
+    let t = Instant::now();
+    loop {
+        if let Some(rec) = d.home.daemon()? {
+            return Ok((d, rec));
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("daemon did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn latency_bench(n: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("fieldmesh-bench-sync-{}", std::process::id()));
+    let (ha, hb) = (
+        Home {
+            root: dir.join("a"),
+        },
+        Home {
+            root: dir.join("b"),
+        },
+    );
+    for h in [&ha, &hb] {
+        let st = Command::new(&exe)
+            .arg("--home")
+            .arg(&h.root)
+            .args(["init"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("init failed");
+        }
+    }
+    let (da, ra) = start(&exe, &ha, &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?;
+    let (db, rb) = start(
+        &exe,
+        &hb,
+        &["--peer", ra.listen.first().context("no listener")?],
+    )?;
+    let a = Client::new(&ra.http);
+    let b = Client::new(&rb.http);
+    let ch = a.create_channel("bench")?.id.to_hex();
+    let t = Instant::now();
+    while b.read(&ch).is_err() {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("channel never reached B");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // B's event stream: record when each message id becomes visible.
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut sock = std::net::TcpStream::connect(&rb.http)?;
+    write!(
+        sock,
+        "GET /api/v1/events HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n"
+    )?;
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(sock).lines() {
+                let Ok(line) = line else { break };
+                if let Some(d) = line.strip_prefix("data: ")
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(d)
+                    && let Some(id) = v["message"]["id"].as_str()
+                {
+                    seen.lock()
+                        .expect("lock")
+                        .entry(id.to_owned())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t0 = Instant::now();
+        let p = a.post(
+            &ch,
+            &PostRequest {
+                text: format!("latency probe {i}"),
+                precedence: Some(Precedence::Immediate),
+                reply_to: None,
+                attachments: vec![],
+            },
+        )?;
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            if let Some(t) = seen.lock().expect("lock").get(&p.id) {
+                lat.push(t.duration_since(t0));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("message {} never became visible on B", p.id);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    println!(
+        "{n} posts: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (includes the API call and the durable write on A)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    drop((db, da));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
