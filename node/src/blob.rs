@@ -117,12 +117,13 @@ mod tests {
         );
         let err = assemble(&hash, data.len() as u64, chunks[1..3].to_vec()).unwrap_err();
         assert!(err.contains("2 of 4"), "{err}");
+        // Chunk 2 (position 1 after the reversal) has no duplicate: corrupt it.
         let mut bad = chunks.clone();
-        bad[0].data[0] ^= 1;
+        bad[1].data[0] ^= 1;
+        let res = assemble(&hash, data.len() as u64, bad);
         assert!(
-            assemble(&hash, data.len() as u64, bad)
-                .unwrap_err()
-                .contains("do not hash")
+            matches!(&res, Err(e) if e.contains("do not hash")),
+            "corruption not detected"
         );
         assert!(decode(b"nope").is_err());
     }

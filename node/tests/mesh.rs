@@ -169,21 +169,7 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
 fn a_large_attachment_resumes_after_the_receiver_is_killed() {
     let (mut a, mut b) = (TestNode::init("alpha"), TestNode::init("bravo"));
     // Loopback at 8 MiB/s, so that there is a "mid-transfer" to kill the receiver in.
-    let profile = a.dir.path().join("slow-link.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../firmware-profiles/ci-loopback.toml"
-    ))
-    .unwrap();
-    std::fs::write(
-        &profile,
-        text.replace(
-            "per_link_budget_bytes_per_s = 67108864",
-            "per_link_budget_bytes_per_s = 8388608",
-        ),
-    )
-    .unwrap();
-    a.profile = profile.to_str().unwrap().to_owned();
+    a.profile = link_profile(&a, 8_388_608);
     b.profile = a.profile.clone();
 
     let ch = a.ok(&["channel", "create", "imagery"]);
@@ -265,22 +251,8 @@ fn held_offline(n: &TestNode) -> u64 {
 #[test]
 fn flash_overtakes_a_routine_backlog_on_a_throttled_link() {
     let (mut a, mut b) = (TestNode::init("alpha"), TestNode::init("bravo"));
-    let profile = a.dir.path().join("thin-link.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../firmware-profiles/ci-loopback.toml"
-    ))
-    .unwrap();
     // 5 kB/s: about 8 small envelopes a second, so posting 1,000 outruns the link.
-    std::fs::write(
-        &profile,
-        text.replace(
-            "per_link_budget_bytes_per_s = 67108864",
-            "per_link_budget_bytes_per_s = 5000",
-        ),
-    )
-    .unwrap();
-    a.profile = profile.to_str().unwrap().to_owned();
+    a.profile = link_profile(&a, 5_000);
     b.profile = a.profile.clone();
     let ch = a.ok(&["channel", "create", "net"]);
     let da = a.start_daemon_with(&["--listen", QUIC]);
@@ -323,4 +295,24 @@ fn flash_overtakes_a_routine_backlog_on_a_throttled_link() {
     );
     db.stop();
     da.stop();
+}
+
+/// The CI profile with another per-link budget, written next to `n`'s home.
+fn link_profile(n: &TestNode, bytes_per_s: u64) -> String {
+    let path = n.dir.path().join(format!("link-{bytes_per_s}.toml"));
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../firmware-profiles/ci-loopback.toml"
+    ))
+    .unwrap();
+    let patched = text.replace(
+        "per_link_budget_bytes_per_s = 67108864",
+        &format!("per_link_budget_bytes_per_s = {bytes_per_s}"),
+    );
+    assert_ne!(
+        patched, text,
+        "ci-loopback.toml no longer has the expected link budget line"
+    );
+    std::fs::write(&path, patched).unwrap();
+    path.to_str().unwrap().to_owned()
 }

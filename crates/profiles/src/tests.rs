@@ -305,7 +305,7 @@ fn wrong_types_and_missing_fields_are_parse_errors() {
         &ci_text().replace("kind = \"loopback\"", "kind = \"carrier-pigeon\""),
         &["carrier-pigeon"],
     );
-    parse_error(&ci_text().replace("budget_mb = 64\n", ""), &["budget_mb"]);
+    parse_error(&ci_text().replace("budget_mb = 512\n", ""), &["budget_mb"]);
     parse_error(
         &ci_text().replace("\"127.0.0.1:0\"", "\"localhost\""),
         &["http_default"],
