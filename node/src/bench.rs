@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
+    /// Bulk throughput: an attachment between two daemons next to raw quinn, same bytes.
+    Bulk {
+        /// MiB to move.
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+    },
     /// Sync: wire bytes per payload byte against Automerge's sync protocol, round trips,
     /// and post-to-visible latency between two daemons on loopback.
     Sync {
@@ -44,6 +50,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             ingest,
             materialise,
         } => store_bench(ingest, materialise),
+        BenchCmd::Bulk { mib } => crate::bench_quic::run(mib),
         BenchCmd::Sync {
             store,
             automerge,

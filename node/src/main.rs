@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod bench_quic;
 mod bench_sync;
 mod blob;
 mod bundle;

@@ -1,0 +1,171 @@
+//! Bulk throughput on loopback: an attachment through the mesh (two daemons, QUIC) next
+//! to raw quinn moving the same number of bytes over one stream, in the same run.
+
+use crate::client::Client;
+use crate::home::Home;
+use crate::ops::{Ops, PostRequest};
+use anyhow::{Context, Result, bail};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Raw quinn: one unidirectional stream of `bytes` from a client to a server on 127.0.0.1.
+async fn raw_quinn(bytes: usize) -> Result<Duration> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let cert_der = rustls::pki_types::CertificateDer::from(cert.cert);
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert_der.clone()], key.into())?;
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der)?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quinn::ClientConfig::with_root_certificates(Arc::new(
+        roots,
+    ))?);
+    let recv = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let mut stream = conn.accept_uni().await?;
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(n) = stream.read(&mut buf).await? {
+            total += n;
+        }
+        anyhow::Ok(total)
+    });
+    let conn = client.connect(addr, "localhost")?.await?;
+    let chunk = vec![7u8; 64 * 1024];
+    let start = Instant::now();
+    let mut send = conn.open_uni().await?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        send.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    send.finish()?;
+    let got = recv.await??;
+    let took = start.elapsed();
+    if got != bytes {
+        bail!("raw quinn moved {got} of {bytes} bytes");
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(took)
+}
+
+pub fn run(mb: usize) -> Result<()> {
+    let bytes = mb * 1024 * 1024;
+    println!("== bulk throughput on 127.0.0.1: {mb} MiB");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let raw = rt.block_on(raw_quinn(bytes))?;
+    let raw_mbps = bytes as f64 / raw.as_secs_f64() / 1e6;
+
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("fieldmesh-bench-bulk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // The CI profile with no effective per-link cap.
+    let profile = dir.join("fast-link.toml");
+    let text = fieldmesh_profiles::BUILTIN
+        .iter()
+        .find(|(n, _)| *n == "ci-loopback")
+        .map(|(_, t)| *t)
+        .context("ci-loopback profile")?;
+    std::fs::write(
+        &profile,
+        text.replace(
+            "per_link_budget_bytes_per_s = 67108864",
+            "per_link_budget_bytes_per_s = 4294967296",
+        ),
+    )?;
+    let profile = profile.to_str().context("path")?.to_owned();
+    let (ha, hb) = (
+        Home {
+            root: dir.join("a"),
+        },
+        Home {
+            root: dir.join("b"),
+        },
+    );
+    for h in [&ha, &hb] {
+        let st = Command::new(&exe)
+            .arg("--home")
+            .arg(&h.root)
+            .args(["--profile", &profile, "init"])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("init failed");
+        }
+    }
+    let start_daemon =
+        |h: &Home, args: &[&str]| -> Result<(std::process::Child, crate::home::DaemonRecord)> {
+            let _ = std::fs::remove_file(h.daemon_path());
+            let child = Command::new(&exe)
+                .arg("--home")
+                .arg(&h.root)
+                .args(["--profile", &profile, "run", "--http", "127.0.0.1:0"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let t = Instant::now();
+            loop {
+                if let Some(r) = h.daemon()? {
+                    return Ok((child, r));
+                }
+                if t.elapsed() > Duration::from_secs(20) {
+                    bail!("daemon did not start");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+    let (mut ca, ra) = start_daemon(&ha, &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?;
+    let a = Client::new(&ra.http);
+    let ch = a.create_channel("bulk")?.id.to_hex();
+    let data: Vec<u8> = (0..bytes)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let att = a.put_blob(&ch, "bulk.bin", "application/octet-stream", &data)?;
+    let msg = a.post(
+        &ch,
+        &PostRequest {
+            text: "bulk".into(),
+            precedence: None,
+            reply_to: None,
+            attachments: vec![att],
+        },
+    )?;
+    let total = a.net()?.envelopes;
+    let t0 = Instant::now();
+    let (mut cb, rb) = start_daemon(&hb, &["--peer", ra.listen.first().context("listener")?])?;
+    let b = Client::new(&rb.http);
+    loop {
+        if b.net().map(|s| s.envelopes >= total).unwrap_or(false) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("transfer did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ours = t0.elapsed();
+    let got = b.get_attachment(&msg.id, 0)?;
+    if got != data {
+        bail!("attachment differs after transfer");
+    }
+    let ours_mbps = bytes as f64 / ours.as_secs_f64() / 1e6;
+    println!(
+        "fieldmesh (daemon start, reconcile, verify, fsync per envelope): {ours_mbps:.1} MB/s   raw quinn stream: {raw_mbps:.1} MB/s   ratio {:.2}",
+        ours_mbps / raw_mbps
+    );
+    for c in [&mut cb, &mut ca] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
