@@ -635,18 +635,46 @@ impl fieldmesh_net::Host for NodeHost {
             .map(|e| e.as_bytes().to_vec())
     }
 
+    /// One durable write for the whole batch (the driver's group commit).
+    fn ingest_batch(
+        &self,
+        envelopes: &[Vec<u8>],
+    ) -> Vec<Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), fieldmesh_net::IngestError>>
+    {
+        use fieldmesh_net::IngestError;
+        let decoded: Vec<Result<Envelope, IngestError>> = envelopes
+            .iter()
+            .map(|b| Envelope::decode(b).map_err(|e| IngestError::Refused(e.to_string())))
+            .collect();
+        let valid: Vec<Envelope> = decoded
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        match self.0.ingest(valid, false) {
+            Ok((_, _, rejects)) => {
+                for r in rejects {
+                    tracing::warn!(reason = %r, "stored envelope refused by channel rules");
+                }
+            }
+            Err(e) => {
+                let e = IngestError::Storage(e.to_string());
+                return envelopes.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+        decoded
+            .into_iter()
+            .map(|r| r.map(|env| (env.id(), meta_of(&env))))
+            .collect()
+    }
+
     fn ingest(
         &self,
         bytes: &[u8],
-    ) -> Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), String> {
-        let env = Envelope::decode(bytes).map_err(|e| e.to_string())?;
-        let meta = meta_of(&env);
-        let id = env.id();
-        let (_, _, rejects) = self.0.ingest(vec![env], false).map_err(|e| e.to_string())?;
-        for r in rejects {
-            tracing::warn!(reason = %r, "stored envelope refused by channel rules");
-        }
-        Ok((id, meta))
+    ) -> Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), fieldmesh_net::IngestError>
+    {
+        self.ingest_batch(&[bytes.to_vec()])
+            .pop()
+            .expect("one result per envelope")
     }
 }
 

@@ -19,6 +19,10 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 const ANNOUNCE_TOPIC: &str = "/fieldmesh/announce/1";
+/// Longest a received envelope waits for others to share its fsync.
+const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(2);
+/// Most envelopes in one group commit.
+const GROUP_COMMIT_MAX: usize = 64;
 
 /// Network settings (from the CLI and the firmware profile).
 #[derive(Debug, Clone)]
@@ -274,6 +278,9 @@ pub async fn spawn(
         listen: bound.clone(),
         oversized,
         pushes: HashMap::new(),
+        deferred_ingest: Vec::new(),
+        deferred_responses: Vec::new(),
+        flush_at: None,
     };
     tokio::spawn(async move { driver.run(rx, config.tick).await });
     Ok((NetHandle { tx }, bound))
@@ -298,6 +305,10 @@ struct Driver {
     oversized: Arc<std::sync::atomic::AtomicU64>,
     /// Push requests in flight.
     pushes: HashMap<request_response::OutboundRequestId, (PeerId, EnvelopeId)>,
+    /// Received envelopes waiting for the next group commit, and the answers held until then.
+    deferred_ingest: Vec<(PeerId, Vec<u8>)>,
+    deferred_responses: Vec<(u64, Vec<u8>)>,
+    flush_at: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -316,8 +327,15 @@ impl Driver {
                     self.redial();
                     self.feed(Input::Tick);
                 }
+                _ = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() => {
+                    self.flush_ingest();
+                }
+            }
+            if self.deferred_ingest.len() >= GROUP_COMMIT_MAX {
+                self.flush_ingest();
             }
         }
+        self.flush_ingest();
         tracing::info!("network task stopped");
     }
 
@@ -497,19 +515,57 @@ impl Driver {
 
     /// Runs one input through the engine and performs its outputs (which may produce more
     /// inputs, handled in the same call).
+    /// Stores the envelopes received since the last flush with one durable write, tells
+    /// the engine, then sends their acknowledgements (never before they are durable).
+    fn flush_ingest(&mut self) {
+        self.flush_at = None;
+        if self.deferred_ingest.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.deferred_ingest);
+        let responses = std::mem::take(&mut self.deferred_responses);
+        let bytes: Vec<Vec<u8>> = batch.iter().map(|(_, b)| b.clone()).collect();
+        let results = self.host.ingest_batch(&bytes);
+        for ((peer, _), result) in batch.into_iter().zip(results) {
+            match result {
+                Ok((id, meta)) => self.feed(Input::Inserted {
+                    id,
+                    meta,
+                    from: Some(peer),
+                }),
+                Err(crate::IngestError::Refused(reason)) => {
+                    tracing::warn!(%peer, %reason, "refused an envelope");
+                    self.feed(Input::Refused { peer });
+                }
+                Err(e) => tracing::error!(%peer, %e, "could not store an envelope from a peer"),
+            }
+        }
+        for (request, frame) in responses {
+            self.respond(request, frame);
+        }
+    }
+
+    fn respond(&mut self, request: u64, frame: Vec<u8>) {
+        if let Some(ch) = self.inbound.remove(&request) {
+            let _ = self.swarm.behaviour_mut().sync.send_response(ch, frame);
+        }
+    }
+
     fn feed(&mut self, input: Input<PeerId>) {
         let mut pending = vec![input];
         while let Some(input) = pending.pop() {
-            for out in self.engine.handle(now_ms(), input) {
+            let outs = self.engine.handle(now_ms(), input);
+            // The answer to an envelope request waits until that envelope is durable.
+            let holds_ingest = outs.iter().any(|o| matches!(o, Output::Ingest { .. }));
+            for out in outs {
                 match out {
                     Output::Request { peer, frame } => {
                         self.swarm.behaviour_mut().sync.send_request(&peer, frame);
                     }
-                    Output::Respond { request, frame } => {
-                        if let Some(ch) = self.inbound.remove(&request) {
-                            let _ = self.swarm.behaviour_mut().sync.send_response(ch, frame);
-                        }
+                    Output::Respond { request, frame } if holds_ingest => {
+                        self.deferred_responses.push((request, frame));
                     }
+                    Output::Respond { request, frame } => self.respond(request, frame),
                     Output::Push { peer, id } => match self.host.load(&id) {
                         Some(bytes) => {
                             let req = self
@@ -528,17 +584,11 @@ impl Driver {
                             });
                         }
                     },
-                    Output::Ingest { peer, envelope } => match self.host.ingest(&envelope) {
-                        Ok((id, meta)) => pending.push(Input::Inserted {
-                            id,
-                            meta,
-                            from: Some(peer),
-                        }),
-                        Err(reason) => {
-                            tracing::warn!(%peer, %reason, "refused an envelope");
-                            pending.push(Input::Refused { peer });
-                        }
-                    },
+                    Output::Ingest { peer, envelope } => {
+                        self.deferred_ingest.push((peer, envelope));
+                        self.flush_at
+                            .get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT_WAIT);
+                    }
                     Output::Announce { frame } => {
                         let topic = self.topic.clone();
                         if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, frame) {

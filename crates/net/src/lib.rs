@@ -25,8 +25,26 @@ pub trait Host: Send + Sync + 'static {
     /// The canonical bytes of a stored envelope.
     fn load(&self, id: &EnvelopeId) -> Option<Vec<u8>>;
     /// Verifies and durably stores bytes from a peer; returns the id and metadata, or why
-    /// they were refused.
-    fn ingest(&self, bytes: &[u8]) -> Result<(EnvelopeId, Meta), String>;
+    /// not.
+    fn ingest(&self, bytes: &[u8]) -> Result<(EnvelopeId, Meta), IngestError>;
+
+    /// Verifies and stores several envelopes with one durable write (group commit).
+    /// Results are in input order.
+    fn ingest_batch(&self, envelopes: &[Vec<u8>]) -> Vec<Result<(EnvelopeId, Meta), IngestError>> {
+        envelopes.iter().map(|b| self.ingest(b)).collect()
+    }
+}
+
+/// Why an envelope from a peer was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The bytes are not an authentic envelope: the peer is at fault.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// This node could not store it (disk full, quota): not the peer's fault.
+    #[error("not stored: {0}")]
+    Storage(String),
 }
 
 /// The libp2p identity for a node key seed (the same Ed25519 key: peer id = node id).
