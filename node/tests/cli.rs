@@ -142,10 +142,19 @@ fn bad_input_is_rejected_clearly_and_loses_nothing() {
     a.ok(&["bundle", "export", "--out", good.to_str().unwrap()]);
     let bytes = std::fs::read(&good).unwrap();
 
-    // Corrupt: one flipped bit in the second envelope's payload.
+    // Corrupt: one flipped bit in the payload of the post (not the genesis; the bundle
+    // lists envelopes by id, so either may come first).
     let mut corrupt = bytes.clone();
-    let last = corrupt.len() - 80;
-    corrupt[last] ^= 0x01;
+    let mut at = 9;
+    let post_end = loop {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let env = &bytes[at + 4..at + 4 + len];
+        if env[5] == 2 {
+            break at + 4 + len;
+        }
+        at += 4 + len;
+    };
+    corrupt[post_end - 80] ^= 0x01;
     let f = b.dir.path().join("corrupt.fmb");
     std::fs::write(&f, &corrupt).unwrap();
     let err = b.fails(&["bundle", "import", f.to_str().unwrap()], 1);
