@@ -2,10 +2,9 @@
 //! to raw quinn moving the same number of bytes over one stream, in the same run.
 
 use crate::client::Client;
-use crate::home::Home;
+use crate::local::LocalNode;
 use crate::ops::{Ops, PostRequest};
 use anyhow::{Context, Result, bail};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,48 +79,11 @@ pub fn run(mb: usize) -> Result<()> {
         ),
     )?;
     let profile = profile.to_str().context("path")?.to_owned();
-    let (ha, hb) = (
-        Home {
-            root: dir.join("a"),
-        },
-        Home {
-            root: dir.join("b"),
-        },
-    );
-    for h in [&ha, &hb] {
-        let st = Command::new(&exe)
-            .arg("--home")
-            .arg(&h.root)
-            .args(["--profile", &profile, "init"])
-            .stdout(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("init failed");
-        }
-    }
-    let start_daemon =
-        |h: &Home, args: &[&str]| -> Result<(std::process::Child, crate::home::DaemonRecord)> {
-            let _ = std::fs::remove_file(h.daemon_path());
-            let child = Command::new(&exe)
-                .arg("--home")
-                .arg(&h.root)
-                .args(["--profile", &profile, "run", "--http", "127.0.0.1:0"])
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let t = Instant::now();
-            loop {
-                if let Some(r) = h.daemon()? {
-                    return Ok((child, r));
-                }
-                if t.elapsed() > Duration::from_secs(20) {
-                    bail!("daemon did not start");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        };
-    let (mut ca, ra) = start_daemon(&ha, &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?;
+    let mut na = LocalNode::init(&exe, &dir, "a", &profile)?;
+    let mut nb = LocalNode::init(&exe, &dir, "b", &profile)?;
+    let ra = na
+        .start(&["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?
+        .clone();
     let a = Client::new(&ra.http);
     let ch = a.create_channel("bulk")?.id.to_hex();
     let data: Vec<u8> = (0..bytes)
@@ -139,7 +101,7 @@ pub fn run(mb: usize) -> Result<()> {
     )?;
     let total = a.net()?.envelopes;
     let t0 = Instant::now();
-    let (mut cb, rb) = start_daemon(&hb, &["--peer", ra.listen.first().context("listener")?])?;
+    let rb = nb.start(&["--peer", &na.listen("quic")?])?.clone();
     let b = Client::new(&rb.http);
     loop {
         if b.net().map(|s| s.envelopes >= total).unwrap_or(false) {
@@ -160,12 +122,7 @@ pub fn run(mb: usize) -> Result<()> {
         "fieldmesh (daemon start, reconcile, verify, group-committed fsync): {ours_mbps:.1} MB/s   raw quinn stream: {raw_mbps:.1} MB/s   ratio {:.2}",
         ours_mbps / raw_mbps
     );
-    for c in [&mut cb, &mut ca] {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let _ = c.wait();
-    }
+    drop((nb, na));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! `fieldmesh bench sync`: the sync figures, each next to its reference, in one run.
 
 use crate::client::Client;
-use crate::home::Home;
+use crate::local::LocalNode;
 use crate::ops::{Ops, PostRequest};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use automerge::sync::SyncDoc;
 use fieldmesh_core::{EnvelopeId, Hlc, Precedence, sha256};
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope};
@@ -12,7 +12,6 @@ use fieldmesh_sync::ranger::Reconciler;
 use fieldmesh_sync::{Index, Meta};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,78 +144,16 @@ pub fn run(store: usize, am_changes: usize, latency: usize) -> Result<()> {
     latency_bench(latency)
 }
 
-struct Daemon {
-    child: Child,
-    home: Home,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(
-    exe: &std::path::Path,
-    home: &Home,
-    args: &[&str],
-) -> Result<(Daemon, crate::home::DaemonRecord)> {
-    let _ = std::fs::remove_file(home.daemon_path());
-    let child = Command::new(exe)
-        .arg("--home")
-        .arg(&home.root)
-        .args(["--profile", "ci-loopback", "run", "--http", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let d = Daemon {
-        child,
-        home: home.clone(),
-    };
-    let t = Instant::now();
-    loop {
-        if let Some(rec) = d.home.daemon()? {
-            return Ok((d, rec));
-        }
-        if t.elapsed() > Duration::from_secs(20) {
-            bail!("daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn latency_bench(n: usize) -> Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("fieldmesh-bench-sync-{}", std::process::id()));
-    let (ha, hb) = (
-        Home {
-            root: dir.join("a"),
-        },
-        Home {
-            root: dir.join("b"),
-        },
-    );
-    for h in [&ha, &hb] {
-        let st = Command::new(&exe)
-            .arg("--home")
-            .arg(&h.root)
-            .args(["init"])
-            .stdout(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("init failed");
-        }
-    }
-    let (da, ra) = start(&exe, &ha, &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?;
-    let (db, rb) = start(
-        &exe,
-        &hb,
-        &["--peer", ra.listen.first().context("no listener")?],
-    )?;
+    std::fs::create_dir_all(&dir)?;
+    let mut na = LocalNode::init(&exe, &dir, "a", "ci-loopback")?;
+    let mut nb = LocalNode::init(&exe, &dir, "b", "ci-loopback")?;
+    let ra = na
+        .start(&["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?
+        .clone();
+    let rb = nb.start(&["--peer", &na.listen("quic")?])?.clone();
     let a = Client::new(&ra.http);
     let b = Client::new(&rb.http);
     let ch = a.create_channel("bench")?.id.to_hex();
@@ -284,7 +221,7 @@ fn latency_bench(n: usize) -> Result<()> {
         pct(0.99),
         pct(1.0)
     );
-    drop((db, da));
+    drop((nb, na));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

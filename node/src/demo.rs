@@ -5,105 +5,26 @@
 //! squad-2 (so its traffic is relayed), and drops off the air in the middle of the
 //! exercise, then comes back and catches up.
 
-use crate::client::Client;
-use crate::home::{DaemonRecord, Home};
+use crate::local::LocalNode;
 use crate::ops::{Ops, PostRequest};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use fieldmesh_core::Precedence;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-struct Proc {
-    name: &'static str,
-    home: Home,
-    child: Option<Child>,
-    record: Option<DaemonRecord>,
-}
-
-impl Proc {
-    fn client(&self) -> Client {
-        Client::new(&self.record.as_ref().expect("running").http)
-    }
-
-    fn start(&mut self, exe: &Path, profile: &str, args: &[String]) -> Result<()> {
-        let _ = std::fs::remove_file(self.home.daemon_path());
-        let child = Command::new(exe)
-            .arg("--home")
-            .arg(&self.home.root)
-            .arg("--profile")
-            .arg(profile)
-            .args(["run", "--http", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", self.name))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(rec) = self.home.daemon()? {
-                self.record = Some(rec);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not start", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-        self.record = None;
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn init(exe: &Path, dir: &Path, name: &'static str, profile: &str) -> Result<Proc> {
-    let home = Home {
-        root: dir.join(name),
-    };
-    let st = Command::new(exe)
-        .arg("--home")
-        .arg(&home.root)
-        .arg("--profile")
-        .arg(profile)
-        .args(["init", "--name", name])
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("init {name} failed");
-    }
-    Ok(Proc {
-        name,
-        home,
-        child: None,
-        record: None,
-    })
-}
-
-fn counts(procs: &[&Proc], channel: &str) -> Vec<usize> {
+fn counts(procs: &[&LocalNode], channel: &str) -> Vec<usize> {
     procs
         .iter()
         .map(|p| p.client().read(channel).map(|m| m.len()).unwrap_or(0))
         .collect()
 }
 
-fn wait_converged(procs: &[&Proc], channel: &str, expected: usize, secs: u64) -> Result<Duration> {
+fn wait_converged(
+    procs: &[&LocalNode],
+    channel: &str,
+    expected: usize,
+    secs: u64,
+) -> Result<Duration> {
     let t = Instant::now();
     loop {
         let c = counts(procs, channel);
@@ -128,54 +49,21 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
         "== Fieldmesh demo in {} (127.0.0.1 only, mDNS off)",
         dir.display()
     );
-    let mut cp = init(&exe, &dir, "command-post", profile)?;
-    let mut s1 = init(&exe, &dir, "squad-1", profile)?;
-    let mut s2 = init(&exe, &dir, "squad-2", profile)?;
-    let mut s3 = init(&exe, &dir, "squad-3", profile)?;
+    let mut cp = LocalNode::init(&exe, &dir, "command-post", profile)?;
+    let mut s1 = LocalNode::init(&exe, &dir, "squad-1", profile)?;
+    let mut s2 = LocalNode::init(&exe, &dir, "squad-2", profile)?;
+    let mut s3 = LocalNode::init(&exe, &dir, "squad-3", profile)?;
 
-    cp.start(
-        &exe,
-        profile,
-        &[
-            "--listen".into(),
-            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
-            "--listen".into(),
-            "/ip4/127.0.0.1/tcp/0".into(),
-        ],
-    )?;
-    let cp_rec = cp.record.clone().expect("running");
-    let cp_quic = cp_rec
-        .listen
-        .iter()
-        .find(|a| a.contains("quic"))
-        .cloned()
-        .context("no QUIC listener")?;
-    let cp_tcp = cp_rec
-        .listen
-        .iter()
-        .find(|a| a.contains("tcp"))
-        .cloned()
-        .context("no TCP listener")?;
-    s1.start(&exe, profile, &["--peer".into(), cp_quic.clone()])?;
-    s2.start(
-        &exe,
-        profile,
-        &[
-            "--peer".into(),
-            cp_tcp,
-            "--listen".into(),
-            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
-        ],
-    )?;
-    let s2_quic = s2
-        .record
-        .as_ref()
-        .and_then(|r| r.listen.first().cloned())
-        .context("squad-2 listener")?;
-    s3.start(&exe, profile, &["--peer".into(), s2_quic.clone()])?;
+    const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+    cp.start(&["--listen", QUIC, "--listen", "/ip4/127.0.0.1/tcp/0"])?;
+    let (cp_quic, cp_tcp) = (cp.listen("quic")?, cp.listen("tcp")?);
+    s1.start(&["--peer", &cp_quic])?;
+    s2.start(&["--peer", &cp_tcp, "--listen", QUIC])?;
+    let s2_quic = s2.listen("quic")?;
+    s3.start(&["--peer", &s2_quic])?;
     println!(
         "command-post  QUIC+TCP listener   {}",
-        cp_rec.peer_id.clone().unwrap_or_default()
+        cp.record()?.peer_id.clone().unwrap_or_default()
     );
     println!("squad-1  ──QUIC──▶ command-post");
     println!("squad-2  ──TCP───▶ command-post");
@@ -206,7 +94,7 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
         t.as_secs_f64() * 1e3
     );
 
-    let script: [(&Proc, &str, Precedence); 5] = [
+    let script: [(&LocalNode, &str, Precedence); 5] = [
         (
             &s1,
             "SITREP squad-1: at checkpoint 4, grid 38S MB 1200 5600, no contact, fuel 80%",
@@ -279,7 +167,7 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
     println!("3 messages posted while squad-3 is away; the other nodes have {expected}");
     println!("== squad-3 comes back into range");
     let t = Instant::now();
-    s3.start(&exe, profile, &["--peer".into(), s2_quic])?;
+    s3.start(&["--peer", &s2_quic])?;
     let caught_up = wait_converged(&[&cp, &s1, &s2, &s3], &ch, expected, 60)?;
     println!(
         "squad-3 caught up on everything it missed in {:.0} ms",

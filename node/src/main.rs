@@ -9,6 +9,7 @@ mod bundle;
 mod client;
 mod demo;
 mod home;
+mod local;
 mod node;
 mod ops;
 
