@@ -10,6 +10,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+mkdir -p target
 FEATURES=(--features fieldmesh-channel/slow-assertions)
 cargo test --workspace --exclude fieldmesh-tests --locked "${FEATURES[@]}" 2>&1 | tee target/test-output.txt
 # The multi-process durability tests print what they checked (kills, envelopes).
