@@ -46,7 +46,7 @@ impl Default for EngineConfig {
             link_burst_bytes: 1024 * 1024,
             resync_interval_ms: 30_000,
             max_strikes: 10,
-            max_inflight: 32,
+            max_inflight: 64,
         }
     }
 }
