@@ -5,7 +5,8 @@
 //! frame    = version u8 (1) | type u8 | body
 //! type 1   Range:    count u16 | msg*
 //!   msg    = tag u8 (1 fingerprint | 2 id list | 3 want) | fields
-//!   range  = flags u8 (bit 0: lower present, bit 1: upper present) | lower[32]? | upper[32]?
+//!   range  = flags u8 (bit 0: lower present, bit 1: upper present) | bound? | bound?
+//!   bound  = n u8 (<= 32) | the first n bytes of the id (the rest are zero)
 //!   1      = range | fingerprint[16]
 //!   2      = range | n u16 | id[32]*n
 //!   3      = n u16 | id[32]*n
@@ -90,18 +91,28 @@ impl<'a> Reader<'a> {
         }
         (0..n).map(|_| self.id()).collect()
     }
+    fn bound(&mut self) -> Result<EnvelopeId, FrameError> {
+        let len = usize::from(self.u8()?);
+        if len > 32 {
+            return Err(FrameError::Unknown(len as u8));
+        }
+        let mut b = [0u8; 32];
+        b[..len].copy_from_slice(self.take(len)?);
+        Ok(EnvelopeId(b))
+    }
+
     fn range(&mut self) -> Result<IdRange, FrameError> {
         let flags = self.u8()?;
         if flags > 3 {
             return Err(FrameError::Unknown(flags));
         }
         let lower = if flags & 1 != 0 {
-            Some(self.id()?)
+            Some(self.bound()?)
         } else {
             None
         };
         let upper = if flags & 2 != 0 {
-            Some(self.id()?)
+            Some(self.bound()?)
         } else {
             None
         };
@@ -116,10 +127,13 @@ fn put_ids(out: &mut Vec<u8>, ids: &[EnvelopeId]) {
     }
 }
 
+/// A bound is sent without its trailing zero bytes (split bounds are short prefixes).
 fn put_range(out: &mut Vec<u8>, r: &IdRange) {
     out.push(u8::from(r.lower.is_some()) | (u8::from(r.upper.is_some()) << 1));
     for b in [r.lower, r.upper].into_iter().flatten() {
-        out.extend_from_slice(&b.0);
+        let len = 32 - b.0.iter().rev().take_while(|x| **x == 0).count();
+        out.push(len as u8);
+        out.extend_from_slice(&b.0[..len]);
     }
 }
 

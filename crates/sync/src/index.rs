@@ -71,6 +71,22 @@ impl IdRange {
     }
 }
 
+/// The shortest bound `b` (a prefix of `hi` padded with zeros) with `lo < b <= hi`: it
+/// splits the same ids as `hi` but encodes in a few bytes (see `frame`).
+fn separator(lo: &EnvelopeId, hi: &EnvelopeId) -> EnvelopeId {
+    debug_assert!(lo < hi);
+    let k =
+        lo.0.iter()
+            .zip(&hi.0)
+            .position(|(a, b)| a != b)
+            .unwrap_or(31);
+    let mut b = [0u8; 32];
+    b[..=k].copy_from_slice(&hi.0[..=k]);
+    let b = EnvelopeId(b);
+    debug_assert!(*lo < b && b <= *hi);
+    b
+}
+
 /// The ids a node holds, sorted, with their metadata.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
@@ -147,11 +163,12 @@ impl Index {
         let mut lower = r.lower;
         let mut i = per;
         while i < ids.len() {
+            let bound = separator(&ids[i - 1], &ids[i]);
             out.push(IdRange {
                 lower,
-                upper: Some(ids[i]),
+                upper: Some(bound),
             });
-            lower = Some(ids[i]);
+            lower = Some(bound);
             i += per;
         }
         out.push(IdRange {

@@ -75,8 +75,8 @@ pub struct Reconciler {
 impl Default for Reconciler {
     fn default() -> Self {
         Reconciler {
-            fanout: 16,
-            threshold: 32,
+            fanout: 32,
+            threshold: 16,
         }
     }
 }
