@@ -390,11 +390,11 @@ impl Node {
             if let Some(ch) = cache.get_mut(&cid) {
                 match self.apply_to(ch, env) {
                     Ok(()) => {
-                        for m in ch
-                            .messages()
-                            .into_iter()
-                            .filter(|m| m.timestamp == env.header().hlc)
-                        {
+                        // A post's id is derived from its author and time: look it up
+                        // directly instead of scanning every view of the channel.
+                        let h = env.header();
+                        let id = fieldmesh_channel::schema::message_id(h.hlc, &h.author);
+                        if let Some(m) = ch.message(&id).filter(|m| m.timestamp == h.hlc) {
                             let _ = self.events.send(StoredEvent {
                                 channel: cid,
                                 message: m,

@@ -140,9 +140,12 @@ impl Channel {
         })
     }
 
-    /// One message by id.
+    /// One message by id, including a post still waiting for its predecessors.
     pub fn message(&self, id: &str) -> Option<MessageView> {
-        self.views.get(id).cloned()
+        self.views
+            .get(id)
+            .or_else(|| self.provisional.values().find(|v| v.id == id))
+            .cloned()
     }
 
     /// Reads one message's view from the document.

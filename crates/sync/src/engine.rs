@@ -192,6 +192,23 @@ struct PeerState {
     delivered: BTreeSet<EnvelopeId>,
 }
 
+impl PeerState {
+    fn new(cfg: &EngineConfig, now_ms: u64, next_resync_ms: u64) -> PeerState {
+        PeerState {
+            queue: TransferQueue::default(),
+            bucket: TokenBucket::new(cfg.link_rate_bytes_per_s, cfg.link_burst_bytes, now_ms),
+            stats: PeerStats {
+                last_contact_ms: now_ms,
+                ..PeerStats::default()
+            },
+            next_resync_ms,
+            session_open: false,
+            inflight: BTreeSet::new(),
+            delivered: BTreeSet::new(),
+        }
+    }
+}
+
 /// The sync state machine.
 #[derive(Debug)]
 pub struct Engine<P: Ord + Clone> {
@@ -235,23 +252,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let mut out = Vec::new();
         match input {
             Input::PeerUp(peer) => {
-                let cfg = self.config;
-                self.peers.entry(peer.clone()).or_insert_with(|| PeerState {
-                    queue: TransferQueue::default(),
-                    bucket: TokenBucket::new(
-                        cfg.link_rate_bytes_per_s,
-                        cfg.link_burst_bytes,
-                        now_ms,
-                    ),
-                    stats: PeerStats {
-                        last_contact_ms: now_ms,
-                        ..PeerStats::default()
-                    },
-                    next_resync_ms: now_ms + cfg.resync_interval_ms,
-                    session_open: false,
-                    inflight: BTreeSet::new(),
-                    delivered: BTreeSet::new(),
-                });
+                let st = PeerState::new(
+                    &self.config,
+                    now_ms,
+                    now_ms + self.config.resync_interval_ms,
+                );
+                self.peers.entry(peer.clone()).or_insert(st);
                 self.open_session(now_ms, &peer, &mut out);
             }
             Input::PeerDown(peer) => {
@@ -451,22 +457,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
 
     /// A request can arrive before the driver reports the connection.
     fn handle_peer_up_silently(&mut self, now_ms: u64, peer: &P) {
-        let cfg = self.config;
-        self.peers.insert(
-            peer.clone(),
-            PeerState {
-                queue: TransferQueue::default(),
-                bucket: TokenBucket::new(cfg.link_rate_bytes_per_s, cfg.link_burst_bytes, now_ms),
-                stats: PeerStats {
-                    last_contact_ms: now_ms,
-                    ..PeerStats::default()
-                },
-                next_resync_ms: now_ms,
-                session_open: false,
-                inflight: BTreeSet::new(),
-                delivered: BTreeSet::new(),
-            },
-        );
+        self.peers
+            .insert(peer.clone(), PeerState::new(&self.config, now_ms, now_ms));
     }
 
     fn on_response(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
