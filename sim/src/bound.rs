@@ -87,9 +87,9 @@ mod tests {
         let adj = vec![vec![(1, 0)], vec![(0, 0), (2, 1)], vec![(1, 1)]];
         let ex = vec![false; 3];
         let t = earliest_arrival(&links, &adj, &ex, 0, 0, 952);
-        // 1000 frame bytes + 48 header = 1048 bytes at 1 MB/s = 1048 us, plus 1 ms.
-        assert_eq!(t[1], 2_048);
-        assert_eq!(t[2], 10_000_000 + 2_048);
+        // 952 frame bytes + 48 packet header = 1000 bytes at 1 MB/s = 1 ms, plus 1 ms.
+        assert_eq!(t[1], 2_000);
+        assert_eq!(t[2], 10_000_000 + 2_000);
         // Posted after the window closes: never.
         let late = earliest_arrival(&links, &adj, &ex, 0, 30_000_000, 952);
         assert_eq!(late[2], Micros::MAX);

@@ -115,6 +115,8 @@ pub fn engine_config(s: &Scenario) -> EngineConfig {
         link_rate_bytes_per_s: s.engine.link_rate_bytes_per_s,
         link_burst_bytes: s.engine.link_burst_bytes,
         max_inflight: s.engine.max_inflight,
+        lazy_want_delay_ms: s.engine.lazy_want_delay_ms,
+        eager_push_max_bytes: s.engine.eager_push_max_bytes,
         ..EngineConfig::default()
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::rng::Rng;
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use fieldmesh_sync::engine::EngineConfig;
 use fieldmesh_core::Precedence;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -93,6 +94,10 @@ pub struct EngineSpec {
     pub max_inflight: usize,
     /// Group-commit wait before received envelopes are durable and acknowledged.
     pub commit_ms: u64,
+    /// Wait for an eager copy before asking for an announced envelope.
+    pub lazy_want_delay_ms: u64,
+    /// Largest envelope pushed eagerly.
+    pub eager_push_max_bytes: u32,
 }
 
 impl Default for EngineSpec {
@@ -103,6 +108,8 @@ impl Default for EngineSpec {
             link_burst_bytes: 64 * 1024,
             max_inflight: 64,
             commit_ms: 2,
+            lazy_want_delay_ms: EngineConfig::default().lazy_want_delay_ms,
+            eager_push_max_bytes: EngineConfig::default().eager_push_max_bytes,
         }
     }
 }

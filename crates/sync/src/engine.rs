@@ -7,7 +7,14 @@
 //!   answer carries the next messages, until a side has nothing more to say;
 //! * the ids a peer lacks go into that peer's [`TransferQueue`] and leave as `Envelope`
 //!   requests, most urgent first, as fast as the peer's [`TokenBucket`] allows;
-//! * a new local envelope is announced (gossip); peers lacking it answer with a `Want`;
+//! * a new envelope goes at once to the peers on the eager tree (every peer at first),
+//!   and is announced (gossip) to all. A peer that receives it twice answers `Prune`,
+//!   and the sender announces to that peer from then on instead of pushing: the eager
+//!   links settle into a spanning tree, so an envelope crosses each node about once at
+//!   the latency of a direct push (the epidemic broadcast tree of Leitao et al.,
+//!   "Plumtree"). A peer that hears an announce of something it lacks waits
+//!   `lazy_want_delay_ms` for the eager copy, then sends `Want` and grafts that link
+//!   back onto the tree;
 //! * sessions re-run every `resync_interval_ms` to repair whatever push missed;
 //! * a peer that sends undecodable frames or forged envelopes collects strikes and is
 //!   disconnected at `max_strikes`.
@@ -35,6 +42,12 @@ pub struct EngineConfig {
     pub max_strikes: u32,
     /// Pushes per peer awaiting acknowledgement (transport streams are finite).
     pub max_inflight: usize,
+    /// New envelopes up to this size are pushed eagerly along the tree; larger ones are
+    /// only announced.
+    pub eager_push_max_bytes: u32,
+    /// After an announce of a missing envelope, wait this long for the eager copy before
+    /// asking for it.
+    pub lazy_want_delay_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +60,8 @@ impl Default for EngineConfig {
             resync_interval_ms: 30_000,
             max_strikes: 10,
             max_inflight: 64,
+            eager_push_max_bytes: 16 * 1024,
+            lazy_want_delay_ms: 1_000,
         }
     }
 }
@@ -190,6 +205,12 @@ struct PeerState {
     inflight: BTreeSet<EnvelopeId>,
     /// Pushes the peer acknowledged on this connection.
     delivered: BTreeSet<EnvelopeId>,
+    /// New envelopes go to this peer at once (true) or by announce only (pruned).
+    eager: bool,
+    /// When the open reconciliation session's first request left (for the RTT).
+    session_sent_ms: Option<u64>,
+    /// Smoothed round-trip time to this peer.
+    srtt_ms: Option<u64>,
 }
 
 impl PeerState {
@@ -205,6 +226,9 @@ impl PeerState {
             session_open: false,
             inflight: BTreeSet::new(),
             delivered: BTreeSet::new(),
+            eager: true,
+            session_sent_ms: None,
+            srtt_ms: None,
         }
     }
 }
@@ -217,6 +241,8 @@ pub struct Engine<P: Ord + Clone> {
     peers: BTreeMap<P, PeerState>,
     /// Strikes ever given, across peers (survives disconnects).
     total_strikes: u64,
+    /// Announced envelopes we lack: when to ask for them, and whom.
+    wants: BTreeMap<EnvelopeId, (u64, P)>,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
@@ -227,6 +253,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             index,
             peers: BTreeMap::new(),
             total_strikes: 0,
+            wants: BTreeMap::new(),
         }
     }
 
@@ -273,18 +300,37 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             Input::Response { peer, frame } => self.on_response(now_ms, peer, frame, &mut out),
             Input::Announce { peer, frame } => self.on_announce(now_ms, peer, frame, &mut out),
             Input::Inserted { id, meta, from } => {
+                self.wants.remove(&id);
                 if self.index.insert(id, meta) {
                     if let Some(p) = from.as_ref().and_then(|p| self.peers.get_mut(p)) {
                         p.stats.envelopes_received += 1;
                     }
+                    let eager = meta.size <= self.config.eager_push_max_bytes;
                     for (p, st) in self.peers.iter_mut() {
-                        if Some(p) != from.as_ref() {
-                            st.queue.cancel(&id);
+                        if Some(p) == from.as_ref() {
+                            continue;
+                        }
+                        st.queue.cancel(&id);
+                        if eager
+                            && st.eager
+                            && !st.inflight.contains(&id)
+                            && !st.delivered.contains(&id)
+                        {
+                            st.queue.push(id, &meta);
                         }
                     }
                     out.push(Output::Announce {
                         frame: Frame::Announce(vec![id]).encode(),
                     });
+                } else if let Some(p) = from
+                    && let Some(st) = self.peers.get_mut(&p)
+                    && st.eager
+                {
+                    // A second copy: the link it came by is redundant for eager push.
+                    st.eager = false;
+                    let frame = Frame::Prune(vec![id]).encode();
+                    st.stats.bytes_sent += frame.len() as u64;
+                    out.push(Output::Request { peer: p, frame });
                 }
             }
             Input::Refused { peer } => {
@@ -315,6 +361,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 for p in due {
                     self.open_session(now_ms, &p, &mut out);
                 }
+                self.send_due_wants(now_ms, &mut out);
             }
         }
         self.flush_pushes(now_ms, &mut out);
@@ -325,6 +372,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let msgs = self.config.reconciler.initiate(&self.index);
         if let Some(st) = self.peers.get_mut(peer) {
             st.session_open = true;
+            st.session_sent_ms = Some(now_ms);
             st.next_resync_ms = now_ms + self.config.resync_interval_ms;
         }
         self.send_range(peer, msgs, out);
@@ -416,6 +464,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let reply = match self.decode(now_ms, &peer, &frame, out) {
             Some(Frame::Range(msgs)) => match self.config.reconciler.respond(&self.index, &msgs) {
                 Ok(step) => {
+                    if msgs.iter().any(|m| matches!(m, RangeMsg::Want { .. }))
+                        && let Some(st) = self.peers.get_mut(&peer)
+                    {
+                        // Asked for something it heard announced: graft it back on.
+                        st.eager = true;
+                    }
                     self.queue_pushes(&peer, step.push);
                     let mut frames = self.pack(step.reply);
                     let first = if frames.is_empty() {
@@ -444,6 +498,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 });
                 ack.clone()
             }
+            Some(Frame::Prune(_)) => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.eager = false;
+                }
+                ack.clone()
+            }
             Some(Frame::Announce(_)) | None => ack.clone(),
         };
         if let Some(st) = self.peers.get_mut(&peer) {
@@ -462,6 +522,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     fn on_response(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
+        if let Some(st) = self.peers.get_mut(&peer)
+            && let Some(sent) = st.session_sent_ms.take()
+        {
+            let rtt = now_ms.saturating_sub(sent);
+            st.srtt_ms = Some(st.srtt_ms.map_or(rtt, |s| (7 * s + rtt) / 8));
+        }
         match self.decode(now_ms, &peer, &frame, out) {
             Some(Frame::Range(msgs)) if msgs.is_empty() => {
                 if let Some(st) = self.peers.get_mut(&peer)
@@ -492,15 +558,45 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
 
     fn on_announce(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
         if let Some(Frame::Announce(ids)) = self.decode(now_ms, &peer, &frame, out) {
-            let mut missing: Vec<EnvelopeId> = ids
-                .into_iter()
-                .filter(|id| !self.index.contains(id))
-                .collect();
-            missing.sort();
-            missing.dedup();
-            if !missing.is_empty() && self.peers.contains_key(&peer) {
-                self.send_range(&peer, vec![RangeMsg::Want { ids: missing }], out);
+            if !self.peers.contains_key(&peer) {
+                return;
             }
+            // The eager copy, if any, is usually no more than a round trip behind the
+            // announce; wait about that long (never more than the configured delay).
+            let wait = self.peers[&peer].srtt_ms.map_or(self.config.lazy_want_delay_ms, |rtt| {
+                (2 * rtt + 20).min(self.config.lazy_want_delay_ms)
+            });
+            let due = now_ms + wait;
+            for id in ids {
+                if !self.index.contains(&id) {
+                    self.wants.entry(id).or_insert((due, peer.clone()));
+                }
+            }
+            if self.config.lazy_want_delay_ms == 0 {
+                self.send_due_wants(now_ms, out);
+            }
+        }
+    }
+
+    /// Asks for announced envelopes whose eager copy did not come in time, and grafts
+    /// the links they are asked over back onto the eager tree.
+    fn send_due_wants(&mut self, now_ms: u64, out: &mut Vec<Output<P>>) {
+        let mut by_peer: BTreeMap<P, Vec<EnvelopeId>> = BTreeMap::new();
+        self.wants.retain(|id, (due, peer)| {
+            if *due > now_ms {
+                return true;
+            }
+            if !self.index.contains(id) && self.peers.contains_key(peer) {
+                by_peer.entry(peer.clone()).or_default().push(*id);
+            }
+            false
+        });
+        for (peer, mut ids) in by_peer {
+            ids.sort();
+            if let Some(st) = self.peers.get_mut(&peer) {
+                st.eager = true;
+            }
+            self.send_range(&peer, vec![RangeMsg::Want { ids }], out);
         }
     }
 
@@ -551,9 +647,14 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let mut next = now_ms + self.config.resync_interval_ms;
         for st in self.peers.values() {
             next = next.min(st.next_resync_ms.max(now_ms));
-            if !st.queue.is_empty() {
+            // With every push slot taken, the next acknowledgement (an input) is what
+            // frees the queue, not time.
+            if !st.queue.is_empty() && st.inflight.len() < self.config.max_inflight {
                 next = next.min(now_ms + st.bucket.wait_ms(1500).max(1));
             }
+        }
+        for (due, _) in self.wants.values() {
+            next = next.min((*due).max(now_ms));
         }
         next
     }

@@ -12,6 +12,7 @@
 //!   3      = n u16 | id[32]*n
 //! type 2   Envelope: the envelope's canonical bytes (verified by the receiver)
 //! type 3   Announce: n u16 | id[32]*n   (ids of new envelopes, for live push)
+//! type 4   Prune:    n u16 | id[32]*n   (already had these: push to me lazily)
 //! ```
 
 use crate::Fingerprint;
@@ -33,6 +34,9 @@ pub enum Frame {
     Envelope(Vec<u8>),
     /// Ids of new envelopes (live push).
     Announce(Vec<EnvelopeId>),
+    /// The sender already held these envelopes when they were pushed to it eagerly:
+    /// announce to it from now on instead of pushing (the peer-sampling tree prunes).
+    Prune(Vec<EnvelopeId>),
 }
 
 /// A frame that cannot be decoded.
@@ -172,6 +176,10 @@ impl Frame {
                 out.push(3);
                 put_ids(&mut out, ids);
             }
+            Frame::Prune(ids) => {
+                out.push(4);
+                put_ids(&mut out, ids);
+            }
         }
         out
     }
@@ -216,6 +224,7 @@ impl Frame {
             }
             2 => return Ok(Frame::Envelope(r.b.to_vec())),
             3 => Frame::Announce(r.ids()?),
+            4 => Frame::Prune(r.ids()?),
             t => return Err(FrameError::Unknown(t)),
         };
         if !r.b.is_empty() {
