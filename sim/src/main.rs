@@ -135,6 +135,9 @@ fn print_report(r: &Report) {
     for m in &r.safety.document_mismatches {
         println!("  {m}");
     }
+    for m in &r.missed {
+        println!("missed: {m}");
+    }
     println!(
         "hostile frames {}, envelopes refused {}, disconnects {}, posts skipped (author down) {}",
         r.hostile_frames, r.refused, r.disconnects, r.posts_skipped

@@ -1,6 +1,6 @@
 //! One run's report: safety, liveness, convergence against the lower bound, traffic.
 
-use crate::bound::{earliest_arrival, push_frame_bytes};
+use crate::bound::{earliest_arrival, push_frame_bytes, usable_contact_margin};
 use crate::scenario::{Micros, Scenario, us};
 use crate::world::World;
 use fieldmesh_core::Precedence;
@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 /// Delivery of one precedence.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Delivery {
-    /// (envelope, node) pairs the contact graph made possible before the settle time.
+    /// (envelope, node) pairs joined by a path of usable contacts (each long enough for
+    /// a handshake and a reconciliation) before the settle time.
     pub expected: u64,
     /// Of those, delivered by the end.
     pub delivered: u64,
@@ -65,6 +66,8 @@ pub struct Report {
     pub delivery_by_precedence: BTreeMap<String, Delivery>,
     /// Safety.
     pub safety: Safety,
+    /// Up to 10 expected (envelope, node) pairs never delivered: for diagnosis.
+    pub missed: Vec<String>,
     /// Nodes.
     pub nodes: usize,
     /// Links.
@@ -153,14 +156,26 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
     let mut worst_actual = 0.0f64;
     let mut worst_bound = 0.0f64;
     let mut curves = Curves::default();
+    let mut missed = Vec::new();
     for (m, p) in w.posted.iter().enumerate() {
         if p.at == 0 && m < w.topo.channels.len() {
             continue; // geneses are provisioned, not transferred
         }
-        let lb = earliest_arrival(&w.topo.links, &adj, &excluded, p.author, p.at, push_frame_bytes(p.size));
+        let frame = push_frame_bytes(p.size);
+        let lb = earliest_arrival(&w.topo.links, &adj, &excluded, p.author, p.at, frame, |_| 0);
+        // Required to arrive only if a path of usable contacts exists.
+        let usable = earliest_arrival(
+            &w.topo.links,
+            &adj,
+            &excluded,
+            p.author,
+            p.at,
+            frame,
+            usable_contact_margin,
+        );
         let entry = by_prec.entry(p.precedence).or_default();
         for v in 0..n {
-            if v == p.author as usize || excluded[v] || lb[v] == Micros::MAX || lb[v] > deadline {
+            if v == p.author as usize || excluded[v] || usable[v] > deadline {
                 continue;
             }
             entry.0 += 1;
@@ -168,6 +183,17 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
             worst_bound = worst_bound.max(bound_s);
             curves.bound.push(bound_s);
             let d = w.delivered[m][v];
+            if d == Micros::MAX && missed.len() < 10 {
+                missed.push(format!(
+                    "{} {} posted by {} at {:.3} s: not at {} by the end (possible from {:.3} s)",
+                    p.precedence.name(),
+                    p.id.short(),
+                    w.topo.names[p.author as usize],
+                    p.at as f64 / 1e6,
+                    w.topo.names[v],
+                    lb[v] as f64 / 1e6
+                ));
+            }
             if d != Micros::MAX {
                 entry.1 += 1;
                 let lat = (d - p.at) as f64 / 1e6;
@@ -216,6 +242,7 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
         bytes_per_payload_byte: c.wire_bytes as f64 / c.payload_bytes.max(1) as f64,
         frame_bytes_per_payload_byte: c.frame_bytes as f64 / c.payload_bytes.max(1) as f64,
         delivery_by_precedence: delivery,
+        missed,
         safety: Safety {
             forged_accepted: forged,
             acknowledged_lost: lost,

@@ -442,6 +442,22 @@ impl Scenario {
         }
         let n = names.len();
         let resolve = |spec: &str| -> Result<Vec<u32>> {
+            // FAMILY*.I: node I of every replica of a replicated group.
+            if let Some((fam, i)) = spec.rsplit_once("*.") {
+                let reps = families
+                    .get(fam)
+                    .ok_or_else(|| anyhow!("unknown group family {fam:?} in {spec:?}"))?;
+                let i: usize = i.parse().with_context(|| format!("bad node ref {spec:?}"))?;
+                return reps
+                    .iter()
+                    .map(|r| {
+                        groups[r]
+                            .get(i)
+                            .copied()
+                            .ok_or_else(|| anyhow!("{spec:?}: group {r} has {} nodes", groups[r].len()))
+                    })
+                    .collect();
+            }
             if let Some((g, i)) = spec.rsplit_once('.') {
                 let members = groups
                     .get(g)

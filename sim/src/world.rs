@@ -141,6 +141,9 @@ struct SimNode {
     clock: HlcClock,
     /// Live channel replicas (kept by authors, as a node's cache is).
     replicas: BTreeMap<usize, Channel>,
+    /// Envelopes stored since each replica was last brought up to date (applied in one
+    /// batch when the replica is next used, as a busy node's cache would).
+    backlog: BTreeMap<usize, Vec<EnvelopeId>>,
     deferred_ingest: Vec<(u32, Vec<u8>)>,
     deferred_resp: Vec<(u32, u64, Vec<u8>)>,
     flush_scheduled: bool,
@@ -294,6 +297,7 @@ impl World {
                     alive: true,
                     clock: HlcClock::default(),
                     replicas: BTreeMap::new(),
+                    backlog: BTreeMap::new(),
                     deferred_ingest: Vec::new(),
                     deferred_resp: Vec::new(),
                     flush_scheduled: false,
@@ -469,6 +473,49 @@ impl World {
             self.dispatch(s.ev);
         }
         self.now = self.topo.end;
+        for n in 0..self.nodes.len() {
+            let channels: Vec<usize> = self.nodes[n].replicas.keys().copied().collect();
+            for c in channels {
+                self.catch_up(n as u32, c);
+            }
+        }
+    }
+
+    /// Applies the envelopes stored since node `n`'s replica of channel `c` was last used.
+    fn catch_up(&mut self, n: u32, c: usize) {
+        let node = &mut self.nodes[n as usize];
+        let Some(ids) = node.backlog.remove(&c) else {
+            return;
+        };
+        let Some(ch) = node.replicas.get_mut(&c) else {
+            return;
+        };
+        let key = open_key();
+        let envs: Vec<Envelope> = ids
+            .iter()
+            .filter_map(|id| node.store.get(id).ok().flatten())
+            .collect();
+        let opened: Vec<(&Envelope, Vec<u8>)> = envs
+            .iter()
+            .filter_map(|e| open_envelope(e, &key).ok().map(|p| (e, p)))
+            .collect();
+        let items = opened.iter().map(|(e, p)| Incoming {
+            envelope: e.id(),
+            author: e.header().author,
+            kind: e.header().kind,
+            hlc: e.header().hlc,
+            plaintext: p,
+        });
+        match ch.apply_many(items) {
+            Ok(errors) => self.counters.channel_rejects += errors.len() as u64,
+            Err(_) => {
+                // The batch left the replica unusable: rebuild it from the store.
+                self.counters.channel_rejects += 1;
+                let cid = self.channel_ids[c];
+                let node = &mut self.nodes[n as usize];
+                node.replicas.insert(c, materialise(&node.store, &cid));
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -558,6 +605,7 @@ impl World {
         node.alive = false;
         node.engine = None;
         node.replicas.clear();
+        node.backlog.clear();
         node.deferred_ingest.clear();
         node.deferred_resp.clear();
         node.outbound.clear();
@@ -599,8 +647,12 @@ impl World {
         let cid = self.channel_ids[p.channel];
         let mut text_rng = Rng::derive(i as u64, "text");
         let text = field_text(&mut text_rng, p.text_bytes, i);
+        if self.nodes[n as usize].replicas.contains_key(&p.channel) {
+            self.catch_up(n, p.channel);
+        }
         let node = &mut self.nodes[n as usize];
         if !node.replicas.contains_key(&p.channel) {
+            node.backlog.remove(&p.channel);
             let ch = materialise(&node.store, &cid);
             node.replicas.insert(p.channel, ch);
         }
@@ -888,24 +940,10 @@ impl World {
             let node = &mut self.nodes[n as usize];
             node.clock.observe(env.header().hlc, wall);
             if let Some(c) = self.channel_ids.iter().position(|c| *c == env.header().channel)
-                && let Some(ch) = node.replicas.get_mut(&c)
+                && node.replicas.contains_key(&c)
                 && env.header().kind.is_channel_change()
             {
-                let applied = open_envelope(env, &open_key())
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| {
-                        ch.apply(Incoming {
-                            envelope: env.id(),
-                            author: env.header().author,
-                            kind: env.header().kind,
-                            hlc: env.header().hlc,
-                            plaintext: &p,
-                        })
-                        .map_err(|e| e.to_string())
-                    });
-                if applied.is_err() {
-                    self.counters.channel_rejects += 1;
-                }
+                node.backlog.entry(c).or_default().push(env.id());
             }
         }
         for (peer, r) in decoded {
