@@ -21,7 +21,9 @@ pub fn push_frame_bytes(envelope: u64) -> u64 {
 /// with the contact lasting at least `ser + margin` from departure.
 fn departure(link: &Link, t: Micros, ser: Micros, margin: Micros) -> Option<Micros> {
     let need = ser + margin;
-    let i = link.up.partition_point(|&(_, e)| e < t.saturating_add(need));
+    let i = link
+        .up
+        .partition_point(|&(_, e)| e < t.saturating_add(need));
     link.up[i..].iter().find_map(|&(s, e)| {
         let d = s.max(t);
         (d + need <= e).then_some(d)
@@ -93,7 +95,10 @@ mod tests {
     #[test]
     fn waits_for_contacts_and_takes_the_faster_path() {
         // 0-1 always; 1-2 only from t=10s; 0-2 never.
-        let links = vec![link(0, 1, vec![(0, 100_000_000)]), link(1, 2, vec![(10_000_000, 20_000_000)])];
+        let links = vec![
+            link(0, 1, vec![(0, 100_000_000)]),
+            link(1, 2, vec![(10_000_000, 20_000_000)]),
+        ];
         let adj = vec![vec![(1, 0)], vec![(0, 0), (2, 1)], vec![(1, 1)]];
         let ex = vec![false; 3];
         let none = |_: &Link| 0;

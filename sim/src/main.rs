@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "fieldmesh-sim", version, about = "Deterministic DDIL network simulator driving the real fieldmesh sync engine")]
+#[command(
+    name = "fieldmesh-sim",
+    version,
+    about = "Deterministic DDIL network simulator driving the real fieldmesh sync engine"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -152,7 +156,10 @@ fn print_report(r: &Report) {
 fn run_checked(s: &Scenario, seed: u64) -> Result<(Report, bool)> {
     let a = report::run(s, seed)?;
     let b = report::run(s, seed)?;
-    Ok((a.clone(), a.trace_hash == b.trace_hash && strip_wall(&a) == strip_wall(&b)))
+    Ok((
+        a.clone(),
+        a.trace_hash == b.trace_hash && strip_wall(&a) == strip_wall(&b),
+    ))
 }
 
 fn strip_wall(r: &Report) -> Report {
@@ -222,7 +229,10 @@ fn real_main() -> Result<bool> {
                 if seed == from || !ok {
                     let again = report::run(&s, seed)?;
                     if again.trace_hash != r.trace_hash {
-                        println!("seed {seed}: replay diverged ({} vs {})", r.trace_hash, again.trace_hash);
+                        println!(
+                            "seed {seed}: replay diverged ({} vs {})",
+                            r.trace_hash, again.trace_hash
+                        );
                         ok = false;
                     }
                 }
@@ -234,7 +244,10 @@ fn real_main() -> Result<bool> {
                     failing.push(seed);
                 }
                 worst_bytes = worst_bytes.max(r.bytes_per_payload_byte);
-                if worst.as_ref().is_none_or(|w| r.convergence_ratio > w.convergence_ratio) {
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| r.convergence_ratio > w.convergence_ratio)
+                {
                     worst = Some(r);
                 }
             }
@@ -261,7 +274,9 @@ fn real_main() -> Result<bool> {
             Ok(true)
         }
         Cmd::Bench { seeds, sweep } => {
-            println!("== every scenario, seed 1: convergence against the lower bound (goal <= 1.5x)");
+            println!(
+                "== every scenario, seed 1: convergence against the lower bound (goal <= 1.5x)"
+            );
             let mut biggest: Option<Report> = None;
             for name in list()? {
                 let s = load(&name)?;
@@ -296,7 +311,10 @@ fn real_main() -> Result<bool> {
             for seed in 1..=seeds {
                 let r = report::run(&s, seed)?;
                 failing += usize::from(!r.converged);
-                if worst.as_ref().is_none_or(|w| r.convergence_ratio > w.convergence_ratio) {
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| r.convergence_ratio > w.convergence_ratio)
+                {
                     worst = Some(r);
                 }
             }

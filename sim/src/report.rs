@@ -199,7 +199,9 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
                 let lat = (d - p.at) as f64 / 1e6;
                 worst_actual = worst_actual.max(lat);
                 entry.2.push(lat);
-                entry.3.push(if bound_s > 0.0 { lat / bound_s } else { 1.0 });
+                entry
+                    .3
+                    .push(if bound_s > 0.0 { lat / bound_s } else { 1.0 });
                 curves.actual.push(lat);
             }
         }
@@ -216,20 +218,27 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
             Delivery {
                 expected,
                 delivered,
-                ratio: if expected == 0 { 1.0 } else { delivered as f64 / expected as f64 },
+                ratio: if expected == 0 {
+                    1.0
+                } else {
+                    delivered as f64 / expected as f64
+                },
                 latency_p50_s: percentile(&lats, 0.5),
                 latency_p99_s: percentile(&lats, 0.99),
                 stretch_p50: percentile(&stretch, 0.5),
             },
         );
-        curves.delivered.insert(p.name().to_owned(), (lats, expected));
+        curves
+            .delivered
+            .insert(p.name().to_owned(), (lats, expected));
     }
     curves.actual.sort_by(f64::total_cmp);
     curves.bound.sort_by(f64::total_cmp);
     let forged = w.foreign_envelopes() + w.counters.forged_accepted;
     let lost = w.lost_acknowledged().len() as u64;
     let (compared, mismatches) = w.check_documents(if n > 100 { 8 } else { 32 });
-    let safety_ok = forged == 0 && lost == 0 && mismatches.is_empty() && w.counters.post_errors == 0;
+    let safety_ok =
+        forged == 0 && lost == 0 && mismatches.is_empty() && w.counters.post_errors == 0;
     let storage = w.storage();
     let c = &w.counters;
     Report {
@@ -238,7 +247,11 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
         converged: safety_ok && all_delivered,
         convergence_s: worst_actual,
         lower_bound_s: worst_bound,
-        convergence_ratio: if worst_bound > 0.0 { worst_actual / worst_bound } else { 1.0 },
+        convergence_ratio: if worst_bound > 0.0 {
+            worst_actual / worst_bound
+        } else {
+            1.0
+        },
         bytes_per_payload_byte: c.wire_bytes as f64 / c.payload_bytes.max(1) as f64,
         frame_bytes_per_payload_byte: c.frame_bytes as f64 / c.payload_bytes.max(1) as f64,
         delivery_by_precedence: delivery,
@@ -328,7 +341,11 @@ pub fn svg(r: &Report) -> String {
                 .map(|(t, e)| (p.name().to_owned(), c, t.clone(), *e))
         })
         .collect();
-    panel(pad, "delivered (fraction of expected) by precedence", series);
+    panel(
+        pad,
+        "delivered (fraction of expected) by precedence",
+        series,
+    );
     let total = r.curves.bound.len() as u64;
     panel(
         2.0 * pad + panel_w,

@@ -87,16 +87,23 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_labels_separate() {
-        let a: Vec<u64> = (0..8).map({
-            let mut r = Rng::new(7);
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..8).map({
-            let mut r = Rng::new(7);
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..8)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
-        assert_ne!(Rng::derive(7, "links").next_u64(), Rng::derive(7, "traffic").next_u64());
+        assert_ne!(
+            Rng::derive(7, "links").next_u64(),
+            Rng::derive(7, "traffic").next_u64()
+        );
         let mut r = Rng::new(1);
         let mean = (0..10_000).map(|_| r.exp(2.0)).sum::<f64>() / 10_000.0;
         assert!((mean - 2.0).abs() < 0.1, "exponential mean {mean}");

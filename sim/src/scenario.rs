@@ -10,14 +10,17 @@
 
 use crate::rng::Rng;
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use fieldmesh_sync::engine::EngineConfig;
 use fieldmesh_core::Precedence;
+use fieldmesh_sync::engine::EngineConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Microseconds of virtual time.
 pub type Micros = u64;
+
+/// Sorted, disjoint [start, end) intervals.
+pub type Intervals = Vec<(Micros, Micros)>;
 
 /// Seconds (from a file) to microseconds.
 pub fn us(seconds: f64) -> Micros {
@@ -447,14 +450,15 @@ impl Scenario {
                 let reps = families
                     .get(fam)
                     .ok_or_else(|| anyhow!("unknown group family {fam:?} in {spec:?}"))?;
-                let i: usize = i.parse().with_context(|| format!("bad node ref {spec:?}"))?;
+                let i: usize = i
+                    .parse()
+                    .with_context(|| format!("bad node ref {spec:?}"))?;
                 return reps
                     .iter()
                     .map(|r| {
-                        groups[r]
-                            .get(i)
-                            .copied()
-                            .ok_or_else(|| anyhow!("{spec:?}: group {r} has {} nodes", groups[r].len()))
+                        groups[r].get(i).copied().ok_or_else(|| {
+                            anyhow!("{spec:?}: group {r} has {} nodes", groups[r].len())
+                        })
                     })
                     .collect();
             }
@@ -462,7 +466,9 @@ impl Scenario {
                 let members = groups
                     .get(g)
                     .ok_or_else(|| anyhow!("unknown group {g:?} in {spec:?}"))?;
-                let i: usize = i.parse().with_context(|| format!("bad node ref {spec:?}"))?;
+                let i: usize = i
+                    .parse()
+                    .with_context(|| format!("bad node ref {spec:?}"))?;
                 let node = *members
                     .get(i)
                     .ok_or_else(|| anyhow!("{spec:?}: group {g} has {} nodes", members.len()))?;
@@ -483,7 +489,7 @@ impl Scenario {
         };
 
         // Raw links with their schedules.
-        let mut raw: BTreeMap<(u32, u32), (String, Vec<(Micros, Micros)>)> = BTreeMap::new();
+        let mut raw: BTreeMap<(u32, u32), (String, Intervals)> = BTreeMap::new();
         let mut add = |a: u32, b: u32, m: &str, up: Vec<(Micros, Micros)>| -> Result<()> {
             if a == b {
                 return Ok(());
@@ -507,7 +513,11 @@ impl Scenario {
         };
         for g in &self.group {
             let Some(m) = &g.link else {
-                ensure!(g.topology == Topo::None, "group {} has a topology but no link model", g.name);
+                ensure!(
+                    g.topology == Topo::None,
+                    "group {} has a topology but no link model",
+                    g.name
+                );
                 continue;
             };
             model(m)?;
@@ -548,16 +558,33 @@ impl Scenario {
         for u in &self.uplink {
             model(&u.model)?;
             let up = schedule(&u.schedule, end)?;
-            let kids = families.get(&u.children).cloned().unwrap_or_else(|| vec![u.children.clone()]);
-            let parents = families.get(&u.parents).cloned().unwrap_or_else(|| vec![u.parents.clone()]);
+            let kids = families
+                .get(&u.children)
+                .cloned()
+                .unwrap_or_else(|| vec![u.children.clone()]);
+            let parents = families
+                .get(&u.parents)
+                .cloned()
+                .unwrap_or_else(|| vec![u.parents.clone()]);
             for (k, kid) in kids.iter().enumerate() {
                 let parent = &parents[k * parents.len() / kids.len()];
-                let a = *groups.get(kid).and_then(|g| g.first()).ok_or_else(|| anyhow!("unknown group {kid}"))?;
-                let b = *groups.get(parent).and_then(|g| g.first()).ok_or_else(|| anyhow!("unknown group {parent}"))?;
+                let a = *groups
+                    .get(kid)
+                    .and_then(|g| g.first())
+                    .ok_or_else(|| anyhow!("unknown group {kid}"))?;
+                let b = *groups
+                    .get(parent)
+                    .and_then(|g| g.first())
+                    .ok_or_else(|| anyhow!("unknown group {parent}"))?;
                 add(a, b, &u.model, up.clone())?;
             }
         }
-        for (mv, cycle) in self.convoy.iter().map(|m| (m, false)).chain(self.mule.iter().map(|m| (m, true))) {
+        for (mv, cycle) in self
+            .convoy
+            .iter()
+            .map(|m| (m, false))
+            .chain(self.mule.iter().map(|m| (m, true)))
+        {
             model(&mv.model)?;
             ensure!(!mv.stops.is_empty(), "a mover needs stops");
             ensure!(mv.dwell_s > 0.0, "dwell_s must be positive");
@@ -583,7 +610,11 @@ impl Scenario {
         for c in &self.crash {
             for node in resolve(&c.node)? {
                 let until = c.restart_s.map_or(end, us).min(end);
-                ensure!(us(c.at_s) < until, "crash of {} restarts before it happens", c.node);
+                ensure!(
+                    us(c.at_s) < until,
+                    "crash of {} restarts before it happens",
+                    c.node
+                );
                 down[node as usize] = union(&down[node as usize], &[(us(c.at_s), until)]);
             }
         }
@@ -604,8 +635,14 @@ impl Scenario {
         let mut links = Vec::with_capacity(raw.len());
         for ((a, b), (mname, mut up)) in raw {
             let m = model(&mname)?;
-            ensure!(m.rate_bps > 0 && m.mtu >= 64, "link model {mname}: rate and mtu must be positive (mtu >= 64)");
-            ensure!((0.0..1.0).contains(&m.loss), "link model {mname}: loss must be in [0, 1)");
+            ensure!(
+                m.rate_bps > 0 && m.mtu >= 64,
+                "link model {mname}: rate and mtu must be positive (mtu >= 64)"
+            );
+            ensure!(
+                (0.0..1.0).contains(&m.loss),
+                "link model {mname}: loss must be in [0, 1)"
+            );
             if let (Some(on), Some(off)) = (m.duty_on_s, m.duty_off_s) {
                 ensure!(on > 0.0 && off >= 0.0, "link model {mname}: bad duty cycle");
                 let period = on + off;
@@ -652,8 +689,16 @@ impl Scenario {
         let mut channels = Vec::new();
         for c in &self.channel {
             let creator = resolve(&c.creator)?;
-            ensure!(creator.len() == 1, "channel {} needs one creator node", c.name);
-            ensure!(!channels.iter().any(|(n, _)| n == &c.name), "duplicate channel {}", c.name);
+            ensure!(
+                creator.len() == 1,
+                "channel {} needs one creator node",
+                c.name
+            );
+            ensure!(
+                !channels.iter().any(|(n, _)| n == &c.name),
+                "duplicate channel {}",
+                c.name
+            );
             channels.push((c.name.clone(), creator[0]));
         }
         let mut trng = Rng::derive(seed, "traffic");
@@ -740,7 +785,10 @@ fn schedule(s: &Schedule, end: Micros) -> Result<Vec<(Micros, Micros)>> {
             up_s,
             offset_s,
         } => {
-            ensure!(*period_s > 0.0 && *up_s > 0.0, "periodic schedule needs positive period and up time");
+            ensure!(
+                *period_s > 0.0 && *up_s > 0.0,
+                "periodic schedule needs positive period and up time"
+            );
             let mut v = Vec::new();
             let mut t = *offset_s;
             while us(t) < end {
@@ -754,7 +802,8 @@ fn schedule(s: &Schedule, end: Micros) -> Result<Vec<(Micros, Micros)>> {
 
 /// Union of interval sets (result sorted and disjoint, empty intervals dropped).
 pub fn union(a: &[(Micros, Micros)], b: &[(Micros, Micros)]) -> Vec<(Micros, Micros)> {
-    let mut all: Vec<(Micros, Micros)> = a.iter().chain(b).copied().filter(|(s, e)| e > s).collect();
+    let mut all: Vec<(Micros, Micros)> =
+        a.iter().chain(b).copied().filter(|(s, e)| e > s).collect();
     all.sort_unstable();
     let mut out: Vec<(Micros, Micros)> = Vec::with_capacity(all.len());
     for (s, e) in all {
@@ -813,8 +862,14 @@ mod tests {
     #[test]
     fn interval_algebra() {
         assert_eq!(union(&[(0, 5), (10, 20)], &[(4, 12)]), vec![(0, 20)]);
-        assert_eq!(intersect(&[(0, 10), (20, 30)], &[(5, 25)]), vec![(5, 10), (20, 25)]);
-        assert_eq!(subtract(&[(0, 30)], &[(5, 10), (20, 25)]), vec![(0, 5), (10, 20), (25, 30)]);
+        assert_eq!(
+            intersect(&[(0, 10), (20, 30)], &[(5, 25)]),
+            vec![(5, 10), (20, 25)]
+        );
+        assert_eq!(
+            subtract(&[(0, 30)], &[(5, 10), (20, 25)]),
+            vec![(0, 5), (10, 20), (25, 30)]
+        );
         assert_eq!(subtract(&[(0, 10)], &[(0, 10)]), vec![]);
     }
 }

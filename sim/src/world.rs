@@ -11,8 +11,7 @@ use crate::rng::Rng;
 use crate::scenario::{Micros, PACKET_OVERHEAD, Topology};
 use fieldmesh_channel::{Channel, Incoming};
 use fieldmesh_core::{
-    ChannelId, CompartmentId, Envelope, EnvelopeId, Header, HlcClock, NodeId, Precedence,
-    sha256,
+    ChannelId, CompartmentId, Envelope, EnvelopeId, Header, HlcClock, NodeId, Precedence, sha256,
 };
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
 use fieldmesh_store::{MemStore, PutOutcome, Store};
@@ -170,7 +169,10 @@ pub struct TraceHash(u64);
 
 impl TraceHash {
     fn word(&mut self, w: u64) {
-        self.0 = (self.0 ^ w).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(29) ^ (w >> 7);
+        self.0 = (self.0 ^ w)
+            .wrapping_mul(0x0000_0100_0000_01B3)
+            .rotate_left(29)
+            ^ (w >> 7);
     }
     fn bytes(&mut self, b: &[u8]) {
         let mut chunks = b.chunks_exact(8);
@@ -264,9 +266,32 @@ pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
 
 fn field_text(rng: &mut Rng, n: usize, seq: usize) -> String {
     const WORDS: &[&str] = &[
-        "contact", "grid", "north", "ridge", "moving", "east", "two", "vehicles", "dismounts",
-        "observed", "holding", "checkpoint", "fuel", "ammo", "water", "green", "amber", "route",
-        "clear", "bridge", "casualty", "stable", "request", "resupply", "at", "0600",
+        "contact",
+        "grid",
+        "north",
+        "ridge",
+        "moving",
+        "east",
+        "two",
+        "vehicles",
+        "dismounts",
+        "observed",
+        "holding",
+        "checkpoint",
+        "fuel",
+        "ammo",
+        "water",
+        "green",
+        "amber",
+        "route",
+        "clear",
+        "bridge",
+        "casualty",
+        "stable",
+        "request",
+        "resupply",
+        "at",
+        "0600",
     ];
     let mut s = format!("MSG{seq:05} ");
     while s.len() < n {
@@ -409,12 +434,21 @@ impl World {
             .topo
             .hostile
             .iter()
-            .map(|(n, h)| (*n, [h.forged_per_min, h.garbage_per_min, h.oversized_per_min]))
+            .map(|(n, h)| {
+                (
+                    *n,
+                    [h.forged_per_min, h.garbage_per_min, h.oversized_per_min],
+                )
+            })
             .collect();
         for (node, rates) in hostile {
-            for (act, rate) in [HostileAct::Forged, HostileAct::Garbage, HostileAct::Oversized]
-                .into_iter()
-                .zip(rates)
+            for (act, rate) in [
+                HostileAct::Forged,
+                HostileAct::Garbage,
+                HostileAct::Oversized,
+            ]
+            .into_iter()
+            .zip(rates)
             {
                 if rate > 0.0 {
                     let at = crate::scenario::us(w.hostile_rng.exp(60.0 / rate));
@@ -719,7 +753,14 @@ impl World {
                         if holds_ingest {
                             node.deferred_resp.push((peer, request, frame));
                         } else {
-                            self.send(n, peer, Msg::Response { req: request, frame });
+                            self.send(
+                                n,
+                                peer,
+                                Msg::Response {
+                                    req: request,
+                                    frame,
+                                },
+                            );
                         }
                     }
                     Output::Push { peer, id } => {
@@ -854,7 +895,8 @@ impl World {
             self.counters.dropped_in_flight += 1;
             return;
         }
-        self.trace.word(0x40 ^ u64::from(from) << 8 ^ u64::from(to) << 32);
+        self.trace
+            .word(0x40 ^ u64::from(from) << 8 ^ u64::from(to) << 32);
         match msg {
             Msg::Request { req, frame } => {
                 self.trace.bytes(&frame);
@@ -915,8 +957,10 @@ impl World {
         }
         let batch = std::mem::take(&mut node.deferred_ingest);
         let responses = std::mem::take(&mut node.deferred_resp);
-        let decoded: Vec<(u32, Result<Envelope, String>)> =
-            batch.into_iter().map(|(p, b)| (p, self.decode(&b))).collect();
+        let decoded: Vec<(u32, Result<Envelope, String>)> = batch
+            .into_iter()
+            .map(|(p, b)| (p, self.decode(&b)))
+            .collect();
         let valid: Vec<Envelope> = decoded
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok().cloned())
@@ -939,7 +983,10 @@ impl World {
             }
             let node = &mut self.nodes[n as usize];
             node.clock.observe(env.header().hlc, wall);
-            if let Some(c) = self.channel_ids.iter().position(|c| *c == env.header().channel)
+            if let Some(c) = self
+                .channel_ids
+                .iter()
+                .position(|c| *c == env.header().channel)
                 && node.replicas.contains_key(&c)
                 && env.header().kind.is_channel_change()
             {
@@ -1051,12 +1098,20 @@ impl World {
     pub fn lost_acknowledged(&self) -> Vec<(u32, EnvelopeId)> {
         let mut lost = Vec::new();
         for &(node, id) in &self.acks {
-            if !self.nodes[node as usize].store.contains(&id).unwrap_or(false) {
+            if !self.nodes[node as usize]
+                .store
+                .contains(&id)
+                .unwrap_or(false)
+            {
                 lost.push((node, id));
             }
         }
         for p in &self.posted {
-            if !self.nodes[p.author as usize].store.contains(&p.id).unwrap_or(false) {
+            if !self.nodes[p.author as usize]
+                .store
+                .contains(&p.id)
+                .unwrap_or(false)
+            {
                 lost.push((p.author, p.id));
             }
         }
@@ -1104,9 +1159,15 @@ impl World {
             }
             for members in groups.values() {
                 let step = members.len().div_ceil(sample.max(1)).max(1);
-                let mut reference: Option<(Vec<automerge::ChangeHash>, Vec<fieldmesh_channel::MessageView>, usize)> = None;
+                let mut reference: Option<(
+                    Vec<automerge::ChangeHash>,
+                    Vec<fieldmesh_channel::MessageView>,
+                    usize,
+                )> = None;
                 let picked = members.iter().step_by(step).chain(
-                    members.iter().filter(|&&i| self.nodes[i].replicas.contains_key(&c)),
+                    members
+                        .iter()
+                        .filter(|&&i| self.nodes[i].replicas.contains_key(&c)),
                 );
                 for &i in picked {
                     let fresh = materialise(&self.nodes[i].store, cid);

@@ -17,12 +17,24 @@ fn check(name: &str, seeds: &[u64]) -> Vec<report::Report> {
         let r = report::run(&s, seed).expect("scenario builds");
         println!(
             "{name} seed {seed}: converged {} in {:.3} s (lower bound {:.3} s, ratio {:.2}), {:.3} wire bytes per payload byte, trace {}",
-            r.converged, r.convergence_s, r.lower_bound_s, r.convergence_ratio, r.bytes_per_payload_byte, r.trace_hash
+            r.converged,
+            r.convergence_s,
+            r.lower_bound_s,
+            r.convergence_ratio,
+            r.bytes_per_payload_byte,
+            r.trace_hash
         );
-        assert!(r.safety.ok, "{name} seed {seed}: safety violated: {:?}", r.safety);
+        assert!(
+            r.safety.ok,
+            "{name} seed {seed}: safety violated: {:?}",
+            r.safety
+        );
         assert_eq!(r.safety.forged_accepted, 0);
         assert_eq!(r.safety.acknowledged_lost, 0);
-        assert!(r.safety.documents_compared > 0, "{name}: no documents compared");
+        assert!(
+            r.safety.documents_compared > 0,
+            "{name}: no documents compared"
+        );
         assert!(
             r.converged,
             "{name} seed {seed} did not converge: {:?} — replay: cargo run --release -p fieldmesh-sim -- run {name} --seed {seed}",
@@ -34,7 +46,11 @@ fn check(name: &str, seeds: &[u64]) -> Vec<report::Report> {
     }
     // The same seed replays bit-exactly.
     let again = report::run(&s, seeds[0]).expect("scenario builds");
-    assert_eq!(again.trace_hash, out[0].trace_hash, "{name}: seed {} did not replay", seeds[0]);
+    assert_eq!(
+        again.trace_hash, out[0].trace_hash,
+        "{name}: seed {} did not replay",
+        seeds[0]
+    );
     assert_eq!(again.convergence_s, out[0].convergence_s);
     out
 }
@@ -42,7 +58,10 @@ fn check(name: &str, seeds: &[u64]) -> Vec<report::Report> {
 #[test]
 fn platoon_lan() {
     let runs = check("platoon-lan", &[1, 2, 3]);
-    assert_ne!(runs[0].trace_hash, runs[1].trace_hash, "different seeds, same trace");
+    assert_ne!(
+        runs[0].trace_hash, runs[1].trace_hash,
+        "different seeds, same trace"
+    );
 }
 
 #[test]

@@ -563,9 +563,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             }
             // The eager copy, if any, is usually no more than a round trip behind the
             // announce; wait about that long (never more than the configured delay).
-            let wait = self.peers[&peer].srtt_ms.map_or(self.config.lazy_want_delay_ms, |rtt| {
-                (2 * rtt + 20).min(self.config.lazy_want_delay_ms)
-            });
+            let wait = self.peers[&peer]
+                .srtt_ms
+                .map_or(self.config.lazy_want_delay_ms, |rtt| {
+                    (2 * rtt + 20).min(self.config.lazy_want_delay_ms)
+                });
             let due = now_ms + wait;
             for id in ids {
                 if !self.index.contains(&id) {
