@@ -7,7 +7,6 @@ use anyhow::{Result, bail};
 use automerge::sync::SyncDoc;
 use fieldmesh_core::{EnvelopeId, Hlc, Precedence, sha256};
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope};
-use fieldmesh_sync::frame::Frame;
 use fieldmesh_sync::ranger::Reconciler;
 use fieldmesh_sync::{Index, Meta};
 use std::collections::HashMap;
@@ -20,7 +19,7 @@ fn id(n: u64) -> EnvelopeId {
 }
 
 /// Reconciliation bytes and round trips between a store of `size` and one with `diff` more.
-fn reconcile_cost(size: u64, diff: u64) -> (usize, usize) {
+fn reconcile_cost(r: Reconciler, size: u64, diff: u64) -> (usize, usize) {
     let meta = Meta {
         precedence: Precedence::Routine,
         size: 600,
@@ -35,23 +34,13 @@ fn reconcile_cost(size: u64, diff: u64) -> (usize, usize) {
     for n in 0..diff {
         b.insert(id(10_000_000 + n), meta);
     }
-    let r = Reconciler::default();
-    let mut msgs = r.initiate(&a);
-    let mut bytes = Frame::Range(msgs.clone()).encode().len() + 4;
-    let mut half_trips: usize = 1;
-    let mut turn_b = true;
-    while !msgs.is_empty() {
-        msgs = r
-            .respond(if turn_b { &b } else { &a }, &msgs)
-            .expect("valid")
-            .reply;
-        if !msgs.is_empty() {
-            bytes += Frame::Range(msgs.clone()).encode().len() + 4;
-            half_trips += 1;
-        }
-        turn_b = !turn_b;
-    }
-    (bytes, half_trips.div_ceil(2))
+    let (a_needs, _, rounds, bytes) = r.run_local_measured(&a, &b, 64).expect("valid");
+    assert_eq!(
+        a_needs.len() as u64,
+        diff,
+        "reconciliation found every difference"
+    );
+    (bytes, rounds)
 }
 
 /// Automerge's own sync between a document of `n` changes and one missing the last `diff`.
@@ -115,8 +104,19 @@ pub fn run(store: usize, am_changes: usize, latency: usize) -> Result<()> {
         format!("fieldmesh, stores of {store}"),
         format!("automerge sync, docs of {am_changes} changes")
     );
+    let mut coded_rows = Vec::new();
     for diff in [1usize, 100, 10_000] {
-        let (rbytes, rtrips) = reconcile_cost(store as u64, diff as u64);
+        let (rbytes, rtrips) = reconcile_cost(Reconciler::default(), store as u64, diff as u64);
+        let coded = Reconciler {
+            symbols: 32,
+            ..Reconciler::default()
+        };
+        let (cbytes, ctrips) = reconcile_cost(coded, store as u64, diff as u64);
+        let coded_env = (cbytes + diff * (avg_env + 6)) as f64 / (diff * avg_env) as f64;
+        let coded_payload = (cbytes + diff * (avg_env + 6)) as f64 / (diff * avg_payload) as f64;
+        coded_rows.push(format!(
+            "{diff:>7} | {coded_payload:>6.3}x payload ({coded_env:.3}x envelope), {ctrips:>2} RT"
+        ));
         // Each new envelope travels as one frame: 4-byte length, 2-byte frame header.
         let transfer = diff * (avg_env + 6);
         let ours = (rbytes + transfer) as f64 / (diff * avg_payload) as f64;
@@ -139,6 +139,12 @@ pub fn run(store: usize, am_changes: usize, latency: usize) -> Result<()> {
     println!(
         "(fieldmesh adds per envelope a signed header, AEAD tag and nonce: the payload ratio includes them)"
     );
+    println!(
+        "rateless IBLT (coded symbols, crates/sync/src/riblt.rs; measured, not yet enabled in the engine):"
+    );
+    for row in coded_rows {
+        println!("{row}");
+    }
 
     println!("\n== post-to-visible latency between two daemons on 127.0.0.1 (QUIC)");
     latency_bench(latency)

@@ -211,6 +211,8 @@ struct PeerState {
     session_sent_ms: Option<u64>,
     /// Smoothed round-trip time to this peer.
     srtt_ms: Option<u64>,
+    /// Coded symbols of the session this peer has open with us.
+    decoder: crate::riblt::Decoder,
 }
 
 impl PeerState {
@@ -229,6 +231,7 @@ impl PeerState {
             eager: true,
             session_sent_ms: None,
             srtt_ms: None,
+            decoder: crate::riblt::Decoder::default(),
         }
     }
 }
@@ -462,7 +465,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             self.handle_peer_up_silently(now_ms, &peer);
         }
         let reply = match self.decode(now_ms, &peer, &frame, out) {
-            Some(Frame::Range(msgs)) => match self.config.reconciler.respond(&self.index, &msgs) {
+            Some(Frame::Range(msgs)) => match self.respond(&peer, &msgs) {
                 Ok(step) => {
                     if msgs.iter().any(|m| matches!(m, RangeMsg::Want { .. }))
                         && let Some(st) = self.peers.get_mut(&peer)
@@ -537,7 +540,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     st.stats.sessions += 1;
                 }
             }
-            Some(Frame::Range(msgs)) => match self.config.reconciler.respond(&self.index, &msgs) {
+            Some(Frame::Range(msgs)) => match self.respond(&peer, &msgs) {
                 Ok(step) => {
                     self.queue_pushes(&peer, step.push);
                     if step.reply.is_empty() {
@@ -554,6 +557,27 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             Some(_) => self.strike(&peer, "unexpected frame in a response", out),
             None => {}
         }
+    }
+
+    /// Runs the reconciler with this peer's coded-symbol state.
+    fn respond(
+        &mut self,
+        peer: &P,
+        msgs: &[RangeMsg],
+    ) -> Result<crate::ranger::Step, crate::ranger::RangeError> {
+        let mut decoder = self
+            .peers
+            .get_mut(peer)
+            .map(|st| std::mem::take(&mut st.decoder))
+            .unwrap_or_default();
+        let step = self
+            .config
+            .reconciler
+            .respond_in(&self.index, msgs, &mut decoder);
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.decoder = decoder;
+        }
+        step
     }
 
     fn on_announce(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {

@@ -10,6 +10,9 @@
 //!   1      = range | fingerprint[16]
 //!   2      = range | n u16 | id[32]*n
 //!   3      = n u16 | id[32]*n
+//!   4      = total u64 | start u32 | n u16 | (key u64 | check u64 | count zigzag-varint)*n
+//!   5      = start u32 | end u32
+//!   6      = n u16 | key u64*n
 //! type 2   Envelope: the envelope's canonical bytes (verified by the receiver)
 //! type 3   Announce: n u16 | id[32]*n   (ids of new envelopes, for live push)
 //! type 4   Prune:    n u16 | id[32]*n   (already had these: push to me lazily)
@@ -17,6 +20,7 @@
 
 use crate::Fingerprint;
 use crate::ranger::{IdRange, RangeMsg};
+use crate::riblt::{Cell, MAX_CELLS_PER_MESSAGE};
 use fieldmesh_core::{EnvelopeId, MAX_ENVELOPE_BYTES};
 use thiserror::Error;
 
@@ -85,6 +89,50 @@ impl<'a> Reader<'a> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    /// A zigzag LEB128 signed integer of at most 10 bytes.
+    fn varint(&mut self) -> Result<i64, FrameError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok((v >> 1) as i64 ^ -((v & 1) as i64));
+            }
+        }
+        Err(FrameError::Unknown(0x80))
+    }
+    fn cells(&mut self) -> Result<Vec<Cell>, FrameError> {
+        let n = usize::from(self.u16()?);
+        if n > MAX_CELLS_PER_MESSAGE || self.b.len() < 17 * n {
+            return Err(FrameError::Truncated);
+        }
+        (0..n)
+            .map(|_| {
+                Ok(Cell {
+                    key: self.u64()?,
+                    check: self.u64()?,
+                    count: self.varint()?,
+                })
+            })
+            .collect()
+    }
+    fn keys(&mut self) -> Result<Vec<u64>, FrameError> {
+        let n = usize::from(self.u16()?);
+        if self.b.len() < 8 * n {
+            return Err(FrameError::Truncated);
+        }
+        (0..n).map(|_| self.u64()).collect()
+    }
     fn id(&mut self) -> Result<EnvelopeId, FrameError> {
         Ok(EnvelopeId(self.take(32)?.try_into().expect("32 bytes")))
     }
@@ -121,6 +169,19 @@ impl<'a> Reader<'a> {
             None
         };
         Ok(IdRange { lower, upper })
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
     }
 }
 
@@ -164,6 +225,33 @@ impl Frame {
                         RangeMsg::Want { ids } => {
                             out.push(3);
                             put_ids(&mut out, ids);
+                        }
+                        RangeMsg::Symbols {
+                            total,
+                            start,
+                            cells,
+                        } => {
+                            out.push(4);
+                            out.extend_from_slice(&total.to_be_bytes());
+                            out.extend_from_slice(&start.to_be_bytes());
+                            out.extend_from_slice(&(cells.len() as u16).to_be_bytes());
+                            for c in cells {
+                                out.extend_from_slice(&c.key.to_be_bytes());
+                                out.extend_from_slice(&c.check.to_be_bytes());
+                                put_varint(&mut out, c.count);
+                            }
+                        }
+                        RangeMsg::MoreSymbols { start, end } => {
+                            out.push(5);
+                            out.extend_from_slice(&start.to_be_bytes());
+                            out.extend_from_slice(&end.to_be_bytes());
+                        }
+                        RangeMsg::WantKeys { keys } => {
+                            out.push(6);
+                            out.extend_from_slice(&(keys.len() as u16).to_be_bytes());
+                            for k in keys {
+                                out.extend_from_slice(&k.to_be_bytes());
+                            }
                         }
                     }
                 }
@@ -217,6 +305,16 @@ impl Frame {
                             ids: r.ids()?,
                         },
                         3 => RangeMsg::Want { ids: r.ids()? },
+                        4 => RangeMsg::Symbols {
+                            total: r.u64()?,
+                            start: r.u32()?,
+                            cells: r.cells()?,
+                        },
+                        5 => RangeMsg::MoreSymbols {
+                            start: r.u32()?,
+                            end: r.u32()?,
+                        },
+                        6 => RangeMsg::WantKeys { keys: r.keys()? },
                         t => return Err(FrameError::Unknown(t)),
                     });
                 }
@@ -258,6 +356,23 @@ mod tests {
             (arb_range(), proptest::collection::vec(arb_id(), 0..5))
                 .prop_map(|(range, ids)| RangeMsg::IdList { range, ids }),
             proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| RangeMsg::Want { ids }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>(), any::<i64>()), 0..5)
+            )
+                .prop_map(|(total, start, cells)| RangeMsg::Symbols {
+                    total,
+                    start,
+                    cells: cells
+                        .into_iter()
+                        .map(|(key, check, count)| Cell { key, check, count })
+                        .collect()
+                }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(start, end)| RangeMsg::MoreSymbols { start, end }),
+            proptest::collection::vec(any::<u64>(), 0..5)
+                .prop_map(|keys| RangeMsg::WantKeys { keys }),
         ]
     }
     fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -265,6 +380,7 @@ mod tests {
             proptest::collection::vec(arb_msg(), 0..6).prop_map(Frame::Range),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(Frame::Envelope),
             proptest::collection::vec(arb_id(), 0..6).prop_map(Frame::Announce),
+            proptest::collection::vec(arb_id(), 0..6).prop_map(Frame::Prune),
         ]
     }
 

@@ -134,6 +134,15 @@ impl Index {
         self.items.range(r.bounds()).map(|(k, _)| k)
     }
 
+    /// Ids in `[lo, hi]`, ascending.
+    pub fn range_inclusive(
+        &self,
+        lo: EnvelopeId,
+        hi: EnvelopeId,
+    ) -> impl Iterator<Item = &EnvelopeId> {
+        self.items.range(lo..=hi).map(|(k, _)| k)
+    }
+
     /// Count and fingerprint of a range.
     pub fn fingerprint(&self, r: &IdRange) -> (u64, Fingerprint) {
         let mut sum = Sum::default();

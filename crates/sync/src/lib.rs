@@ -36,6 +36,7 @@ pub mod engine;
 pub mod frame;
 mod index;
 pub mod ranger;
+pub mod riblt;
 mod schedule;
 
 pub use index::{Fingerprint, Index, Meta};

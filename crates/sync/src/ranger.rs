@@ -8,6 +8,7 @@
 //! log_fanout(n / threshold).
 
 pub use crate::index::IdRange;
+use crate::riblt::{self, Cell, Decoder, MAX_CELLS_PER_MESSAGE, MAX_SYMBOLS};
 use crate::{Fingerprint, Index};
 use fieldmesh_core::EnvelopeId;
 use thiserror::Error;
@@ -37,6 +38,28 @@ pub enum RangeMsg {
         /// Ids the sender lacks, ascending.
         ids: Vec<EnvelopeId>,
     },
+    /// Coded symbols `start..start+cells.len()` of the sender's whole set (see
+    /// [`crate::riblt`]).
+    Symbols {
+        /// How many ids the sender holds.
+        total: u64,
+        /// Index of the first symbol.
+        start: u32,
+        /// The symbols.
+        cells: Vec<Cell>,
+    },
+    /// "Send me coded symbols `start..end`."
+    MoreSymbols {
+        /// First.
+        start: u32,
+        /// End (exclusive).
+        end: u32,
+    },
+    /// "Send me the ids with these 64-bit keys" (found by coded symbols).
+    WantKeys {
+        /// Keys, ascending.
+        keys: Vec<u64>,
+    },
 }
 
 /// A peer sent a message that breaks the protocol.
@@ -52,6 +75,9 @@ pub enum RangeError {
     /// The exchange did not finish within the allowed rounds.
     #[error("reconciliation did not converge within {0} rounds")]
     NoConvergence(usize),
+    /// Coded symbols out of sequence, or too many asked for.
+    #[error("bad coded symbols: {0}")]
+    Symbols(&'static str),
 }
 
 /// What one side does in response to a batch of messages.
@@ -70,6 +96,9 @@ pub struct Reconciler {
     pub fanout: usize,
     /// A differing range with at most this many ids is settled by listing them.
     pub threshold: usize,
+    /// Coded symbols in a session's first message (0: range fingerprints only, the
+    /// default for now).
+    pub symbols: u32,
 }
 
 impl Default for Reconciler {
@@ -77,6 +106,11 @@ impl Default for Reconciler {
         Reconciler {
             fanout: 32,
             threshold: 16,
+            // Off until a session's symbols come from a snapshot of the sender's set: a set
+            // that grows mid-session makes later symbols disagree with earlier ones, and
+            // the simulator (data-mule) showed sessions escalating to the cap and flooding
+            // a thin link. See riblt.rs.
+            symbols: 0,
         }
     }
 }
@@ -115,13 +149,17 @@ impl Reconciler {
     /// The opening messages of a session: the ids themselves when few, else the
     /// fingerprint of everything.
     pub fn initiate(&self, index: &Index) -> Vec<RangeMsg> {
-        let (count, fp) = index.fingerprint(&IdRange::ALL);
-        if count as usize <= self.threshold {
-            vec![RangeMsg::IdList {
+        if index.len() <= self.threshold {
+            return vec![RangeMsg::IdList {
                 range: IdRange::ALL,
                 ids: index.ids().copied().collect(),
-            }]
-        } else {
+            }];
+        }
+        if self.symbols > 0 {
+            return symbols(index, 0, self.symbols.min(MAX_CELLS_PER_MESSAGE as u32));
+        }
+        let (_, fp) = index.fingerprint(&IdRange::ALL);
+        {
             vec![RangeMsg::Fingerprint {
                 range: IdRange::ALL,
                 fp,
@@ -129,12 +167,52 @@ impl Reconciler {
         }
     }
 
-    /// Answers a batch of messages from the peer.
+    /// Answers a batch of messages from the peer, without coded-symbol state (for
+    /// range messages; use [`Reconciler::respond_in`] in a session).
     pub fn respond(&self, index: &Index, msgs: &[RangeMsg]) -> Result<Step, RangeError> {
+        self.respond_in(index, msgs, &mut Decoder::default())
+    }
+
+    /// Answers a batch of messages from the peer; `decoder` holds this peer's coded
+    /// symbols across the rounds of a session.
+    pub fn respond_in(
+        &self,
+        index: &Index,
+        msgs: &[RangeMsg],
+        decoder: &mut Decoder,
+    ) -> Result<Step, RangeError> {
         let mut step = Step::default();
         let mut want = Vec::new();
+        let mut their_total = None;
         for m in msgs {
             match m {
+                RangeMsg::Symbols {
+                    total,
+                    start,
+                    cells,
+                } => {
+                    if *start == 0 {
+                        *decoder = Decoder::default();
+                    }
+                    if !decoder.add(index, *start, cells) {
+                        return Err(RangeError::Symbols("out of sequence"));
+                    }
+                    their_total = Some(*total);
+                }
+                RangeMsg::MoreSymbols { start, end } => {
+                    if start >= end || *end > MAX_SYMBOLS {
+                        return Err(RangeError::Symbols("invalid range of symbols"));
+                    }
+                    step.reply.extend(symbols(index, *start, *end));
+                }
+                RangeMsg::WantKeys { keys } => {
+                    if keys.len() > MAX_IDS_PER_MESSAGE {
+                        return Err(RangeError::MalformedIds("too many keys"));
+                    }
+                    for k in keys {
+                        step.push.extend(riblt::ids_with_key(index, *k));
+                    }
+                }
                 RangeMsg::Fingerprint { range, fp } => {
                     if !range.is_valid() {
                         return Err(RangeError::InvalidRange);
@@ -177,6 +255,9 @@ impl Reconciler {
                 }
             }
         }
+        if let Some(total) = their_total {
+            self.after_symbols(index, total, decoder, &mut step);
+        }
         want.sort();
         want.dedup();
         for chunk in want.chunks(MAX_IDS_PER_MESSAGE) {
@@ -187,6 +268,44 @@ impl Reconciler {
         Ok(step)
     }
 
+    /// After a batch of coded symbols: settle the difference if it is decoded, else ask
+    /// for more, sized from the difference of the set sizes (a lower bound on the
+    /// symmetric difference), or fall back to range fingerprints if too many are needed.
+    fn after_symbols(&self, index: &Index, total: u64, decoder: &mut Decoder, step: &mut Step) {
+        if decoder.done() {
+            for k in decoder.local_only() {
+                step.push.extend(riblt::ids_with_key(index, *k));
+            }
+            let mut keys = decoder.remote_only().to_vec();
+            keys.sort_unstable();
+            keys.dedup();
+            for chunk in keys.chunks(MAX_IDS_PER_MESSAGE) {
+                step.reply.push(RangeMsg::WantKeys {
+                    keys: chunk.to_vec(),
+                });
+            }
+            *decoder = Decoder::default();
+            return;
+        }
+        let have = decoder.len();
+        let gap = total.abs_diff(index.len() as u64);
+        let next = u64::from(have) * 2;
+        let next = next.max(gap.saturating_mul(3) / 2 + 16);
+        if next > u64::from(MAX_SYMBOLS) {
+            *decoder = Decoder::default();
+            let (_, fp) = index.fingerprint(&IdRange::ALL);
+            step.reply.push(RangeMsg::Fingerprint {
+                range: IdRange::ALL,
+                fp,
+            });
+            return;
+        }
+        step.reply.push(RangeMsg::MoreSymbols {
+            start: have,
+            end: next as u32,
+        });
+    }
+
     /// Runs a whole session between two local indexes: for tests, benches and the
     /// simulator's accounting. Returns (ids A lacks, ids B lacks, round trips).
     pub fn run_local(
@@ -195,23 +314,38 @@ impl Reconciler {
         b: &Index,
         max_rounds: usize,
     ) -> Result<(Vec<EnvelopeId>, Vec<EnvelopeId>, usize), RangeError> {
+        self.run_local_measured(a, b, max_rounds)
+            .map(|(an, bn, rounds, _)| (an, bn, rounds))
+    }
+
+    /// [`Reconciler::run_local`], also returning the bytes of every frame exchanged
+    /// (the real codec, plus a 4-byte length prefix per frame).
+    pub fn run_local_measured(
+        &self,
+        a: &Index,
+        b: &Index,
+        max_rounds: usize,
+    ) -> Result<(Vec<EnvelopeId>, Vec<EnvelopeId>, usize, usize), RangeError> {
         let (mut a_needs, mut b_needs) = (Vec::new(), Vec::new());
+        let (mut a_dec, mut b_dec) = (Decoder::default(), Decoder::default());
         let mut msgs = self.initiate(a);
+        let mut bytes = wire_len(&msgs);
         let mut half_trips = 1;
         let mut a_turn = false;
         while !msgs.is_empty() {
             if half_trips > 2 * max_rounds {
                 return Err(RangeError::NoConvergence(max_rounds));
             }
-            let (me, pushes_to) = if a_turn {
-                (a, &mut b_needs)
+            let (me, pushes_to, dec) = if a_turn {
+                (a, &mut b_needs, &mut a_dec)
             } else {
-                (b, &mut a_needs)
+                (b, &mut a_needs, &mut b_dec)
             };
-            let step = self.respond(me, &msgs)?;
+            let step = self.respond_in(me, &msgs, dec)?;
             pushes_to.extend(step.push);
             msgs = step.reply;
             if !msgs.is_empty() {
+                bytes += wire_len(&msgs);
                 half_trips += 1;
             }
             a_turn = !a_turn;
@@ -220,8 +354,28 @@ impl Reconciler {
         a_needs.dedup();
         b_needs.sort();
         b_needs.dedup();
-        Ok((a_needs, b_needs, half_trips.div_ceil(2)))
+        Ok((a_needs, b_needs, half_trips.div_ceil(2), bytes))
     }
+}
+
+fn wire_len(msgs: &[RangeMsg]) -> usize {
+    crate::frame::Frame::Range(msgs.to_vec()).encode().len() + 4
+}
+
+/// Coded symbols `start..end` of an index, as messages of at most
+/// [`MAX_CELLS_PER_MESSAGE`] symbols.
+fn symbols(index: &Index, start: u32, end: u32) -> Vec<RangeMsg> {
+    let cells = riblt::encode_index(index, start, end);
+    let total = index.len() as u64;
+    cells
+        .chunks(MAX_CELLS_PER_MESSAGE)
+        .enumerate()
+        .map(|(i, c)| RangeMsg::Symbols {
+            total,
+            start: start + (i * MAX_CELLS_PER_MESSAGE) as u32,
+            cells: c.to_vec(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn small_difference_in_a_large_store_is_cheap() {
     let r = Reconciler {
         fanout: 16,
         threshold: 32,
+        symbols: 0,
     };
     let (an, bn, rounds) = r.run_local(&ia, &ib, 10).unwrap();
     assert_eq!(an, vec![id(1_000_000)]);
@@ -118,6 +119,33 @@ fn hostile_messages_are_rejected() {
     ));
 }
 
+#[test]
+fn coded_symbols_cost_grows_with_the_difference_only() {
+    let base = index(0..100_000);
+    let plus = index((0..100_000).chain(5_000_000..5_000_100));
+    let r = Reconciler {
+        symbols: 32,
+        ..Reconciler::default()
+    };
+    let (an, bn, rounds, bytes) = r.run_local_measured(&base, &plus, 10).unwrap();
+    assert_eq!(an.len(), 100);
+    assert!(bn.is_empty());
+    assert!(rounds <= 3, "{rounds} round trips");
+    // About 1.5 symbols of ~18 bytes per difference, plus 8 bytes to ask for each.
+    assert!(
+        bytes < 100 * 40,
+        "{bytes} bytes for 100 differences among 100,000"
+    );
+    let (an, _, rounds, bytes) = r
+        .run_local_measured(&base, &index((0..100_000).chain([9_999_999])), 10)
+        .unwrap();
+    assert_eq!(an, vec![id(9_999_999)]);
+    assert!(
+        rounds <= 2 && bytes < 800,
+        "one difference: {rounds} round trips, {bytes} bytes"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -126,19 +154,26 @@ proptest! {
     #[test]
     fn any_two_sets_converge(common in 0u64..3000, only_a in proptest::collection::btree_set(10_000u64..20_000, 0..200),
                              only_b in proptest::collection::btree_set(20_000u64..30_000, 0..200),
-                             fanout in 2usize..20, threshold in 1usize..40) {
+                             fanout in 2usize..20, threshold in 1usize..40,
+                             symbols in prop_oneof![Just(0u32), Just(8), Just(32)]) {
         let mut a: BTreeSet<u64> = (0..common).collect();
         let mut b = a.clone();
         a.extend(&only_a);
         b.extend(&only_b);
-        let r = Reconciler { fanout, threshold };
+        let r = Reconciler { fanout, threshold, symbols };
         let (an, bn, rounds) = r.run_local(&index(a.iter().copied()), &index(b.iter().copied()), 64).unwrap();
         let (ea, eb) = expected(&a, &b);
         prop_assert_eq!(an, ea);
         prop_assert_eq!(bn, eb);
         // log_fanout(n / threshold) levels of splitting, plus list and want.
         let n = (a.len() + b.len()) as f64;
-        let bound = (n / threshold as f64).max(1.0).log(fanout as f64).ceil() as usize + 3;
+        let bound = if symbols == 0 {
+            (n / threshold as f64).max(1.0).log(fanout as f64).ceil() as usize + 3
+        } else {
+            // Symbols double (at least) each round from `symbols`; then want and push.
+            let d = (only_a.len() + only_b.len()) as f64;
+            (1.6 * d / f64::from(symbols)).max(1.0).log2().ceil() as usize + 3
+        };
         prop_assert!(rounds <= bound, "rounds {} > bound {}", rounds, bound);
     }
 
@@ -148,16 +183,7 @@ proptest! {
         let cost = |size: u64| {
             let a = index(0..size);
             let b = index((0..size).chain(1_000_000..1_000_000 + diff));
-            let r = Reconciler::default();
-            let mut msgs = r.initiate(&a);
-            let mut bytes = wire_bytes(&msgs);
-            let mut turn_b = true;
-            while !msgs.is_empty() {
-                msgs = r.respond(if turn_b { &b } else { &a }, &msgs).unwrap().reply;
-                bytes += wire_bytes(&msgs);
-                turn_b = !turn_b;
-            }
-            bytes
+            Reconciler::default().run_local_measured(&a, &b, 64).unwrap().3
         };
         let small = cost(2_000);
         let large = cost(50_000);
