@@ -62,6 +62,11 @@ fn platoon_lan() {
         runs[0].trace_hash, runs[1].trace_hash,
         "different seeds, same trace"
     );
+    // The plot has a curve per precedence that carried traffic, and the bound.
+    let svg = report::svg(&runs[0]);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.matches("<polyline").count() >= 3, "{svg}");
+    assert!(svg.contains("lower bound"));
 }
 
 #[test]
