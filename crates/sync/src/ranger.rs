@@ -96,8 +96,7 @@ pub struct Reconciler {
     pub fanout: usize,
     /// A differing range with at most this many ids is settled by listing them.
     pub threshold: usize,
-    /// Coded symbols in a session's first message (0: range fingerprints only, the
-    /// default for now).
+    /// Coded symbols sent when whole sets differ (0: range fingerprints only).
     pub symbols: u32,
 }
 
@@ -106,11 +105,7 @@ impl Default for Reconciler {
         Reconciler {
             fanout: 32,
             threshold: 16,
-            // Off until a session's symbols come from a snapshot of the sender's set: a set
-            // that grows mid-session makes later symbols disagree with earlier ones, and
-            // the simulator (data-mule) showed sessions escalating to the cap and flooding
-            // a thin link. See riblt.rs.
-            symbols: 0,
+            symbols: 32,
         }
     }
 }
@@ -155,16 +150,11 @@ impl Reconciler {
                 ids: index.ids().copied().collect(),
             }];
         }
-        if self.symbols > 0 {
-            return symbols(index, 0, self.symbols.min(MAX_CELLS_PER_MESSAGE as u32));
-        }
         let (_, fp) = index.fingerprint(&IdRange::ALL);
-        {
-            vec![RangeMsg::Fingerprint {
-                range: IdRange::ALL,
-                fp,
-            }]
-        }
+        vec![RangeMsg::Fingerprint {
+            range: IdRange::ALL,
+            fp,
+        }]
     }
 
     /// Answers a batch of messages from the peer, without coded-symbol state (for
@@ -191,9 +181,6 @@ impl Reconciler {
                     start,
                     cells,
                 } => {
-                    if *start == 0 {
-                        *decoder = Decoder::default();
-                    }
                     if !decoder.add(index, *start, cells) {
                         return Err(RangeError::Symbols("out of sequence"));
                     }
@@ -203,7 +190,11 @@ impl Reconciler {
                     if start >= end || *end > MAX_SYMBOLS {
                         return Err(RangeError::Symbols("invalid range of symbols"));
                     }
-                    step.reply.extend(symbols(index, *start, *end));
+                    if end - start > MAX_SYMBOLS / 4 {
+                        return Err(RangeError::Symbols("too many symbols asked for at once"));
+                    }
+                    let (total, cells) = decoder.symbols_to_send(index, *start, *end);
+                    step.reply.extend(symbol_msgs(total, *start, &cells));
                 }
                 RangeMsg::WantKeys { keys } => {
                     if keys.len() > MAX_IDS_PER_MESSAGE {
@@ -226,6 +217,12 @@ impl Reconciler {
                             range: *range,
                             ids: index.range(range).copied().collect(),
                         });
+                    } else if *range == IdRange::ALL && self.symbols > 0 {
+                        // The sets differ: settle it with coded symbols, whose cost
+                        // grows with the difference alone.
+                        let first = self.symbols.min(MAX_CELLS_PER_MESSAGE as u32);
+                        let (total, cells) = decoder.symbols_to_send(index, 0, first);
+                        step.reply.extend(symbol_msgs(total, 0, &cells));
                     } else {
                         for sub in index.split(range, self.fanout) {
                             self.describe(index, sub, &mut step.reply);
@@ -273,6 +270,8 @@ impl Reconciler {
     /// symmetric difference), or fall back to range fingerprints if too many are needed.
     fn after_symbols(&self, index: &Index, total: u64, decoder: &mut Decoder, step: &mut Step) {
         if decoder.done() {
+            // Keys are looked up in the current index: whatever arrived since the
+            // snapshot is found too.
             for k in decoder.local_only() {
                 step.push.extend(riblt::ids_with_key(index, *k));
             }
@@ -284,20 +283,21 @@ impl Reconciler {
                     keys: chunk.to_vec(),
                 });
             }
-            *decoder = Decoder::default();
+            decoder.reset_decoding();
             return;
         }
         let have = decoder.len();
-        let gap = total.abs_diff(index.len() as u64);
+        let gap = total.abs_diff(decoder.local_len());
         let next = u64::from(have) * 2;
         let next = next.max(gap.saturating_mul(3) / 2 + 16);
-        if next > u64::from(MAX_SYMBOLS) {
-            *decoder = Decoder::default();
-            let (_, fp) = index.fingerprint(&IdRange::ALL);
-            step.reply.push(RangeMsg::Fingerprint {
-                range: IdRange::ALL,
-                fp,
-            });
+        // The size gap bounds the difference from below; a difference far beyond it
+        // (both sides hold much the other lacks) is settled by ranges instead.
+        let cap = (gap.saturating_mul(3) + 1024).min(u64::from(MAX_SYMBOLS));
+        if next > cap {
+            decoder.reset_decoding();
+            for sub in index.split(&IdRange::ALL, self.fanout) {
+                self.describe(index, sub, &mut step.reply);
+            }
             return;
         }
         step.reply.push(RangeMsg::MoreSymbols {
@@ -362,11 +362,8 @@ fn wire_len(msgs: &[RangeMsg]) -> usize {
     crate::frame::Frame::Range(msgs.to_vec()).encode().len() + 4
 }
 
-/// Coded symbols `start..end` of an index, as messages of at most
-/// [`MAX_CELLS_PER_MESSAGE`] symbols.
-fn symbols(index: &Index, start: u32, end: u32) -> Vec<RangeMsg> {
-    let cells = riblt::encode_index(index, start, end);
-    let total = index.len() as u64;
+/// Coded symbols from `start`, as messages of at most [`MAX_CELLS_PER_MESSAGE`].
+fn symbol_msgs(total: u64, start: u32, cells: &[Cell]) -> Vec<RangeMsg> {
     cells
         .chunks(MAX_CELLS_PER_MESSAGE)
         .enumerate()

@@ -16,13 +16,13 @@
 //! completeness. A responder that cannot finish asks for more symbols, sized from the two
 //! sets' counts (their difference bounds the symmetric difference from below).
 //!
-//! Status: measured (`fieldmesh bench sync`) and tested here, not yet used by the engine
-//! (`Reconciler::symbols` defaults to 0). Before it is: the sender must take its symbols
-//! from a snapshot of its set made at the session's start (a set that grows mid-session
-//! makes later symbols inconsistent with earlier ones, so decoding never finishes), the
-//! responder should ask for coded symbols only after a whole-set fingerprint mismatch
-//! (so that identical sets cost 20 bytes, not 32 symbols), and requests should be capped
-//! relative to the size gap.
+//! In a session, the initiator sends its whole-set fingerprint; only on a mismatch does
+//! the responder start sending symbols (identical sets cost one 20-byte message). Both
+//! sides snapshot their keys at symbol 0: without that, a set that grows mid-session
+//! makes later symbols disagree with earlier ones and decoding never finishes (the
+//! simulator's data-mule scenario found this: requests escalated to the cap and flooded a
+//! 2.4 kbit/s link). Requests are capped relative to the size gap; past the cap the
+//! session continues with range fingerprints.
 //!
 //! Keys are 64 bits, so two distinct ids could share one; within one node's store of a
 //! million envelopes the chance is ~3e-8. The effect would be a missed difference, which
@@ -118,7 +118,10 @@ pub fn encode_index(index: &Index, start: u32, end: u32) -> Vec<Cell> {
     encode(index.ids().map(key_of), start, end)
 }
 
-/// The responder's side: the peer's symbols minus ours, peeled as they arrive.
+/// One peer's coded-symbol state: the symbols it sent us minus ours, peeled as they
+/// arrive, and the snapshot of our own keys we send symbols of. Both sides work on
+/// snapshots taken when a session's symbol 0 is made or received, so a set that grows
+/// during the session cannot make later symbols disagree with earlier ones.
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
     cells: Vec<Cell>,
@@ -126,6 +129,10 @@ pub struct Decoder {
     remote_only: Vec<u64>,
     /// Keys only we hold.
     local_only: Vec<u64>,
+    /// Our keys when the peer's symbol 0 arrived.
+    local: Vec<u64>,
+    /// Our keys when we made symbol 0 for the peer.
+    sent: Option<Vec<u64>>,
 }
 
 impl Decoder {
@@ -139,14 +146,42 @@ impl Decoder {
         self.cells.is_empty()
     }
 
-    /// Adds the peer's symbols `start..start+cells.len()` (`start` must be `len()`).
-    /// Returns false if they do not continue the sequence.
+    /// Forgets the decoding state (not what we sent).
+    pub fn reset_decoding(&mut self) {
+        self.cells = Vec::new();
+        self.remote_only = Vec::new();
+        self.local_only = Vec::new();
+        self.local = Vec::new();
+    }
+
+    /// How many keys our decoding snapshot holds.
+    pub fn local_len(&self) -> u64 {
+        self.local.len() as u64
+    }
+
+    /// Our symbols `start..end` for the peer, from the snapshot taken at symbol 0.
+    /// Returns them with the snapshot's size.
+    pub fn symbols_to_send(&mut self, index: &Index, start: u32, end: u32) -> (u64, Vec<Cell>) {
+        if start == 0 || self.sent.is_none() {
+            self.sent = Some(index.ids().map(key_of).collect());
+        }
+        let keys = self.sent.as_deref().unwrap_or_default();
+        (keys.len() as u64, encode(keys.iter().copied(), start, end))
+    }
+
+    /// Adds the peer's symbols `start..start+cells.len()` (`start` must be `len()`;
+    /// symbol 0 starts a new decoding). Returns false if they do not continue the
+    /// sequence.
     pub fn add(&mut self, index: &Index, start: u32, remote: &[Cell]) -> bool {
+        if start == 0 {
+            self.reset_decoding();
+            self.local = index.ids().map(key_of).collect();
+        }
         if start != self.len() || remote.is_empty() {
             return false;
         }
         let end = start + remote.len() as u32;
-        let mine = encode_index(index, start, end);
+        let mine = encode(self.local.iter().copied(), start, end);
         let first_new = self.cells.len();
         for (r, m) in remote.iter().zip(mine) {
             self.cells.push(Cell {

@@ -123,10 +123,7 @@ fn hostile_messages_are_rejected() {
 fn coded_symbols_cost_grows_with_the_difference_only() {
     let base = index(0..100_000);
     let plus = index((0..100_000).chain(5_000_000..5_000_100));
-    let r = Reconciler {
-        symbols: 32,
-        ..Reconciler::default()
-    };
+    let r = Reconciler::default();
     let (an, bn, rounds, bytes) = r.run_local_measured(&base, &plus, 10).unwrap();
     assert_eq!(an.len(), 100);
     assert!(bn.is_empty());
