@@ -114,6 +114,7 @@ fn print_report(r: &Report) {
         "converged: {}   convergence {:.3} s   lower bound {:.3} s   ratio {:.2}",
         r.converged, r.convergence_s, r.lower_bound_s, r.convergence_ratio
     );
+    println!("slowest: {}", r.slowest);
     println!(
         "wire bytes per payload byte: {:.3} ({:.3} counting frames only)",
         r.bytes_per_payload_byte, r.frame_bytes_per_payload_byte

@@ -68,6 +68,8 @@ pub struct Report {
     pub safety: Safety,
     /// Up to 10 expected (envelope, node) pairs never delivered: for diagnosis.
     pub missed: Vec<String>,
+    /// The pair that set `convergence_s`, with its own lower bound.
+    pub slowest: String,
     /// Nodes.
     pub nodes: usize,
     /// Links.
@@ -157,6 +159,7 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
     let mut worst_bound = 0.0f64;
     let mut curves = Curves::default();
     let mut missed = Vec::new();
+    let mut slowest = String::new();
     for (m, p) in w.posted.iter().enumerate() {
         if p.at == 0 && m < w.topo.channels.len() {
             continue; // geneses are provisioned, not transferred
@@ -197,6 +200,18 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
             if d != Micros::MAX {
                 entry.1 += 1;
                 let lat = (d - p.at) as f64 / 1e6;
+                if lat > worst_actual {
+                    slowest = format!(
+                        "{} {} from {} at {:.3} s reached {} after {:.3} s (bound {:.3} s)",
+                        p.precedence.name(),
+                        p.id.short(),
+                        w.topo.names[p.author as usize],
+                        p.at as f64 / 1e6,
+                        w.topo.names[v],
+                        lat,
+                        bound_s
+                    );
+                }
                 worst_actual = worst_actual.max(lat);
                 entry.2.push(lat);
                 entry
@@ -256,6 +271,7 @@ pub fn assess(s: &Scenario, seed: u64, w: &World, wall_s: f64) -> Report {
         frame_bytes_per_payload_byte: c.frame_bytes as f64 / c.payload_bytes.max(1) as f64,
         delivery_by_precedence: delivery,
         missed,
+        slowest,
         safety: Safety {
             forged_accepted: forged,
             acknowledged_lost: lost,
