@@ -314,8 +314,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                             continue;
                         }
                         st.queue.cancel(&id);
+                        // FLASH goes to every peer, tree or not: a duplicate
+                        // FLASH costs less than a FLASH waiting for a lazy repair.
                         if eager
-                            && st.eager
+                            && (st.eager || meta.precedence == Precedence::Flash)
                             && !st.inflight.contains(&id)
                             && !st.delivered.contains(&id)
                         {
