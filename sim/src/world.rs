@@ -232,6 +232,18 @@ fn meta_of(env: &Envelope) -> Meta {
     }
 }
 
+/// An opened envelope as channel input.
+fn incoming<'a>(e: &Envelope, plaintext: &'a [u8]) -> Incoming<'a> {
+    let h = e.header();
+    Incoming {
+        envelope: e.id(),
+        author: h.author,
+        kind: h.kind,
+        hlc: h.hlc,
+        plaintext,
+    }
+}
+
 /// Rebuilds a channel replica from a store (as a node does on first use).
 pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
     let envs = store.channel_envelopes(id).unwrap_or_default();
@@ -242,23 +254,13 @@ pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
         .filter_map(|e| open_envelope(e, &key).ok().map(|p| (e, p)))
         .collect();
     let mut ch = Channel::new(*id);
-    let incoming = opened.iter().map(|(e, p)| Incoming {
-        envelope: e.id(),
-        author: e.header().author,
-        kind: e.header().kind,
-        hlc: e.header().hlc,
-        plaintext: p,
-    });
-    if ch.apply_many(incoming).is_err() {
+    if ch
+        .apply_many(opened.iter().map(|(e, p)| incoming(e, p)))
+        .is_err()
+    {
         ch = Channel::new(*id);
         for (e, p) in &opened {
-            let _ = ch.apply(Incoming {
-                envelope: e.id(),
-                author: e.header().author,
-                kind: e.header().kind,
-                hlc: e.header().hlc,
-                plaintext: p,
-            });
+            let _ = ch.apply(incoming(e, p));
         }
     }
     ch
@@ -533,13 +535,7 @@ impl World {
             .iter()
             .filter_map(|e| open_envelope(e, &key).ok().map(|p| (e, p)))
             .collect();
-        let items = opened.iter().map(|(e, p)| Incoming {
-            envelope: e.id(),
-            author: e.header().author,
-            kind: e.header().kind,
-            hlc: e.header().hlc,
-            plaintext: p,
-        });
+        let items = opened.iter().map(|(e, p)| incoming(e, p));
         match ch.apply_many(items) {
             Ok(errors) => self.counters.channel_rejects += errors.len() as u64,
             Err(_) => {
