@@ -820,12 +820,10 @@ impl World {
     fn request(&mut self, from: u32, to: u32, frame: Vec<u8>, push: Option<EnvelopeId>) {
         let req = self.next_req;
         self.next_req += 1;
+        // Not sent means not connected: the engine has had (or will have) PeerDown for
+        // that peer, which drops its pushes, so there is nothing to report back.
         if self.send(from, to, Msg::Request { req, frame }) {
             self.nodes[from as usize].outbound.insert(req, (to, push));
-        } else if let Some(id) = push {
-            // Not connected any more: the engine hears of it through PeerDown; nothing
-            // to report (its peer state is gone).
-            let _ = id;
         }
     }
 
