@@ -241,16 +241,7 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
     let decrypt = t.elapsed();
     let t = Instant::now();
     let mut ch = Channel::new(reference.id());
-    let errors = ch.apply_many(loaded.iter().zip(&plain).map(|(e, p)| {
-        let h = e.header();
-        Incoming {
-            envelope: e.id(),
-            author: h.author,
-            kind: h.kind,
-            hlc: h.hlc,
-            plaintext: p,
-        }
-    }))?;
+    let errors = ch.apply_many(loaded.iter().zip(&plain).map(|(e, p)| Incoming::of(e, p)))?;
     assert!(errors.is_empty());
     let apply = t.elapsed();
     let t = Instant::now();

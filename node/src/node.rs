@@ -165,15 +165,9 @@ impl Node {
         };
         let plaintext = open_envelope(env, &key).map_err(|e| e.to_string())?;
         lock(&self.clock).observe(h.hlc, now_ms());
-        ch.apply(Incoming {
-            envelope: env.id(),
-            author: h.author,
-            kind: h.kind,
-            hlc: h.hlc,
-            plaintext: &plaintext,
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        ch.apply(Incoming::of(env, &plaintext))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Materialises a channel from the store: opens every envelope this node can read and
@@ -197,14 +191,7 @@ impl Node {
         }
         lock(&self.clock).observe(max_hlc, now_ms());
         fn incoming<'a>((env, p): &'a (&Envelope, Vec<u8>)) -> Incoming<'a> {
-            let h = env.header();
-            Incoming {
-                envelope: env.id(),
-                author: h.author,
-                kind: h.kind,
-                hlc: h.hlc,
-                plaintext: p,
-            }
+            Incoming::of(env, p)
         }
         let mut ch = Channel::new(*id);
         match ch.apply_many(opened.iter().map(incoming)) {

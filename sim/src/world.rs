@@ -232,18 +232,6 @@ fn meta_of(env: &Envelope) -> Meta {
     }
 }
 
-/// An opened envelope as channel input.
-fn incoming<'a>(e: &Envelope, plaintext: &'a [u8]) -> Incoming<'a> {
-    let h = e.header();
-    Incoming {
-        envelope: e.id(),
-        author: h.author,
-        kind: h.kind,
-        hlc: h.hlc,
-        plaintext,
-    }
-}
-
 /// Rebuilds a channel replica from a store (as a node does on first use).
 pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
     let envs = store.channel_envelopes(id).unwrap_or_default();
@@ -255,12 +243,12 @@ pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
         .collect();
     let mut ch = Channel::new(*id);
     if ch
-        .apply_many(opened.iter().map(|(e, p)| incoming(e, p)))
+        .apply_many(opened.iter().map(|(e, p)| Incoming::of(e, p)))
         .is_err()
     {
         ch = Channel::new(*id);
         for (e, p) in &opened {
-            let _ = ch.apply(incoming(e, p));
+            let _ = ch.apply(Incoming::of(e, p));
         }
     }
     ch
@@ -535,7 +523,7 @@ impl World {
             .iter()
             .filter_map(|e| open_envelope(e, &key).ok().map(|p| (e, p)))
             .collect();
-        let items = opened.iter().map(|(e, p)| incoming(e, p));
+        let items = opened.iter().map(|(e, p)| Incoming::of(e, p));
         match ch.apply_many(items) {
             Ok(errors) => self.counters.channel_rejects += errors.len() as u64,
             Err(_) => {
@@ -587,6 +575,15 @@ impl World {
             }
             Ev::Hostile(n, act) => self.hostile(n, act),
         }
+    }
+
+    /// Peers node `n` is connected to now.
+    fn connected_peers(&self, n: u32) -> Vec<u32> {
+        self.adj[n as usize]
+            .iter()
+            .filter(|(_, l)| self.links[*l as usize].connected)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     fn link_between(&self, a: u32, b: u32) -> Option<u32> {
@@ -782,12 +779,7 @@ impl World {
                         }
                     }
                     Output::Announce { frame } => {
-                        let peers: Vec<u32> = self.adj[n as usize]
-                            .iter()
-                            .filter(|(_, l)| self.links[*l as usize].connected)
-                            .map(|(p, _)| *p)
-                            .collect();
-                        for p in peers {
+                        for p in self.connected_peers(n) {
                             self.send(n, p, Msg::Announce(frame.clone()));
                         }
                     }
@@ -1020,12 +1012,7 @@ impl World {
         if !self.nodes[n as usize].alive {
             return;
         }
-        let peers: Vec<u32> = self.adj[n as usize]
-            .iter()
-            .filter(|(_, l)| self.links[*l as usize].connected)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in peers {
+        for p in self.connected_peers(n) {
             let frame = match act {
                 HostileAct::Forged => {
                     if self.posted.is_empty() {

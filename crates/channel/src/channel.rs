@@ -26,6 +26,20 @@ pub struct Incoming<'a> {
     pub plaintext: &'a [u8],
 }
 
+impl<'a> Incoming<'a> {
+    /// A verified envelope and its opened payload.
+    pub fn of(env: &fieldmesh_core::Envelope, plaintext: &'a [u8]) -> Incoming<'a> {
+        let h = env.header();
+        Incoming {
+            envelope: env.id(),
+            author: h.author,
+            kind: h.kind,
+            hlc: h.hlc,
+            plaintext,
+        }
+    }
+}
+
 /// What [`Channel::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
