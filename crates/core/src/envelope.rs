@@ -56,10 +56,23 @@ impl Kind {
     pub const CHANNEL_CHANGE: Kind = Kind(2);
     /// One chunk of an attachment (a content-addressed blob) in a channel.
     pub const BLOB_CHUNK: Kind = Kind(3);
+    /// A credential published to the directory.
+    pub const CREDENTIAL: Kind = Kind(16);
+    /// A compartment's definition: name, policy, admins.
+    pub const COMPARTMENT: Kind = Kind(17);
+    /// A compartment key rotation (a new epoch), with who is revoked.
+    pub const ROTATION: Kind = Kind(18);
+    /// An epoch key sealed to one member.
+    pub const KEY_GRANT: Kind = Kind(19);
 
     /// Whether the payload is an Automerge change of the channel document.
     pub fn is_channel_change(self) -> bool {
         self == Kind::CHANNEL_GENESIS || self == Kind::CHANNEL_CHANGE
+    }
+
+    /// Whether the payload is a directory record (credentials, compartments, keys).
+    pub fn is_directory(self) -> bool {
+        (16..=19).contains(&self.0)
     }
 }
 

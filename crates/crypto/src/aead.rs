@@ -27,6 +27,20 @@ impl PayloadKey {
         PayloadKey { bytes }
     }
 
+    /// A fresh random key: a new compartment epoch.
+    pub fn generate() -> Result<PayloadKey, crate::SealBoxError> {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| crate::SealBoxError::Rng)?;
+        Ok(PayloadKey { bytes })
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// The well-known key of the `open` compartment. It authenticates but hides nothing.
     pub fn open_compartment() -> PayloadKey {
         PayloadKey {

@@ -26,8 +26,23 @@
 //! assert_eq!(fieldmesh_crypto::open_envelope(&env, &open).unwrap(), b"contact north");
 //! ```
 
+pub mod access;
 mod aead;
+pub mod credential;
 mod identity;
+pub mod policy;
+mod sealbox;
 
+pub use access::{CompartmentDef, CompartmentState, Directory, Record, directory_channel};
 pub use aead::{OpenError, PayloadKey, SealError, open_envelope, seal_envelope};
+pub use credential::{Credential, CredentialError, TrustedAuthority};
 pub use identity::{KeyFileError, NodeKey};
+pub use policy::Policy;
+pub use sealbox::{SEALBOX_OVERHEAD, SealBoxError, seal_to};
+
+/// Whether `sig` is `node`'s Ed25519 signature over `msg`.
+pub fn verify_signature(node: &fieldmesh_core::NodeId, msg: &[u8], sig: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, node.as_bytes())
+        .verify(msg, sig)
+        .is_ok()
+}
