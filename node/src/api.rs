@@ -88,6 +88,8 @@ fn bytes(r: Result<Vec<u8>, NodeError>) -> Response {
 #[derive(Deserialize)]
 struct NameBody {
     name: String,
+    #[serde(default)]
+    compartment: Option<String>,
 }
 #[derive(Deserialize)]
 struct TextBody {
@@ -130,13 +132,19 @@ pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
                 bytes(blocking(n, move |n| n.get_attachment(&id, i)).await)
             }),
         )
+        .route(
+            "/api/v1/access",
+            post(|State(n): State<AppState>, axum::Json(b): axum::Json<crate::access::AccessRequest>| async move {
+                json(blocking(n, move |n| n.access(&b)).await)
+            }),
+        )
         .route("/api/v1/sync-status", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.net()).await) }))
         .route("/api/v1/node", get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.identity()).await) }))
         .route(
             "/api/v1/channels",
             get(|State(n): State<AppState>| async move { json(blocking(n, |n| n.channels()).await) }).post(
                 |State(n): State<AppState>, axum::Json(b): axum::Json<NameBody>| async move {
-                    json(blocking(n, move |n| n.create_channel(&b.name)).await)
+                    json(blocking(n, move |n| n.create_channel(&b.name, b.compartment.as_deref())).await)
                 },
             ),
         )

@@ -185,7 +185,7 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
         store.clone(),
         profile.clone(),
     );
-    node.create_channel("ops")?;
+    node.create_channel("ops", None)?;
     for i in 0..999 {
         node.post(
             "ops",

@@ -85,7 +85,7 @@ pub fn run(mb: usize) -> Result<()> {
         .start(&["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])?
         .clone();
     let a = Client::new(&ra.http);
-    let ch = a.create_channel("bulk")?.id.to_hex();
+    let ch = a.create_channel("bulk", None)?.id.to_hex();
     let data: Vec<u8> = (0..bytes)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -162,7 +162,7 @@ fn latency_bench(n: usize) -> Result<()> {
     let rb = nb.start(&["--peer", &na.listen("quic")?])?.clone();
     let a = Client::new(&ra.http);
     let b = Client::new(&rb.http);
-    let ch = a.create_channel("bench")?.id.to_hex();
+    let ch = a.create_channel("bench", None)?.id.to_hex();
     let t = Instant::now();
     while b.read(&ch).is_err() {
         if t.elapsed() > Duration::from_secs(30) {

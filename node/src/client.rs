@@ -94,8 +94,21 @@ impl Ops for Client {
     fn channels(&self) -> Result<Vec<ChannelSummary>, NodeError> {
         self.get("/channels")
     }
-    fn create_channel(&self, name: &str) -> Result<ChannelSummary, NodeError> {
-        self.post_json("/channels", json!({ "name": name }))
+    fn create_channel(
+        &self,
+        name: &str,
+        compartment: Option<&str>,
+    ) -> Result<ChannelSummary, NodeError> {
+        self.post_json(
+            "/channels",
+            json!({ "name": name, "compartment": compartment }),
+        )
+    }
+    fn access(&self, req: &crate::access::AccessRequest) -> Result<serde_json::Value, NodeError> {
+        self.post_json(
+            "/access",
+            serde_json::to_value(req).map_err(|e| NodeError::Internal(e.to_string()))?,
+        )
     }
     fn read(&self, channel: &str) -> Result<Vec<MessageView>, NodeError> {
         self.get(&format!("/channels/{}/messages", seg(channel)))

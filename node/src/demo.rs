@@ -69,7 +69,7 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
     println!("squad-2  ──TCP───▶ command-post");
     println!("squad-3  ──QUIC──▶ squad-2 (never talks to the command post directly)");
 
-    let net = cp.client().create_channel("company-net")?;
+    let net = cp.client().create_channel("company-net", None)?;
     let ch = net.id.to_hex();
     println!(
         "\n== command-post creates channel company-net {}",

@@ -1,6 +1,9 @@
 //! `fieldmesh`: the Fieldmesh node. See `fieldmesh --help`.
 
+mod access;
+mod access_cli;
 mod api;
+mod audit;
 mod bench;
 mod bench_quic;
 mod bench_sync;
@@ -129,6 +132,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Authorities: keys that sign credentials.
+    #[command(subcommand)]
+    Authority(access_cli::AuthorityCmd),
+    /// Credentials: an authority's signed statement of a node's attributes.
+    #[command(subcommand)]
+    Credential(access_cli::CredentialCmd),
+    /// Compartments: who may read what, by policy over credentials.
+    #[command(subcommand)]
+    Compartment(access_cli::CompartmentCmd),
+    /// The node's hash-chained, signed audit log.
+    Audit {
+        #[arg(long)]
+        json: bool,
+        /// Check the chain and signatures; exit 1 at the first broken line.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Start a small local mesh (three squads and a command post on 127.0.0.1), play
     /// scripted field traffic through it and show it converging.
     Demo {
@@ -144,7 +164,12 @@ enum Cmd {
 #[derive(Subcommand, Debug)]
 enum ChannelCmd {
     /// Create a channel; prints its id.
-    Create { name: String },
+    Create {
+        name: String,
+        /// Seal it under this compartment's keys (default: the open compartment).
+        #[arg(long)]
+        compartment: Option<String>,
+    },
     /// List channels.
     List {
         #[arg(long)]
@@ -215,12 +240,9 @@ fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 fn backend(home: &Home, profile: &Profile) -> Result<Box<dyn Ops>> {
     let key = home.key()?;
     match Node::open_store(&home.store_path(), profile) {
-        Ok(store) => Ok(Box::new(Node::new(
-            key,
-            home.name()?,
-            store,
-            profile.clone(),
-        ))),
+        Ok(store) => Ok(Box::new(
+            Node::new(key, home.name()?, store, profile.clone()).with_home(&home.root)?,
+        )),
         Err(fieldmesh_store::OpenError::Locked(_)) => match home.daemon()? {
             Some(rec) => Ok(Box::new(client::Client::new(&rec.http))),
             None => bail!(
@@ -257,7 +279,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Channel(c) => {
             let ops = backend(&home, &profile()?)?;
             match c {
-                ChannelCmd::Create { name } => println!("{}", ops.create_channel(&name)?.id),
+                ChannelCmd::Create { name, compartment } => {
+                    println!("{}", ops.create_channel(&name, compartment.as_deref())?.id)
+                }
                 ChannelCmd::List { json } => {
                     let list = ops.channels()?;
                     if json {
@@ -450,6 +474,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::Authority(c) => access_cli::authority(&home, c)?,
+        Cmd::Credential(c) => access_cli::credential(&home, c, || backend(&home, &profile()?))?,
+        Cmd::Compartment(c) => access_cli::compartment(c, backend(&home, &profile()?)?.as_ref())?,
+        Cmd::Audit { json, verify } => access_cli::audit(&home, json, verify)?,
         Cmd::Bench(b) => bench::run(b)?,
         Cmd::Demo { dir } => demo::run(dir, &cli.profile)?,
     }
@@ -545,7 +573,8 @@ fn daemon(
         );
     }
     let store = Node::open_store(&home.store_path(), &profile)?;
-    let node = Arc::new(Node::new(key, home.name()?, store, profile));
+    let node = Arc::new(Node::new(key, home.name()?, store, profile).with_home(&home.root)?);
+    node.start_duty_thread();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -32,12 +32,21 @@ pub fn meta_of(env: &Envelope) -> fieldmesh_sync::Meta {
 
 /// A running node.
 pub struct Node {
-    key: NodeKey,
+    pub(crate) key: NodeKey,
     name: String,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     profile: Profile,
-    clock: Mutex<HlcClock>,
-    channels: Mutex<HashMap<ChannelId, Channel>>,
+    pub(crate) clock: Mutex<HlcClock>,
+    pub(crate) channels: Mutex<HashMap<ChannelId, Channel>>,
+    /// Directory, keys granted to this node. Lock order: `channels` before `access`.
+    pub(crate) access: Mutex<crate::access::Access>,
+    /// The compartment of each channel, from its genesis.
+    compartment_of: Mutex<HashMap<ChannelId, CompartmentId>>,
+    /// The node's home (trust list, audit log), when it has one.
+    pub(crate) home: Option<std::path::PathBuf>,
+    pub(crate) audit: Option<crate::audit::AuditLog>,
+    pub(crate) duty_tx: std::sync::OnceLock<std::sync::mpsc::Sender<()>>,
+    pub(crate) duty_lock: Mutex<()>,
     events: tokio::sync::broadcast::Sender<StoredEvent>,
     /// The network, once the daemon has started it.
     net: std::sync::OnceLock<fieldmesh_net::NetHandle>,
@@ -52,7 +61,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -92,16 +101,33 @@ impl Node {
     /// A node over an already-open store.
     pub fn new(key: NodeKey, name: String, store: Arc<dyn Store>, profile: Profile) -> Node {
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        Node {
+        let node = Node {
             key,
             name,
             store,
             profile,
             clock: Mutex::new(HlcClock::default()),
             channels: Mutex::default(),
+            access: Mutex::default(),
+            compartment_of: Mutex::default(),
+            home: None,
+            audit: None,
+            duty_tx: std::sync::OnceLock::new(),
+            duty_lock: Mutex::new(()),
             events,
             net: std::sync::OnceLock::new(),
+        };
+        if let Err(e) = node.load_directory() {
+            tracing::error!(%e, "could not load the directory");
         }
+        node
+    }
+
+    /// Gives the node its home: the trust list it reads and the audit log it writes.
+    pub fn with_home(mut self, root: &std::path::Path) -> anyhow::Result<Node> {
+        self.audit = Some(crate::audit::AuditLog::open(&root.join("audit.log"))?);
+        self.home = Some(root.to_owned());
+        Ok(self)
     }
 
     /// Opens the sled store in `path` with the profile's storage budget.
@@ -137,7 +163,7 @@ impl Node {
         Ok(ix)
     }
 
-    fn announce(&self, env: &Envelope) {
+    pub(crate) fn announce(&self, env: &Envelope) {
         if let Some(net) = self.net.get() {
             net.inserted(env.id(), meta_of(env));
         }
@@ -151,19 +177,39 @@ impl Node {
         self.events.subscribe()
     }
 
-    /// The payload key for a compartment, if this node holds it.
-    fn payload_key(&self, compartment: &CompartmentId) -> Option<PayloadKey> {
-        (*compartment == CompartmentId::OPEN).then(PayloadKey::open_compartment)
+    /// The keys that may open an envelope of `compartment` sealed at `epoch` (none when
+    /// this node was not granted it).
+    fn payload_keys(&self, compartment: &CompartmentId, epoch: u32) -> Vec<PayloadKey> {
+        if *compartment == CompartmentId::OPEN {
+            return vec![PayloadKey::open_compartment()];
+        }
+        lock(&self.access).keys_for(compartment, epoch)
+    }
+
+    /// Opens an envelope with whichever of this node's keys fits. `Ok(None)`: no key.
+    pub(crate) fn open(
+        &self,
+        env: &Envelope,
+    ) -> Result<Option<Vec<u8>>, fieldmesh_crypto::OpenError> {
+        let h = env.header();
+        let keys = self.payload_keys(&h.compartment, h.epoch);
+        let mut last = None;
+        for k in &keys {
+            match open_envelope(env, k) {
+                Ok(p) => return Ok(Some(p)),
+                Err(e) => last = Some(e),
+            }
+        }
+        last.map_or(Ok(None), Err)
     }
 
     /// Opens and applies one stored envelope to a channel replica. Envelopes this node
     /// cannot read are skipped (it still stores and forwards them).
     fn apply_to(&self, ch: &mut Channel, env: &Envelope) -> Result<(), String> {
         let h = env.header();
-        let Some(key) = self.payload_key(&h.compartment) else {
+        let Some(plaintext) = self.open(env).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        let plaintext = open_envelope(env, &key).map_err(|e| e.to_string())?;
         lock(&self.clock).observe(h.hlc, now_ms());
         ch.apply(Incoming::of(env, &plaintext))
             .map(|_| ())
@@ -178,11 +224,9 @@ impl Node {
         let mut max_hlc = Hlc::ZERO;
         for env in envs.iter().filter(|e| e.header().kind.is_channel_change()) {
             let h = env.header();
-            let Some(key) = self.payload_key(&h.compartment) else {
-                continue;
-            };
-            match open_envelope(env, &key) {
-                Ok(p) => {
+            match self.open(env) {
+                Ok(None) => continue,
+                Ok(Some(p)) => {
                     max_hlc = max_hlc.max(h.hlc);
                     opened.push((env, p));
                 }
@@ -251,7 +295,7 @@ impl Node {
         let channels = self.store.channels()?;
         if let Ok(id) = spec.parse::<ChannelId>() {
             if channels.iter().any(|(c, _)| *c == id) {
-                return Ok(id);
+                return self.check_access(&id);
             }
             return Err(NodeError::NotFound(format!("unknown channel {spec}")));
         }
@@ -262,7 +306,7 @@ impl Node {
             }
         }
         match found.as_slice() {
-            [one] => Ok(*one),
+            [one] => self.check_access(one),
             [] => Err(NodeError::NotFound(format!(
                 "unknown channel {spec:?} (see `fieldmesh channel list`)"
             ))),
@@ -277,24 +321,78 @@ impl Node {
         }
     }
 
-    fn seal(&self, channel: ChannelId, local: &LocalChange) -> Result<Envelope, NodeError> {
+    /// The compartment a channel belongs to: its genesis envelope's.
+    pub(crate) fn channel_compartment(&self, id: &ChannelId) -> Result<CompartmentId, NodeError> {
+        if let Some(c) = lock(&self.compartment_of).get(id) {
+            return Ok(*c);
+        }
+        let genesis = self
+            .store
+            .channels()?
+            .into_iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, g)| g)
+            .ok_or_else(|| NodeError::NotFound(format!("unknown channel {id}")))?;
+        let env = self.store.get(&genesis)?.ok_or_else(|| {
+            NodeError::Internal(format!("genesis of {id} is indexed but missing"))
+        })?;
+        let c = env.header().compartment;
+        lock(&self.compartment_of).insert(*id, c);
+        Ok(c)
+    }
+
+    /// Enforces compartments on every channel operation, and audits the decision.
+    fn check_access(&self, id: &ChannelId) -> Result<ChannelId, NodeError> {
+        let c = self.channel_compartment(id)?;
+        if c == CompartmentId::OPEN {
+            return Ok(*id);
+        }
+        let (ok, name) = {
+            let a = lock(&self.access);
+            let name = a.dir.state(&c).map_or_else(|| c.short(), |s| s.def.name);
+            (a.may_read(&c), name)
+        };
+        self.audit(
+            serde_json::json!({"event": if ok { "allowed" } else { "denied" }, "channel": id, "compartment": c}),
+            !ok,
+        );
+        if ok {
+            Ok(*id)
+        } else {
+            Err(NodeError::Forbidden(format!(
+                "channel {} is in compartment {name:?}, for which this node holds no key (it carries the ciphertext only)",
+                id.short()
+            )))
+        }
+    }
+
+    /// The epoch and key new envelopes of `compartment` are sealed under.
+    fn sealing_key(&self, compartment: &CompartmentId) -> Result<(u32, PayloadKey), NodeError> {
+        if *compartment == CompartmentId::OPEN {
+            return Ok((0, PayloadKey::open_compartment()));
+        }
+        lock(&self.access).sealing_key(compartment)
+    }
+
+    fn seal(
+        &self,
+        channel: ChannelId,
+        compartment: CompartmentId,
+        local: &LocalChange,
+    ) -> Result<Envelope, NodeError> {
+        let (epoch, key) = self.sealing_key(&compartment)?;
         let header = Header {
             kind: local.kind,
             precedence: local.precedence,
-            compartment: CompartmentId::OPEN,
-            epoch: 0,
+            compartment,
+            epoch,
             channel,
             author: self.node_id(),
             hlc: local.hlc,
             deps: local.deps.clone(),
         };
-        let env = seal_envelope(
-            &self.key,
-            header,
-            &PayloadKey::open_compartment(),
-            &local.payload,
-        )
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let env = seal_envelope(&self.key, header, &key, &local.payload)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let limit = self.profile.sync.max_message_bytes as usize;
         if env.encoded_len() > limit {
             return Err(NodeError::TooLarge(format!(
@@ -313,6 +411,7 @@ impl Node {
         f: impl FnOnce(&mut Channel, NodeId, Hlc) -> Result<LocalChange, LocalOpError>,
     ) -> Result<Posted, NodeError> {
         let id = self.resolve(spec)?;
+        let compartment = self.channel_compartment(&id)?;
         let me = self.node_id();
         let mut cache = lock(&self.channels);
         let ch = match cache.entry(id) {
@@ -322,7 +421,7 @@ impl Node {
         let hlc = lock(&self.clock).tick(now_ms());
         let local = f(ch, me, hlc)?;
         let stored = self
-            .seal(id, &local)
+            .seal(id, compartment, &local)
             .and_then(|env| Ok((self.store.put(&env)?, env)));
         let env = match stored {
             Ok((_, env)) => env,
@@ -360,6 +459,7 @@ impl Node {
         let mut inserted = 0;
         let mut duplicates = 0;
         let mut channel_rejects = Vec::new();
+        let mut directory = Vec::new();
         let mut cache = lock(&self.channels);
         for (env, outcome) in envs.iter().zip(outcomes) {
             if outcome == PutOutcome::Duplicate {
@@ -371,6 +471,10 @@ impl Node {
                 self.announce(env);
             }
             let cid = env.header().channel;
+            if env.header().kind.is_directory() && cid == fieldmesh_crypto::directory_channel() {
+                directory.push(env.clone());
+                continue;
+            }
             if !env.header().kind.is_channel_change() {
                 continue;
             }
@@ -391,6 +495,14 @@ impl Node {
                     Err(reason) => channel_rejects.push(format!("{}: {reason}", env.id())),
                 }
             }
+        }
+        if !directory.is_empty() {
+            // New keys make more of the store readable: rebuild channels on next use.
+            if self.absorb_directory(&directory) {
+                cache.clear();
+            }
+            drop(cache);
+            self.schedule_duties();
         }
         Ok((inserted, duplicates, channel_rejects))
     }
@@ -418,15 +530,24 @@ impl Ops for Node {
         Ok(out)
     }
 
-    fn create_channel(&self, name: &str) -> Result<ChannelSummary, NodeError> {
+    fn create_channel(
+        &self,
+        name: &str,
+        compartment: Option<&str>,
+    ) -> Result<ChannelSummary, NodeError> {
         if self.resolve(name).is_ok() {
             return Err(NodeError::Conflict(format!(
                 "a channel named {name:?} already exists"
             )));
         }
+        let compartment = match compartment {
+            Some(spec) => self.compartment(spec)?,
+            None => CompartmentId::OPEN,
+        };
         let hlc = lock(&self.clock).tick(now_ms());
         let (mut ch, local) = Channel::create(self.node_id(), name, hlc)?;
-        let env = self.seal(ch.id(), &local)?;
+        let env = self.seal(ch.id(), compartment, &local)?;
+        lock(&self.compartment_of).insert(ch.id(), compartment);
         self.store.put(&env)?;
         ch.bind(local.change, env.id());
         self.announce(&env);
@@ -516,16 +637,17 @@ impl Ops for Node {
             )));
         }
         let channel = self.resolve(spec)?;
+        let compartment = self.channel_compartment(&channel)?;
+        let (epoch, key) = self.sealing_key(&compartment)?;
         let (hash, payloads) = crate::blob::split(data);
-        let key = PayloadKey::open_compartment();
         let mut envs = Vec::with_capacity(payloads.len());
         for p in payloads {
             let hlc = lock(&self.clock).tick(now_ms());
             let header = Header {
                 kind: fieldmesh_core::Kind::BLOB_CHUNK,
                 precedence: fieldmesh_core::Precedence::Routine,
-                compartment: CompartmentId::OPEN,
-                epoch: 0,
+                compartment,
+                epoch,
                 channel,
                 author: self.node_id(),
                 hlc,
@@ -568,6 +690,10 @@ impl Ops for Node {
         )))
     }
 
+    fn access(&self, req: &crate::access::AccessRequest) -> Result<serde_json::Value, NodeError> {
+        self.access_op(req)
+    }
+
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {
         let frames = bundle::decode(bytes).map_err(NodeError::BadRequest)?;
         let mut good = Vec::new();
@@ -596,13 +722,12 @@ impl Node {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(&a.hash, &mut hash)
             .map_err(|_| NodeError::BadRequest("attachment hash is not hex".into()))?;
-        let key = PayloadKey::open_compartment();
         let chunks = self
             .store
             .channel_envelopes(channel)?
             .into_iter()
             .filter(|e| e.header().kind == fieldmesh_core::Kind::BLOB_CHUNK)
-            .filter_map(|e| open_envelope(&e, &key).ok())
+            .filter_map(|e| self.open(&e).ok().flatten())
             .filter_map(|p| crate::blob::decode(&p).ok());
         crate::blob::assemble(&hash, a.size, chunks).map_err(NodeError::Conflict)
     }

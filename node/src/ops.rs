@@ -16,6 +16,9 @@ pub enum NodeError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// This node may not do or see that: not granted, revoked, or not an admin.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with the state (not the author, redacted, name taken).
     #[error("{0}")]
     Conflict(String),
@@ -35,6 +38,7 @@ impl NodeError {
         match self {
             NodeError::NotFound(_) => 404,
             NodeError::BadRequest(_) => 400,
+            NodeError::Forbidden(_) => 403,
             NodeError::Conflict(_) => 409,
             NodeError::TooLarge(_) => 413,
             NodeError::Storage(_) => 507,
@@ -46,6 +50,7 @@ impl NodeError {
         match status {
             404 => NodeError::NotFound(msg),
             400 => NodeError::BadRequest(msg),
+            403 => NodeError::Forbidden(msg),
             409 => NodeError::Conflict(msg),
             413 => NodeError::TooLarge(msg),
             507 => NodeError::Storage(msg),
@@ -165,7 +170,13 @@ impl From<fieldmesh_net::NetStatus> for NetView {
 pub trait Ops {
     fn identity(&self) -> Result<Identity, NodeError>;
     fn channels(&self) -> Result<Vec<ChannelSummary>, NodeError>;
-    fn create_channel(&self, name: &str) -> Result<ChannelSummary, NodeError>;
+    fn create_channel(
+        &self,
+        name: &str,
+        compartment: Option<&str>,
+    ) -> Result<ChannelSummary, NodeError>;
+    /// Credentials, compartments and revocation.
+    fn access(&self, req: &crate::access::AccessRequest) -> Result<serde_json::Value, NodeError>;
     fn read(&self, channel: &str) -> Result<Vec<MessageView>, NodeError>;
     fn post(&self, channel: &str, req: &PostRequest) -> Result<Posted, NodeError>;
     fn edit(&self, channel: &str, msg: &str, text: &str) -> Result<Posted, NodeError>;

@@ -40,6 +40,16 @@ pub use identity::{KeyFileError, NodeKey};
 pub use policy::Policy;
 pub use sealbox::{SEALBOX_OVERHEAD, SealBoxError, seal_to};
 
+/// `N` bytes from the system random source.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], SealBoxError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| SealBoxError::Rng)?;
+    Ok(b)
+}
+
 /// Whether `sig` is `node`'s Ed25519 signature over `msg`.
 pub fn verify_signature(node: &fieldmesh_core::NodeId, msg: &[u8], sig: &[u8]) -> bool {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, node.as_bytes())
