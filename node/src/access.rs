@@ -160,13 +160,13 @@ impl Node {
             }
         }
         for (g, why) in bad {
-            if !access.bad_grants.contains_key(&g) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = access.bad_grants.entry(g) {
                 tracing::warn!(grant = %g, %why, "key grant refused");
                 self.audit(
                     json!({"event": "grant_refused", "grant": g, "reason": why}),
                     true,
                 );
-                access.bad_grants.insert(g, why);
+                slot.insert(why);
             }
         }
         access.keys = keys;
@@ -324,7 +324,8 @@ impl Node {
     pub(crate) fn schedule_duties(&self) {
         match self.duty_tx.get() {
             Some(tx) => {
-                let _ = tx.send(());
+                // Full means a wake-up is already pending: that run will see this change.
+                let _ = tx.try_send(());
             }
             None => {
                 if let Err(e) = self.run_duties() {
@@ -336,7 +337,7 @@ impl Node {
 
     /// Starts the daemon's duty thread: directory changes from the network wake it.
     pub fn start_duty_thread(self: &std::sync::Arc<Self>) {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         if self.duty_tx.set(tx).is_err() {
             return;
         }
@@ -353,7 +354,7 @@ impl Node {
                 }
             })
             .expect("spawn the admin duty thread");
-        let _ = self.duty_tx.get().map(|t| t.send(()));
+        let _ = self.duty_tx.get().map(|t| t.try_send(()));
     }
 
     /// Resolves a compartment by name or id.

@@ -45,7 +45,7 @@ pub struct Node {
     /// The node's home (trust list, audit log), when it has one.
     pub(crate) home: Option<std::path::PathBuf>,
     pub(crate) audit: Option<crate::audit::AuditLog>,
-    pub(crate) duty_tx: std::sync::OnceLock<std::sync::mpsc::Sender<()>>,
+    pub(crate) duty_tx: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
     pub(crate) duty_lock: Mutex<()>,
     events: tokio::sync::broadcast::Sender<StoredEvent>,
     /// The network, once the daemon has started it.
