@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
+    /// Compartments: seal/open cost, grants, a rotation for N members, relay byte share.
+    Access {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 20_000)]
+        envelopes: usize,
+    },
     /// Bulk throughput: an attachment between two daemons next to raw quinn, same bytes.
     Bulk {
         /// MiB to move.
@@ -46,6 +53,7 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Access { members, envelopes } => crate::bench_access::run(members, envelopes),
         BenchCmd::Store {
             ingest,
             materialise,

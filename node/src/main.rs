@@ -5,6 +5,7 @@ mod access_cli;
 mod api;
 mod audit;
 mod bench;
+mod bench_access;
 mod bench_quic;
 mod bench_sync;
 mod blob;
