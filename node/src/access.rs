@@ -195,14 +195,20 @@ impl Node {
                 seal_record(&self.key, r, hlc).map_err(|e| NodeError::Internal(e.to_string()))?,
             );
         }
-        self.store.put_batch(&envs)?;
-        for e in &envs {
+        self.store_directory(&envs)?;
+        Ok(envs)
+    }
+
+    /// Stores directory envelopes in one durable write, announces them, and takes them in.
+    fn store_directory(&self, envs: &[Envelope]) -> Result<(), NodeError> {
+        self.store.put_batch(envs)?;
+        for e in envs {
             self.announce(e);
         }
-        if self.absorb_directory(&envs) {
+        if self.absorb_directory(envs) {
             lock(&self.channels).clear();
         }
-        Ok(envs)
+        Ok(())
     }
 
     /// Does what this node must as admin of its compartments: rotate where revocations
@@ -309,13 +315,7 @@ impl Node {
         )
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         let envs = [rot, grant];
-        self.store.put_batch(&envs)?;
-        for e in &envs {
-            self.announce(e);
-        }
-        if self.absorb_directory(&envs) {
-            lock(&self.channels).clear();
-        }
+        self.store_directory(&envs)?;
         self.audit(json!({"event": "rotated", "compartment": compartment, "epoch": epoch, "revoked": revoked, "reason": reason}), true);
         Ok(())
     }
