@@ -408,6 +408,7 @@ impl Channel {
         let key_of = |id: &automerge::legacy::OpId| (id.0, id.1.to_bytes().to_vec());
         let mut created: Option<(String, schema::ObjKey)> = None;
         let (mut text, mut ts, mut prec, mut reply_to) = (String::new(), 0u64, 0u64, None);
+        let mut ai = None;
         for (i, op) in ex.operations.iter().enumerate() {
             let ObjectId::Id(obj) = &op.obj else { continue };
             let Key::Map(k) = &op.key else { continue };
@@ -423,6 +424,7 @@ impl Channel {
                         ("ts", ScalarValue::Uint(t)) => ts = *t,
                         ("precedence", ScalarValue::Uint(x)) => prec = *x,
                         ("reply_to", ScalarValue::Str(s)) => reply_to = Some(s.to_string()),
+                        ("ai", ScalarValue::Str(s)) => ai = Some(s.to_string()),
                         _ => {}
                     }
                 }
@@ -443,6 +445,8 @@ impl Channel {
             edited: false,
             redacted: false,
             attachments: Vec::new(),
+            ai,
+            reviews: BTreeMap::new(),
             pending: true,
         })
     }
@@ -552,6 +556,32 @@ impl Channel {
         reply_to: Option<&str>,
         attachments: Vec<AttachmentRef>,
     ) -> Result<LocalChange, LocalOpError> {
+        self.post_annotated(author, hlc, text, precedence, reply_to, attachments, None)
+    }
+
+    /// Posts a message carrying a machine annotation (`ai`): the JSON provenance and
+    /// structured content of a SITREP, translation, transcript or triage verdict. The
+    /// annotation is written once, with the message, by its author.
+    #[allow(clippy::too_many_arguments)]
+    pub fn post_annotated(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        text: &str,
+        precedence: Precedence,
+        reply_to: Option<&str>,
+        attachments: Vec<AttachmentRef>,
+        ai: Option<&str>,
+    ) -> Result<LocalChange, LocalOpError> {
+        if let Some(a) = ai
+            && a.len() > schema::MAX_AI_BYTES
+        {
+            return Err(LocalOpError::Invalid(format!(
+                "machine annotation is {} bytes; the limit is {}",
+                a.len(),
+                schema::MAX_AI_BYTES
+            )));
+        }
         if text.len() > MAX_TEXT_BYTES {
             return Err(LocalOpError::Invalid(format!(
                 "message text is {} bytes; the limit is {MAX_TEXT_BYTES} (send larger content as an attachment)",
@@ -586,6 +616,10 @@ impl Channel {
         }
         tx.put_object(&m, "reactions", ObjType::Map)
             .map_err(am_err)?;
+        if let Some(a) = ai {
+            tx.put(&m, "ai", a).map_err(am_err)?;
+        }
+        tx.put_object(&m, "reviews", ObjType::Map).map_err(am_err)?;
         let list = tx
             .put_object(&m, "attachments", ObjType::List)
             .map_err(am_err)?;
@@ -697,6 +731,50 @@ impl Channel {
             author,
             Kind::CHANNEL_CHANGE,
             Precedence::Routine,
+            hlc,
+            id.to_owned(),
+            deps,
+        )
+    }
+
+    /// Records `author`'s review of any message: `approved`, `rejected` or
+    /// `rejected: note`. A later review by the same node replaces its earlier one.
+    pub fn review(
+        &mut self,
+        author: NodeId,
+        hlc: Hlc,
+        id: &str,
+        verdict: &str,
+    ) -> Result<LocalChange, LocalOpError> {
+        if !schema::is_review(verdict) {
+            return Err(LocalOpError::Invalid(format!(
+                "a review is `approved`, `rejected` or `rejected: note` (at most {} printable bytes)",
+                schema::MAX_REVIEW_BYTES
+            )));
+        }
+        let messages = self.writable(author)?;
+        let msg = self.message_obj(&messages, id)?;
+        if self.is_redacted(&msg) {
+            return Err(LocalOpError::Redacted(id.to_owned()));
+        }
+        let reviews = match self.doc.get(&msg, "reviews").map_err(am_err)? {
+            Some((_, r)) => r,
+            None => {
+                return Err(LocalOpError::Invalid(format!(
+                    "message {id} predates reviews and cannot be reviewed"
+                )));
+            }
+        };
+        let precedence = self.message_precedence(&msg);
+        let deps = self.heads_as_envelopes();
+        let mut tx = self.doc.transaction();
+        tx.put(&reviews, schema::prefix(&author).as_str(), verdict)
+            .map_err(am_err)?;
+        tx.commit_with(CommitOptions::default().with_time((hlc.wall_ms() / 1000) as i64));
+        self.finish_local(
+            author,
+            Kind::CHANNEL_CHANGE,
+            precedence,
             hlc,
             id.to_owned(),
             deps,

@@ -6,6 +6,8 @@
 //! └── messages: { <message id>: Message }
 //!     Message: { author, text, ts, precedence, reply_to?, edited_ts?, redacted?,
 //!                reactions: { "<reactor prefix>:<emoji>": true },
+//!                ai?: "<JSON: what produced this message, from which sources>",
+//!                reviews: { "<reviewer prefix>": "approved" | "rejected[: note]" },
 //!                attachments: [ { hash, name, size, mime } ] }
 //! ```
 //!
@@ -23,6 +25,17 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const MAX_REACTION_BYTES: usize = 32;
 /// Longest attachment name or MIME type in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
+/// Longest machine annotation (`ai`: provenance and structured content) in bytes.
+pub const MAX_AI_BYTES: usize = 32 * 1024;
+/// Longest review verdict (`approved`, or `rejected: <note>`) in bytes.
+pub const MAX_REVIEW_BYTES: usize = 512;
+
+/// Whether a review value is well formed: `approved`, `rejected`, or `rejected: note`.
+pub fn is_review(v: &str) -> bool {
+    v.len() <= MAX_REVIEW_BYTES
+        && !v.chars().any(char::is_control)
+        && (v == "approved" || v == "rejected" || v.starts_with("rejected: "))
+}
 
 /// An Automerge object, by the id of the op that made it: (counter, actor bytes).
 pub(crate) type ObjKey = (u64, Vec<u8>);
@@ -34,6 +47,7 @@ pub(crate) enum Role {
     Messages,
     Message { author: NodeId, id: String },
     Reactions { message: String },
+    Reviews { message: String },
     Attachments { author: NodeId, message: String },
     Attachment { author: NodeId, message: String },
 }
@@ -257,6 +271,16 @@ pub(crate) fn validate(
                     ("precedence", OpType::Put(ScalarValue::Uint(p))) => *p <= 3,
                     ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
                     ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,
+                    ("ai", OpType::Put(s)) => str_of(s).is_some_and(|t| t.len() <= MAX_AI_BYTES),
+                    ("reviews", OpType::Make(ObjType::Map)) => {
+                        v.roles.push((
+                            opid,
+                            Role::Reviews {
+                                message: id.clone(),
+                            },
+                        ));
+                        true
+                    }
                     ("reactions", OpType::Make(ObjType::Map)) => {
                         v.roles.push((
                             opid,
@@ -295,6 +319,17 @@ pub(crate) fn validate(
                     OpType::Put(ScalarValue::Boolean(true)) | OpType::Delete
                 ) {
                     return err("a reaction is set to true or deleted");
+                }
+            }
+            (Some(Role::Reviews { message }), Some(k)) => {
+                v.touched.push(message);
+                if k != prefix(author) {
+                    return err("a node may only write its own review");
+                }
+                match &op.action {
+                    OpType::Put(s) if str_of(s).is_some_and(is_review) => {}
+                    OpType::Delete => {}
+                    _ => return err("a review is `approved`, `rejected[: note]`, or deleted"),
                 }
             }
             (

@@ -322,3 +322,79 @@ fn a_post_waiting_for_its_predecessors_is_shown_as_pending() {
     assert!(all.iter().all(|m| !m.pending));
     assert_eq!(all, a.messages());
 }
+
+#[test]
+fn annotations_replicate_and_reviews_are_each_reviewers_own() {
+    let (mut a, mut b, _, _) = setup();
+    let ai = r#"{"task":"sitrep","sources":["x"]}"#;
+    let p = a
+        .post_annotated(
+            A,
+            Hlc::new(3000, 0),
+            "SITREP draft",
+            Precedence::Priority,
+            None,
+            vec![],
+            Some(ai),
+        )
+        .unwrap();
+    a.bind(p.change, env_id(&p));
+    b.apply(inc(A, &p)).unwrap();
+    let id = p.message_id.clone();
+    assert_eq!(b.message(&id).unwrap().ai.as_deref(), Some(ai));
+    assert!(b.message(&id).unwrap().reviews.is_empty());
+
+    // B approves on its replica; A sees it; A then rejects with a note.
+    let r = b.review(B, Hlc::new(4000, 0), &id, "approved").unwrap();
+    b.bind(r.change, env_id(&r));
+    a.apply(inc(B, &r)).unwrap();
+    let r2 = a
+        .review(A, Hlc::new(4100, 0), &id, "rejected: grid is stale")
+        .unwrap();
+    a.bind(r2.change, env_id(&r2));
+    b.apply(inc(A, &r2)).unwrap();
+    let reviews = b.message(&id).unwrap().reviews;
+    assert_eq!(
+        reviews.get(&A.to_hex()[..16]).unwrap(),
+        "rejected: grid is stale"
+    );
+    assert_eq!(reviews.get(&B.to_hex()[..16]).unwrap(), "approved");
+    assert_eq!(a.message(&id).unwrap().reviews, reviews);
+
+    // Malformed verdicts are refused locally; forged ones (another's key, bad value)
+    // are refused by every replica.
+    assert!(matches!(
+        a.review(A, Hlc::new(4200, 0), &id, "looks fine"),
+        Err(LocalOpError::Invalid(_))
+    ));
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    let rv = b.doc.get(&msg, "reviews").unwrap().unwrap().1;
+    let a_key = A.to_hex()[..16].to_owned();
+    let p = raw_change(&mut b, B, |tx| {
+        tx.put(&rv, a_key.as_str(), "approved").unwrap()
+    });
+    rejected(apply_raw(&mut b, B, &p), "own review");
+    let b_key = B.to_hex()[..16].to_owned();
+    let p = raw_change(&mut b, B, |tx| {
+        tx.put(&rv, b_key.as_str(), "maybe").unwrap()
+    });
+    rejected(apply_raw(&mut b, B, &p), "review is");
+    // Only the author writes the annotation.
+    let p = raw_change(&mut b, B, |tx| tx.put(&msg, "ai", "{}").unwrap());
+    rejected(apply_raw(&mut b, B, &p), "only the author");
+    // Oversized annotations are refused before anything is written.
+    let big = "x".repeat(crate::schema::MAX_AI_BYTES + 1);
+    assert!(matches!(
+        a.post_annotated(
+            A,
+            Hlc::new(5000, 0),
+            "t",
+            Precedence::Routine,
+            None,
+            vec![],
+            Some(&big)
+        ),
+        Err(LocalOpError::Invalid(_))
+    ));
+}

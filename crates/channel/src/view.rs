@@ -60,6 +60,13 @@ pub struct MessageView {
     pub redacted: bool,
     /// Attachments (none once redacted).
     pub attachments: Vec<AttachmentRef>,
+    /// Machine annotation, JSON: provenance and structured content of an AI product
+    /// (SITREP, translation, transcript) or a triage verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<String>,
+    /// Reviewer node id prefix → `approved` | `rejected[: note]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reviews: BTreeMap<String, String>,
     /// Received and authenticated, but waiting for earlier changes it builds on: shown
     /// early so urgent traffic is readable at once; reactions and edits come later.
     #[serde(default)]
@@ -187,6 +194,14 @@ impl Channel {
                 }
             }
         }
+        let mut reviews = BTreeMap::new();
+        if let Some((_, r)) = doc.get(obj, "reviews").ok().flatten() {
+            for item in doc.map_range(&r, ..) {
+                if let Some(v) = get_str(doc, &r, &item.key) {
+                    reviews.insert(item.key.to_string(), v);
+                }
+            }
+        }
         let mut attachments = Vec::new();
         if !redacted && let Some((_, list)) = doc.get(obj, "attachments").ok().flatten() {
             for item in doc.list_range(&list, ..) {
@@ -218,6 +233,12 @@ impl Channel {
             edited: get_u64(doc, obj, "edited_ts").is_some() && !redacted,
             redacted,
             attachments,
+            ai: if redacted {
+                None
+            } else {
+                get_str(doc, obj, "ai")
+            },
+            reviews,
             pending: false,
         })
     }
