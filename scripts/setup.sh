@@ -3,9 +3,10 @@
 # Everything is cached outside the checkout (apt's cache, ~/.cargo, ~/.rustup).
 set -euo pipefail
 
-# Debian packages the build needs. Later capabilities add to this list
-# (cmake and libclang-dev for whisper-rs, espeak-ng and sox for speech tests).
-DEB_PACKAGES=(pkg-config gcc)
+# Debian packages: the build (cmake, clang's libclang for whisper-rs's bindgen), the
+# speech tests (espeak-ng speaks, sox resamples to 16 kHz mono) and the rule-based
+# translation fallback (apertium with English<->Spanish).
+DEB_PACKAGES=(pkg-config gcc g++ cmake libclang-dev espeak-ng sox apertium apertium-eng-spa)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -133,6 +133,12 @@ pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
             }),
         )
         .route(
+            "/api/v1/ai",
+            post(|State(n): State<AppState>, axum::Json(b): axum::Json<crate::ai::AiRequest>| async move {
+                json(blocking(n, move |n| n.ai(&b)).await)
+            }),
+        )
+        .route(
             "/api/v1/access",
             post(|State(n): State<AppState>, axum::Json(b): axum::Json<crate::access::AccessRequest>| async move {
                 json(blocking(n, move |n| n.access(&b)).await)

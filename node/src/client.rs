@@ -110,6 +110,12 @@ impl Ops for Client {
             serde_json::to_value(req).map_err(|e| NodeError::Internal(e.to_string()))?,
         )
     }
+    fn ai(&self, req: &crate::ai::AiRequest) -> Result<serde_json::Value, NodeError> {
+        self.post_json(
+            "/ai",
+            serde_json::to_value(req).map_err(|e| NodeError::Internal(e.to_string()))?,
+        )
+    }
     fn read(&self, channel: &str) -> Result<Vec<MessageView>, NodeError> {
         self.get(&format!("/channels/{}/messages", seg(channel)))
     }

@@ -1,6 +1,8 @@
 //! `fieldmesh`: the Fieldmesh node. See `fieldmesh --help`.
 
 mod access;
+mod ai;
+mod ai_cli;
 mod access_cli;
 mod api;
 mod audit;
@@ -14,6 +16,7 @@ mod client;
 mod demo;
 mod home;
 mod local;
+mod models;
 mod node;
 mod ops;
 
@@ -70,7 +73,8 @@ enum Cmd {
     Post {
         /// Channel name or id.
         channel: String,
-        text: String,
+        /// Message text (optional with --voice).
+        text: Option<String>,
         #[arg(long, default_value = "routine", value_parser = parse_precedence)]
         precedence: Precedence,
         /// Reply in the thread of this message id.
@@ -79,6 +83,35 @@ enum Cmd {
         /// Attach a file (repeatable); it travels as verified, resumable chunks.
         #[arg(long)]
         attach: Vec<PathBuf>,
+        /// A voice message (WAV): attached, then transcribed on this node into a linked
+        /// transcript with per-segment timestamps and confidence.
+        #[arg(long)]
+        voice: Option<PathBuf>,
+    },
+    /// Translate a message into a linked translation (model, checked; else Apertium).
+    Translate {
+        message: String,
+        #[arg(long)]
+        to: String,
+        /// Source language (default: detected, else English).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Transcribe the voice attachment of a message.
+    Transcribe {
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search what this node may read: keywords plus semantic similarity.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Attachments of messages.
     #[command(subcommand)]
@@ -142,6 +175,50 @@ enum Cmd {
     /// Compartments: who may read what, by policy over credentials.
     #[command(subcommand)]
     Compartment(access_cli::CompartmentCmd),
+    /// Build a structured SITREP from a channel's messages and post it as a DRAFT: every
+    /// field lists its sources; model prose is kept only if it states no fact absent
+    /// from them.
+    Sitrep {
+        channel: String,
+        /// Only messages since: RFC 3339 UTC, a relative age (90m, 2h, 1d) or epoch ms.
+        #[arg(long)]
+        since: Option<String>,
+        /// Unit name (default: the channel name).
+        #[arg(long)]
+        unit: Option<String>,
+        /// Extractive only: do not run the profile's model.
+        #[arg(long)]
+        no_model: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve an AI product (SITREP, translation, transcript) or acknowledge a triage flag.
+    Approve {
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject an AI product, with an optional note.
+    Reject {
+        message: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The merged board: latest SITREP per unit, totals, conflicts between units.
+    Board {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages flagged by triage (casualties, MEDEVAC) and their review state.
+    Triage {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The signed model registry.
+    #[command(subcommand)]
+    Model(ai_cli::ModelCmd),
     /// The node's hash-chained, signed audit log.
     Audit {
         #[arg(long)]
@@ -312,9 +389,29 @@ fn run(cli: Cli) -> Result<()> {
             precedence,
             reply_to,
             attach,
+            voice,
         } => {
             let ops = backend(&home, &profile()?)?;
             let mut attachments = Vec::new();
+            if let Some(path) = &voice {
+                let data =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                fieldmesh_ai::whisper::read_wav(&data)
+                    .with_context(|| format!("{} is not a usable WAV file", path.display()))?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "voice.wav".into());
+                attachments.push(ops.put_blob(&channel, &name, "audio/wav", &data)?);
+            }
+            let text = match (text, &voice) {
+                (Some(t), _) => t,
+                (None, Some(p)) => format!(
+                    "[voice message: {}]",
+                    p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                ),
+                (None, None) => bail!("post needs TEXT, or --voice FILE.wav"),
+            };
             for path in &attach {
                 let data =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -339,6 +436,33 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             println!("{}", posted.id);
+            if voice.is_some() {
+                match ops.ai(&ai::AiRequest::Transcribe {
+                    message: posted.id.clone(),
+                }) {
+                    Ok(v) => println!(
+                        "transcript {} ({} confidence): {}",
+                        v["posted"]["id"].as_str().unwrap_or("?"),
+                        v["confidence"].as_str().unwrap_or("?"),
+                        v["text"].as_str().unwrap_or("")
+                    ),
+                    Err(e) => eprintln!(
+                        "warning: the voice message is posted but was not transcribed here: {e}"
+                    ),
+                }
+            }
+        }
+        Cmd::Translate {
+            message,
+            to,
+            from,
+            json,
+        } => ai_cli::translate(backend(&home, &profile()?)?.as_ref(), message, to, from, json)?,
+        Cmd::Transcribe { message, json } => {
+            ai_cli::transcribe(backend(&home, &profile()?)?.as_ref(), message, json)?
+        }
+        Cmd::Search { query, limit, json } => {
+            ai_cli::search(backend(&home, &profile()?)?.as_ref(), query, limit, json)?
         }
         Cmd::Attachment(AttachmentCmd::Get {
             message,
@@ -479,6 +603,34 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Credential(c) => access_cli::credential(&home, c, || backend(&home, &profile()?))?,
         Cmd::Compartment(c) => access_cli::compartment(c, backend(&home, &profile()?)?.as_ref())?,
         Cmd::Audit { json, verify } => access_cli::audit(&home, json, verify)?,
+        Cmd::Sitrep {
+            channel,
+            since,
+            unit,
+            no_model,
+            json,
+        } => ai_cli::sitrep(
+            backend(&home, &profile()?)?.as_ref(),
+            &channel,
+            since.as_deref(),
+            unit,
+            no_model,
+            json,
+        )?,
+        Cmd::Approve { message, json } => {
+            ai_cli::review(backend(&home, &profile()?)?.as_ref(), &message, "approved".into(), json)?
+        }
+        Cmd::Reject {
+            message,
+            note,
+            json,
+        } => {
+            let verdict = note.map_or_else(|| "rejected".to_owned(), |n| format!("rejected: {n}"));
+            ai_cli::review(backend(&home, &profile()?)?.as_ref(), &message, verdict, json)?
+        }
+        Cmd::Board { json } => ai_cli::board(backend(&home, &profile()?)?.as_ref(), json)?,
+        Cmd::Triage { json } => ai_cli::triage(backend(&home, &profile()?)?.as_ref(), json)?,
+        Cmd::Model(c) => ai_cli::model(&home, c)?,
         Cmd::Bench(b) => bench::run(b)?,
         Cmd::Demo { dir } => demo::run(dir, &cli.profile)?,
     }

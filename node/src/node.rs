@@ -50,6 +50,8 @@ pub struct Node {
     events: tokio::sync::broadcast::Sender<StoredEvent>,
     /// The network, once the daemon has started it.
     net: std::sync::OnceLock<fieldmesh_net::NetHandle>,
+    /// Models loaded by this process.
+    pub(crate) ai: crate::ai::AiState,
 }
 
 impl std::fmt::Debug for Node {
@@ -116,6 +118,7 @@ impl Node {
             duty_lock: Mutex::new(()),
             events,
             net: std::sync::OnceLock::new(),
+            ai: crate::ai::AiState::default(),
         };
         if let Err(e) = node.load_directory() {
             tracing::error!(%e, "could not load the directory");
@@ -258,7 +261,7 @@ impl Node {
     }
 
     /// Runs `f` on the materialised channel, loading it into the cache if needed.
-    fn with_channel<R>(
+    pub(crate) fn with_channel<R>(
         &self,
         id: &ChannelId,
         f: impl FnOnce(&mut Channel) -> Result<R, NodeError>,
@@ -405,7 +408,7 @@ impl Node {
     }
 
     /// Makes a local change, seals it, stores it durably and only then publishes it.
-    fn write(
+    pub(crate) fn write(
         &self,
         spec: &str,
         f: impl FnOnce(&mut Channel, NodeId, Hlc) -> Result<LocalChange, LocalOpError>,
@@ -564,9 +567,13 @@ impl Ops for Node {
     }
 
     fn post(&self, spec: &str, req: &PostRequest) -> Result<Posted, NodeError> {
-        let precedence = req
+        let requested = req
             .precedence
             .unwrap_or(fieldmesh_core::Precedence::Routine);
+        // Casualty and MEDEVAC traffic is raised and flagged for a human at the source,
+        // so it travels at its real precedence from the first hop.
+        let (precedence, triage) = self.triage_post(&req.text, requested);
+        let triage = triage.map(|t| t.to_string());
         if !req.attachments.is_empty() {
             // Attach only what is complete and verified here.
             let id = self.resolve(spec)?;
@@ -576,13 +583,14 @@ impl Ops for Node {
         }
         let attachments = req.attachments.clone();
         self.write(spec, |ch, me, hlc| {
-            ch.post(
+            ch.post_annotated(
                 me,
                 hlc,
                 &req.text,
                 precedence,
                 req.reply_to.as_deref(),
                 attachments,
+                triage.as_deref(),
             )
         })
     }
@@ -692,6 +700,10 @@ impl Ops for Node {
 
     fn access(&self, req: &crate::access::AccessRequest) -> Result<serde_json::Value, NodeError> {
         self.access_op(req)
+    }
+
+    fn ai(&self, req: &crate::ai::AiRequest) -> Result<serde_json::Value, NodeError> {
+        self.ai_op(req)
     }
 
     fn import_bundle(&self, bytes: &[u8]) -> Result<ImportReport, NodeError> {

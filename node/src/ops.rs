@@ -177,6 +177,8 @@ pub trait Ops {
     ) -> Result<ChannelSummary, NodeError>;
     /// Credentials, compartments and revocation.
     fn access(&self, req: &crate::access::AccessRequest) -> Result<serde_json::Value, NodeError>;
+    /// SITREPs, reviews, the board, triage, translation, transcription and search.
+    fn ai(&self, req: &crate::ai::AiRequest) -> Result<serde_json::Value, NodeError>;
     fn read(&self, channel: &str) -> Result<Vec<MessageView>, NodeError>;
     fn post(&self, channel: &str, req: &PostRequest) -> Result<Posted, NodeError>;
     fn edit(&self, channel: &str, msg: &str, text: &str) -> Result<Posted, NodeError>;

@@ -33,6 +33,6 @@ pub use envelope::{
     signing_message,
 };
 pub use hex32::ParseIdError;
-pub use hlc::{Hlc, HlcClock};
+pub use hlc::{Hlc, HlcClock, rfc3339};
 pub use ids::{ChannelId, CompartmentId, EnvelopeId, NodeId, sha256};
 pub use precedence::{ParsePrecedenceError, Precedence};

@@ -10,6 +10,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../firmware-profiles/ci-loopback.toml"),
     ),
     (
+        "ci-models",
+        include_str!("../../../firmware-profiles/ci-models.toml"),
+    ),
+    (
         "command-post-server",
         include_str!("../../../firmware-profiles/command-post-server.toml"),
     ),

@@ -1,0 +1,380 @@
+//! Quantized GGUF language models on candle: the Llama family (SmolLM2) and Qwen2.
+//!
+//! The tokenizer is built from the GGUF metadata (`tokenizer.ggml.*`), so a model is one
+//! file. The KV cache is bounded: a prompt and its generation never exceed
+//! [`GenOptions::max_context`] tokens, and the prompt is cut from the front of the
+//! user's content, never the instructions, when it would. Tokens stream to a callback
+//! that can stop generation. Work runs on a private thread pool sized from the profile.
+
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+use thiserror::Error;
+use tokenizers::Tokenizer;
+
+#[derive(Debug, Error)]
+pub enum LlmError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a usable GGUF model: {0}")]
+    Format(String),
+    #[error("unsupported architecture {0:?} (supported: llama, qwen2)")]
+    Arch(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("inference: {0}")]
+    Inference(String),
+    #[error("prompt of {0} tokens leaves no room in a context of {1}")]
+    Context(usize, usize),
+}
+
+impl From<candle_core::Error> for LlmError {
+    fn from(e: candle_core::Error) -> LlmError {
+        LlmError::Inference(e.to_string())
+    }
+}
+
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Weights::Llama(m) => m.forward(x, pos),
+            Weights::Qwen2(m) => m.forward(x, pos),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Weights::Llama(m) => m.clear_kv_cache(),
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Bound on prompt + generated tokens: the KV cache never holds more.
+    pub max_context: usize,
+    /// 0 for greedy (deterministic) decoding.
+    pub temperature: f64,
+    pub seed: u64,
+    /// Penalty on tokens already generated (1.0 = none).
+    pub repeat_penalty: f32,
+}
+
+impl Default for GenOptions {
+    fn default() -> GenOptions {
+        GenOptions {
+            max_tokens: 256,
+            max_context: 2048,
+            temperature: 0.0,
+            seed: 299_792_458,
+            repeat_penalty: 1.1,
+        }
+    }
+}
+
+/// What a generation produced and what it cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_ms: f64,
+    pub generate_ms: f64,
+    /// Stopped by the end-of-turn token (not by the token limit or the callback).
+    pub finished: bool,
+}
+
+impl Generation {
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prompt_ms / 1000.0).max(1e-9)
+    }
+    pub fn tokens_per_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / (self.generate_ms / 1000.0).max(1e-9)
+    }
+}
+
+/// A loaded model. Generation is serialised (one KV cache).
+pub struct Llm {
+    weights: Mutex<Weights>,
+    tokenizer: Tokenizer,
+    stop: Vec<u32>,
+    arch: String,
+    name: String,
+    /// The architecture's own position limit.
+    arch_context: usize,
+    pool: rayon::ThreadPool,
+    device: Device,
+}
+
+impl std::fmt::Debug for Llm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llm")
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
+    use gguf_file::Value as V;
+    match ct.metadata.get(key)? {
+        V::U8(v) => Some(u32::from(*v)),
+        V::U16(v) => Some(u32::from(*v)),
+        V::U32(v) => Some(*v),
+        V::I32(v) => u32::try_from(*v).ok(),
+        V::U64(v) => u32::try_from(*v).ok(),
+        V::I64(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+fn meta_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
+    ct.metadata.get(key)?.to_string().ok().map(String::as_str)
+}
+
+/// The tokenizer a GGUF file describes, with the pre-tokenizer its `tokenizer.ggml.pre`
+/// asks for (candle's default adds a prefix space SmolLM2 does not use).
+pub fn tokenizer_from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer, LlmError> {
+    use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
+    let mut tok = Tokenizer::from_gguf(ct).map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+    match meta_str(ct, "tokenizer.ggml.pre") {
+        Some("qwen2" | "llama3" | "smaug-bpe" | "lfm2") => {}
+        Some("smollm") => {
+            tok.with_pre_tokenizer(Some(Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])));
+        }
+        _ => {
+            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
+    Ok(tok)
+}
+
+impl Llm {
+    /// Loads a GGUF file. `threads` sizes the private pool the model runs on.
+    pub fn load(path: &Path, name: &str, threads: usize) -> Result<Llm, LlmError> {
+        let io = |source| LlmError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let ct = gguf_file::Content::read(&mut f).map_err(|e| LlmError::Format(e.to_string()))?;
+        let arch = meta_str(&ct, "general.architecture")
+            .ok_or_else(|| LlmError::Format("no general.architecture".into()))?
+            .to_owned();
+        let tokenizer = tokenizer_from_gguf(&ct)?;
+        let mut stop = Vec::new();
+        if let Some(eos) = meta_u32(&ct, "tokenizer.ggml.eos_token_id") {
+            stop.push(eos);
+        }
+        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
+            if let Some(id) = tokenizer.token_to_id(t)
+                && !stop.contains(&id)
+            {
+                stop.push(id);
+            }
+        }
+        let arch_context = meta_u32(&ct, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        let device = Device::Cpu;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("llm-{i}"))
+            .build()
+            .map_err(|e| LlmError::Inference(e.to_string()))?;
+        let weights = pool.install(|| -> Result<Weights, LlmError> {
+            Ok(match arch.as_str() {
+                "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut f, &device)?),
+                "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, &device)?),
+                other => return Err(LlmError::Arch(other.to_owned())),
+            })
+        })?;
+        let arch_context = match arch.as_str() {
+            "llama" => arch_context.min(quantized_llama::MAX_SEQ_LEN),
+            _ => arch_context,
+        };
+        Ok(Llm {
+            weights: Mutex::new(weights),
+            tokenizer,
+            stop,
+            arch,
+            name: name.to_owned(),
+            arch_context,
+            pool,
+            device,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| LlmError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// A ChatML conversation (both supported families are ChatML-tuned), ready for the
+    /// assistant's turn.
+    pub fn chat(&self, system: &str, user: &str) -> String {
+        format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+    }
+
+    /// Generates from a raw prompt; `on_token` receives each new piece of text and returns
+    /// `false` to stop.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        opts: &GenOptions,
+        mut on_token: impl FnMut(&str) -> bool,
+    ) -> Result<Generation, LlmError> {
+        let ids = self.encode(prompt)?;
+        let limit = opts.max_context.min(self.arch_context);
+        if ids.len() + 1 >= limit {
+            return Err(LlmError::Context(ids.len(), limit));
+        }
+        let max_new = opts.max_tokens.min(limit - ids.len());
+        let mut weights = self
+            .weights
+            .lock()
+            .map_err(|_| LlmError::Inference("a previous generation panicked".into()))?;
+        self.pool.install(|| {
+            weights.clear();
+            let sampling = if opts.temperature <= 0.0 {
+                Sampling::ArgMax
+            } else {
+                Sampling::All {
+                    temperature: opts.temperature,
+                }
+            };
+            let mut lp = LogitsProcessor::from_sampling(opts.seed, sampling);
+            let started = Instant::now();
+            let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+            let logits = weights.forward(&input, 0)?.squeeze(0)?;
+            let mut next = lp.sample(&logits)?;
+            let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
+            let gen_started = Instant::now();
+            let mut out: Vec<u32> = Vec::new();
+            let mut shown = 0usize;
+            let mut finished = false;
+            loop {
+                if self.stop.contains(&next) {
+                    finished = true;
+                    break;
+                }
+                out.push(next);
+                let text = self
+                    .tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+                // Emit only complete characters (a token can end inside a UTF-8 sequence).
+                if text.len() > shown && !text.ends_with('\u{fffd}') {
+                    let piece = text.get(shown..).unwrap_or("");
+                    if !on_token(piece) {
+                        break;
+                    }
+                    shown = text.len();
+                }
+                if out.len() >= max_new {
+                    break;
+                }
+                let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+                let logits = weights.forward(&input, ids.len() + out.len() - 1)?.squeeze(0)?;
+                let logits = if opts.repeat_penalty != 1.0 {
+                    let start = out.len().saturating_sub(64);
+                    candle_transformers::utils::apply_repeat_penalty(
+                        &logits,
+                        opts.repeat_penalty,
+                        &out[start..],
+                    )?
+                } else {
+                    logits
+                };
+                next = lp.sample(&logits)?;
+            }
+            let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
+            // Free the cache between requests: memory stays bounded by one context.
+            weights.clear();
+            let text = self
+                .tokenizer
+                .decode(&out, true)
+                .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+            Ok(Generation {
+                text,
+                prompt_tokens: ids.len(),
+                generated_tokens: out.len(),
+                prompt_ms,
+                generate_ms,
+                finished,
+            })
+        })
+    }
+}
+
+/// What a GGUF file declares, checked by building its tokenizer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufInfo {
+    pub arch: String,
+    pub name: Option<String>,
+    pub tensors: usize,
+    pub vocab: usize,
+    pub context_length: Option<u32>,
+    pub tokenizer_model: Option<String>,
+    pub pre_tokenizer: Option<String>,
+}
+
+/// Reads a GGUF header and builds its tokenizer, without loading the weights.
+pub fn inspect(path: &Path) -> Result<GgufInfo, LlmError> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|source| LlmError::Io {
+        path: path.display().to_string(),
+        source,
+    })?);
+    let ct = gguf_file::Content::read(&mut f).map_err(|e| LlmError::Format(e.to_string()))?;
+    let arch = meta_str(&ct, "general.architecture")
+        .ok_or_else(|| LlmError::Format("no general.architecture".into()))?
+        .to_owned();
+    if !matches!(arch.as_str(), "llama" | "qwen2") {
+        return Err(LlmError::Arch(arch));
+    }
+    let tok = tokenizer_from_gguf(&ct)?;
+    Ok(GgufInfo {
+        name: meta_str(&ct, "general.name").map(str::to_owned),
+        tensors: ct.tensor_infos.len(),
+        vocab: tok.get_vocab_size(true),
+        context_length: meta_u32(&ct, &format!("{arch}.context_length")),
+        tokenizer_model: meta_str(&ct, "tokenizer.ggml.model").map(str::to_owned),
+        pre_tokenizer: meta_str(&ct, "tokenizer.ggml.pre").map(str::to_owned),
+        arch,
+    })
+}

@@ -1,0 +1,209 @@
+//! Triage: messages that report casualties or request MEDEVAC are raised in precedence
+//! and flagged for a human, with the reason.
+//!
+//! The rules are deterministic and conservative in one direction: a missed casualty is
+//! worse than a false flag, so the guards below only suppress a cue when the clause
+//! states plainly that nobody is hurt (`no casualties`, `0 WIA`), that the words name a
+//! thing rather than a patient (`casualty collection point`, `MEDEVAC frequency`), or
+//! that the event is an exercise (`MEDEVAC drill`). A human reviews every flag.
+
+use fieldmesh_core::Precedence;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+
+/// Identifies the rule set in provenance records.
+pub const RULES_ID: &str = "triage-rules/1";
+
+/// Why a message was flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// People hurt or killed.
+    Casualty,
+    /// An evacuation is requested.
+    Medevac,
+}
+
+/// The verdict on one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triage {
+    pub category: Category,
+    /// The words that triggered the flag, as written.
+    pub cue: String,
+    /// A sentence a human can read.
+    pub reason: String,
+    /// The precedence the message should travel at, at least.
+    pub raise_to: Precedence,
+    /// Rule set that decided.
+    pub rules: String,
+}
+
+static CASUALTY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)\b(
+            casualt(?:y|ies) | wounded | w\.?i\.?a | k\.?i\.?a | killed(?:\s+in\s+action)? |
+            injur(?:ed|y|ies) | bleeding | hemorrhag\w* | haemorrhag\w* | gunshot | gsw |
+            shrapnel | frag(?:ment)?\s+wounds? | amputat\w* | unconscious | unresponsive |
+            not\s+breathing | no\s+pulse | man\s+down | men\s+down | soldier\s+down |
+            tourniquet | burns?\s+(?:to|on|victim) | badly\s+burned | severely\s+burned |
+            (?:is|are|was|were)\s+hit | got\s+hit | been\s+shot | was\s+shot | were\s+shot |
+            shot\s+(?:in|through)\s+the | dead | fatalit(?:y|ies) | urgent\s+surgical |
+            litter\s+(?:patient|urgent) | need\s+(?:a\s+)?(?:medic|corpsman|doc) | medic!? |
+            corpsman | head\s+wound | chest\s+wound | lost\s+(?:a\s+)?(?:leg|arm|limb)
+        )\b",
+    )
+    .unwrap()
+});
+
+static MEDEVAC: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)\b(
+            medevac | med\s?evac | casevac | cas\s?evac | dustoff | dust\s+off |
+            9[\s-]?line | nine[\s-]line | evacuat(?:e|ion)\s+(?:of\s+)?(?:the\s+)?(?:wounded|casualt\w+|injured|patients?) |
+            urgent\s+surgical | need\s+(?:an?\s+)?(?:evac|helo|bird)\s+for
+        )\b",
+    )
+    .unwrap()
+});
+
+/// Clause-local negation in front of a cue: nobody is hurt.
+static NEGATED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)(?:\b(?:no|zero|nil|negative|neg|none|without|nobody|no\s+one|not\s+any|0)\s+(?:\w+\s+){0,2}$)",
+    )
+    .unwrap()
+});
+
+/// A cue followed by a plain statement that there are none.
+static NEGATED_AFTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?ix)^\s*(?::|-|=|were|was|are|is|reported|report)?\s*(?:none|nil|zero|negative|neg|0|nothing)\b")
+        .unwrap()
+});
+
+/// The cue names a thing (a place, a frequency, a procedure), not a patient.
+static THING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)^\s*(?:collection\s+point|ccp|freq(?:uency)?|channel|net|procedures?|sop|plan(?:ning)?|
+            rehearsal|drill|exercise|training|brief(?:ing)?|card|kit|bag|frequenc\w*|call\s+sign|
+            lz\s+(?:is|will)|assets?\s+(?:are|is)\s+(?:available|on\s+standby)|coverage|battery|batteries|
+            zone|engine|radio|lights?|generator|signal)\b",
+    )
+    .unwrap()
+});
+
+/// The whole message is about an exercise, a plan, or a machine.
+static NOT_REAL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)\b(?:drill|rehearsal|exercise|training|simulated|notional|practice|refresher|
+            tabletop|dry\s+run|class\s+on|lesson|quiz|reminder:?|template)\b",
+    )
+    .unwrap()
+});
+
+/// "Dead" only counts for people: not batteries, radios, zones or ends.
+static DEAD_THING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)\bdead\s+(?:battery|batteries|radio|zone|end|ground|space|spot|reckoning|link|air|weight|line|calm|tree|animal|cow|goat|dog|livestock)\b|
+            \b(?:battery|batteries|radio|engine|phone|net|link|generator)\s+(?:is|are|went|was)\s+dead\b|
+            \bkilled\s+(?:the\s+)?(?:engine|lights|power|generator|radio|process|motor)\b",
+    )
+    .unwrap()
+});
+
+/// Urgency words that raise a casualty report to IMMEDIATE.
+static URGENT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?ix)\b(?:urgent|critical|serious|severe|heavy|badly|not\s+breathing|no\s+pulse|unconscious|unresponsive|bleeding\s+out|kia|killed|dead)\b")
+        .unwrap()
+});
+
+/// The clause around byte range `r`: from the last clause break before it to the next.
+fn clause(text: &str, r: std::ops::Range<usize>) -> (&str, &str) {
+    let is_break = |c: char| matches!(c, '.' | ';' | '!' | '?' | '\n' | ',');
+    let start = text[..r.start].rfind(is_break).map_or(0, |i| i + 1);
+    let end = text[r.end..].find(is_break).map_or(text.len(), |i| r.end + i);
+    (&text[start..r.start], &text[r.end..end])
+}
+
+fn first_real(re: &Regex, text: &str) -> Option<String> {
+    for m in re.find_iter(text) {
+        let (before, after) = clause(text, m.range());
+        if NEGATED.is_match(before) || NEGATED_AFTER.is_match(after) || THING.is_match(after) {
+            continue;
+        }
+        let cue = m.as_str();
+        if cue.eq_ignore_ascii_case("dead") || cue.to_ascii_lowercase().starts_with("killed") {
+            let window_start = m.start().saturating_sub(24);
+            let window_end = (m.end() + 24).min(text.len());
+            let window = text.get(window_start..window_end).unwrap_or(text);
+            if DEAD_THING.is_match(window) {
+                continue;
+            }
+        }
+        return Some(cue.to_owned());
+    }
+    None
+}
+
+/// Triage of one message's text. `None`: nothing for a human here.
+pub fn triage(text: &str) -> Option<Triage> {
+    if NOT_REAL.is_match(text) {
+        return None;
+    }
+    let medevac = first_real(&MEDEVAC, text);
+    let casualty = first_real(&CASUALTY, text);
+    let (category, cue) = match (medevac, casualty) {
+        (Some(c), _) => (Category::Medevac, c),
+        (None, Some(c)) => (Category::Casualty, c),
+        (None, None) => return None,
+    };
+    let urgent = URGENT.is_match(text);
+    let raise_to = match (category, urgent) {
+        (Category::Medevac, _) | (Category::Casualty, true) => Precedence::Immediate,
+        (Category::Casualty, false) => Precedence::Priority,
+    };
+    let reason = match category {
+        Category::Medevac => format!("requests or reports an evacuation ({cue:?})"),
+        Category::Casualty if urgent => format!("reports casualties, urgent ({cue:?})"),
+        Category::Casualty => format!("reports casualties ({cue:?})"),
+    };
+    Some(Triage {
+        category,
+        cue,
+        reason,
+        raise_to,
+        rules: RULES_ID.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_reports_are_flagged_with_a_reason() {
+        let t = triage("Contact at the bridge, 2 WIA, need MEDEVAC at grid 123456").unwrap();
+        assert_eq!(t.category, Category::Medevac);
+        assert_eq!(t.raise_to, Precedence::Immediate);
+        assert!(t.reason.contains("MEDEVAC"), "{}", t.reason);
+        let t = triage("one of ours is wounded, walking, stable").unwrap();
+        assert_eq!((t.category, t.raise_to), (Category::Casualty, Precedence::Priority));
+    }
+
+    #[test]
+    fn negations_things_and_drills_are_not_flagged() {
+        for s in [
+            "No casualties, all pax accounted for",
+            "casualties: none. Vehicle damage only",
+            "0 WIA 0 KIA after the contact",
+            "Casualty collection point set up at the school",
+            "MEDEVAC freq is 45.50",
+            "MEDEVAC drill at 1400, all squads attend",
+            "radio battery is dead, swapping",
+            "killed the engine to listen, all quiet",
+            "nobody injured in the rollover",
+        ] {
+            assert_eq!(triage(s), None, "{s}");
+        }
+    }
+}
