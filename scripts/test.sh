@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Real model weights for the AI tests, cached outside the checkout (idempotent).
+bash scripts/fetch-models.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
+    /// On-device AI: LLM tokens/s and peak RSS against llama.cpp on the same GGUF,
+    /// transcription real-time factor, time to a SITREP, search latency.
+    Ai(crate::bench_ai::AiBench),
     /// Compartments: seal/open cost, grants, a rotation for N members, relay byte share.
     Access {
         #[arg(long, default_value_t = 100)]
@@ -53,6 +56,7 @@ pub enum BenchCmd {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Ai(a) => crate::bench_ai::run(a),
         BenchCmd::Access { members, envelopes } => crate::bench_access::run(members, envelopes),
         BenchCmd::Store {
             ingest,
@@ -275,7 +279,7 @@ fn store_bench(ingest: usize, materialise: usize) -> Result<()> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
+pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf> {
     let base = std::env::var_os("FIELDMESH_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);

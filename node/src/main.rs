@@ -8,6 +8,7 @@ mod api;
 mod audit;
 mod bench;
 mod bench_access;
+mod bench_ai;
 mod bench_quic;
 mod bench_sync;
 mod blob;

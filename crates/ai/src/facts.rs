@@ -105,7 +105,7 @@ static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[A-Za-z][A-Za-z'-]*
 static UNIT: LazyLock<Regex> = LazyLock::new(|| {
     let phon = PHONETIC.join("|");
     Regex::new(&format!(
-        r"(?i)\b(?:(?:1st|2nd|3rd|[4-9]th|\d{{1,2}})\s?(?:platoon|plt|squad|sqd|section|company|coy|co|troop|battery|btry|battalion|bn|team)\b|(?:{phon})(?:[\s-]?(?:company|coy|co|platoon|plt|squad|team|troop))?(?:[\s-]?\d{{1,2}}(?:[\s-]\d{{1,2}})?)?\b|(?:task\s+force|tf)\s+[A-Z][a-z]+\b|[A-Z][a-z]+\s\d{{1,2}}(?:-\d)?\b)"
+        r"(?i)\b(?:(?:1st|2nd|3rd|[4-9]th|\d{{1,2}})\s?(?:platoon|plt|squad|sqd|section|company|coy|co|troop|battery|btry|battalion|bn|team)\b|(?:{phon})(?:[\s-]?(?:company|coy|co|platoon|plt|squad|team|troop))?(?:[\s-]?\d{{1,2}}(?:[\s-]\d{{1,2}})?)?\b|(?:task\s+force|tf)\s+(?-i:[A-Z][a-z]+)\b|(?-i:[A-Z][a-z]+\s\d{{1,2}}(?:-\d)?)\b)"
     ))
     .unwrap()
 });

@@ -14,3 +14,4 @@ pub mod search;
 pub mod sitrep;
 pub mod translate;
 pub mod triage;
+pub mod whisper;

@@ -257,7 +257,7 @@ impl Llm {
         &self,
         prompt: &str,
         opts: &GenOptions,
-        mut on_token: impl FnMut(&str) -> bool,
+        mut on_token: impl FnMut(&str) -> bool + Send,
     ) -> Result<Generation, LlmError> {
         let ids = self.encode(prompt)?;
         let limit = opts.max_context.min(self.arch_context);
@@ -265,11 +265,11 @@ impl Llm {
             return Err(LlmError::Context(ids.len(), limit));
         }
         let max_new = opts.max_tokens.min(limit - ids.len());
-        let mut weights = self
-            .weights
-            .lock()
-            .map_err(|_| LlmError::Inference("a previous generation panicked".into()))?;
         self.pool.install(|| {
+            let mut weights = self
+                .weights
+                .lock()
+                .map_err(|_| LlmError::Inference("a previous generation panicked".into()))?;
             weights.clear();
             let sampling = if opts.temperature <= 0.0 {
                 Sampling::ArgMax

@@ -1,13 +1,31 @@
-//! Triage precision and recall on a labelled message set that includes hard negatives
-//! (negations, drills, equipment, places named after casualties).
+//! Triage precision and recall on labelled message sets that include hard negatives
+//! (negations, drills, equipment, places named after casualties). `triage.tsv` was
+//! written alongside the rules; `triage-heldout.tsv` was written independently, by
+//! someone who had not seen them, and is the honest figure.
 
 use fieldmesh_ai::triage::triage;
 
-#[test]
-fn precision_and_recall_on_the_labelled_set() {
-    let data = include_str!("data/triage.tsv");
-    let (mut tp, mut fp, mut fn_, mut tn, mut hard, mut hard_fp) = (0, 0, 0, 0, 0, 0);
-    let mut mistakes = Vec::new();
+struct Score {
+    tp: usize,
+    fp: usize,
+    fn_: usize,
+    tn: usize,
+    hard: usize,
+    hard_fp: usize,
+    mistakes: Vec<String>,
+}
+
+impl Score {
+    fn precision(&self) -> f64 {
+        self.tp as f64 / (self.tp + self.fp).max(1) as f64
+    }
+    fn recall(&self) -> f64 {
+        self.tp as f64 / (self.tp + self.fn_).max(1) as f64
+    }
+}
+
+fn score(data: &str) -> Score {
+    let mut s = Score { tp: 0, fp: 0, fn_: 0, tn: 0, hard: 0, hard_fp: 0, mistakes: vec![] };
     for line in data.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
         let mut cols = line.split('\t');
         let label = cols.next().unwrap() == "1";
@@ -17,34 +35,51 @@ fn precision_and_recall_on_the_labelled_set() {
         if let Some(t) = &got {
             assert!(!t.reason.is_empty() && text.to_lowercase().contains(&t.cue.to_lowercase()));
         }
-        match (label, got.is_some()) {
-            (true, true) => tp += 1,
-            (true, false) => {
-                fn_ += 1;
-                mistakes.push(format!("missed: {text}"));
+        match (label, &got) {
+            (true, Some(_)) => s.tp += 1,
+            (true, None) => {
+                s.fn_ += 1;
+                s.mistakes.push(format!("missed: {text}"));
             }
-            (false, true) => {
-                fp += 1;
-                mistakes.push(format!("false flag: {text} ({:?})", got.unwrap().cue));
+            (false, Some(t)) => {
+                s.fp += 1;
+                s.mistakes.push(format!("false flag: {text} ({:?})", t.cue));
             }
-            (false, false) => tn += 1,
+            (false, None) => s.tn += 1,
         }
         if is_hard {
-            hard += 1;
-            if got.is_some() {
-                hard_fp += 1;
-            }
+            s.hard += 1;
+            s.hard_fp += usize::from(got.is_some());
         }
     }
-    let precision = tp as f64 / (tp + fp) as f64;
-    let recall = tp as f64 / (tp + fn_) as f64;
+    s
+}
+
+fn report(name: &str, s: &Score) {
     println!(
-        "triage: {tp} TP, {fp} FP, {fn_} FN, {tn} TN; precision {precision:.3}, recall {recall:.3}; hard negatives {hard_fp}/{hard} flagged"
+        "triage {name}: {} TP, {} FP, {} FN, {} TN; precision {:.3}, recall {:.3}; hard negatives flagged {}/{}",
+        s.tp, s.fp, s.fn_, s.tn, s.precision(), s.recall(), s.hard_fp, s.hard
     );
-    for m in &mistakes {
+    for m in &s.mistakes {
         println!("  {m}");
     }
-    assert!(tp + fn_ >= 30 && hard >= 20, "the labelled set shrank");
-    assert!(recall >= 0.95, "recall {recall:.3}: {mistakes:#?}");
-    assert!(precision >= 0.90, "precision {precision:.3}: {mistakes:#?}");
+}
+
+#[test]
+fn precision_and_recall_on_the_development_set() {
+    let s = score(include_str!("data/triage.tsv"));
+    report("development set", &s);
+    assert!(s.tp + s.fn_ >= 30 && s.hard >= 20, "the labelled set shrank");
+    assert!(s.recall() >= 0.95, "recall {:.3}: {:#?}", s.recall(), s.mistakes);
+    assert!(s.precision() >= 0.90, "precision {:.3}: {:#?}", s.precision(), s.mistakes);
+}
+
+#[test]
+fn precision_and_recall_on_the_held_out_set() {
+    let s = score(include_str!("data/triage-heldout.tsv"));
+    report("held-out set", &s);
+    assert!(s.tp + s.fn_ >= 30 && s.hard >= 20, "the labelled set shrank");
+    // A missed casualty costs more than a false flag a human dismisses.
+    assert!(s.recall() >= 0.85, "recall {:.3}: {:#?}", s.recall(), s.mistakes);
+    assert!(s.precision() >= 0.80, "precision {:.3}: {:#?}", s.precision(), s.mistakes);
 }
