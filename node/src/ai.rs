@@ -32,6 +32,9 @@ pub enum AiRequest {
         unit: Option<String>,
         #[serde(default)]
         no_model: bool,
+        /// Only messages by this author (node id, or a prefix of it).
+        #[serde(default)]
+        author: Option<String>,
     },
     Review {
         message: String,
@@ -52,6 +55,12 @@ pub enum AiRequest {
         query: String,
         #[serde(default = "default_limit")]
         limit: usize,
+    },
+    /// Translate every new message of a channel into `to` (`None`: stop).
+    AutoTranslate {
+        channel: String,
+        #[serde(default)]
+        to: Option<String>,
     },
 }
 
@@ -106,13 +115,15 @@ impl Node {
                 since_ms,
                 unit,
                 no_model,
-            } => self.sitrep(channel, *since_ms, unit.as_deref(), *no_model),
+                author,
+            } => self.sitrep(channel, *since_ms, unit.as_deref(), *no_model, author.as_deref()),
             AiRequest::Review { message, verdict } => self.review(message, verdict),
             AiRequest::Board => self.board(),
             AiRequest::Triage => self.triage_list(),
             AiRequest::Translate { message, to, from } => self.translate(message, to, from.as_deref()),
             AiRequest::Transcribe { message } => self.transcribe(message),
             AiRequest::Search { query, limit } => self.search(query, *limit),
+            AiRequest::AutoTranslate { channel, to } => self.set_auto_translate(channel, to.as_deref()),
         }
     }
 
@@ -214,6 +225,7 @@ impl Node {
         since_ms: Option<u64>,
         unit: Option<&str>,
         no_model: bool,
+        author: Option<&str>,
     ) -> Result<Value, NodeError> {
         let id = self.resolve(channel)?;
         let (name, msgs) = self.with_channel(&id, |ch| {
@@ -223,6 +235,7 @@ impl Node {
         let mut sources: Vec<Source> = msgs
             .iter()
             .filter(|m| !m.redacted && !m.text.trim().is_empty() && m.timestamp.wall_ms() >= since)
+            .filter(|m| author.is_none_or(|a| m.author.to_hex().starts_with(&a.to_ascii_lowercase())))
             // Earlier AI products are not sources; triage verdicts and transcripts are
             // what people said.
             .filter(|m| matches!(task_of(m).as_deref(), None | Some("triage" | "transcript")))
@@ -698,5 +711,103 @@ impl Node {
             }
         }
         Ok(keys.iter().map(|k| cache.get(k).cloned().unwrap_or_else(|| vec![0.0; dim])).collect())
+    }
+}
+
+/// Node-local AI settings (`HOME/ai.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettings {
+    /// Channel id (hex) → target language of its automatic translations.
+    #[serde(default)]
+    pub auto_translate: std::collections::BTreeMap<String, String>,
+}
+
+impl Node {
+    fn settings_path(&self) -> Result<std::path::PathBuf, NodeError> {
+        self.home
+            .as_ref()
+            .map(|h| h.join("ai.json"))
+            .ok_or_else(|| NodeError::BadRequest("this node has no home for settings".into()))
+    }
+
+    pub(crate) fn ai_settings(&self) -> Result<AiSettings, NodeError> {
+        match std::fs::read(self.settings_path()?) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| NodeError::Internal(format!("ai.json is malformed: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AiSettings::default()),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    fn set_auto_translate(&self, channel: &str, to: Option<&str>) -> Result<Value, NodeError> {
+        let id = self.resolve(channel)?;
+        let mut s = self.ai_settings()?;
+        match to {
+            Some(lang) => {
+                let code = fieldmesh_ai::translate::language(lang)
+                    .map_err(|e| NodeError::BadRequest(e.to_string()))?
+                    .0;
+                s.auto_translate.insert(id.to_hex(), code.to_owned());
+            }
+            None => {
+                s.auto_translate.remove(&id.to_hex());
+            }
+        }
+        let path = self.settings_path()?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&s).map_err(internal)?).map_err(internal)?;
+        std::fs::rename(&tmp, &path).map_err(internal)?;
+        Ok(json!({"channel": id, "auto_translate": s.auto_translate.get(&id.to_hex())}))
+    }
+
+    /// Translates `m` if its channel has automatic translation on and it is a person's
+    /// message in another language that has no translation into that language yet.
+    pub(crate) fn auto_translate(&self, channel: &ChannelId, m: &MessageView) -> Result<Option<Value>, NodeError> {
+        let Some(to) = self.ai_settings()?.auto_translate.get(&channel.to_hex()).cloned() else {
+            return Ok(None);
+        };
+        if m.redacted || m.pending || m.text.trim().is_empty() || task_of(m).is_some_and(|t| t != "triage") {
+            return Ok(None);
+        }
+        let from = fieldmesh_ai::translate::detect(&m.text).unwrap_or("en");
+        if from == to {
+            return Ok(None);
+        }
+        let done = self.with_channel(channel, |ch| {
+            Ok(ch.messages().iter().any(|x| {
+                x.reply_to.as_deref() == Some(m.id.as_str())
+                    && annotation(x).is_some_and(|a| a["task"] == "translation" && a["to"] == to.as_str())
+            }))
+        })?;
+        if done {
+            return Ok(None);
+        }
+        self.translate(&m.id, &to, None).map(Some)
+    }
+
+    /// The daemon's AI duty: automatic translation of new messages.
+    pub fn start_ai_thread(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let mut rx = self.subscribe();
+        std::thread::Builder::new()
+            .name("ai-duties".into())
+            .spawn(move || {
+                loop {
+                    let ev = match rx.blocking_recv() {
+                        Ok(ev) => ev,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(n, "ai duties fell behind; skipped events");
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    let Some(node) = node.upgrade() else { return };
+                    if let Err(e) = node.auto_translate(&ev.channel, &ev.message) {
+                        tracing::warn!(%e, message = %ev.message.id, "automatic translation failed");
+                    }
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(%e, "could not start the AI duty thread"));
     }
 }

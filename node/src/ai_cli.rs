@@ -322,13 +322,24 @@ fn print_json_or(v: &serde_json::Value, json: bool, text: impl FnOnce(&serde_jso
     Ok(())
 }
 
-pub fn sitrep(ops: &dyn Ops, channel: &str, since: Option<&str>, unit: Option<String>, no_model: bool, json: bool) -> Result<()> {
-    let since_ms = since.map(|s| parse_since(s, crate::node::now_ms())).transpose()?;
+pub struct SitrepArgs {
+    pub channel: String,
+    pub since: Option<String>,
+    pub unit: Option<String>,
+    pub author: Option<String>,
+    pub no_model: bool,
+    pub json: bool,
+}
+
+pub fn sitrep(ops: &dyn Ops, a: SitrepArgs) -> Result<()> {
+    let since_ms = a.since.as_deref().map(|s| parse_since(s, crate::node::now_ms())).transpose()?;
+    let json = a.json;
     let v = ops.ai(&AiRequest::Sitrep {
-        channel: channel.to_owned(),
+        channel: a.channel,
         since_ms,
-        unit,
-        no_model,
+        unit: a.unit,
+        no_model: a.no_model,
+        author: a.author,
     })?;
     print_json_or(&v, json, |v| {
         print!("{}", v["text"].as_str().unwrap_or(""));

@@ -38,6 +38,62 @@ fn wait_converged(
     }
 }
 
+/// On-device AI over the converged channel: triage raises a casualty report at its
+/// source, each squad posts a draft SITREP built from its own traffic, and the command
+/// post reads the merged board (extractive: the demo profile runs no model).
+fn ai_section(ch: &str, cp: &LocalNode, squads: &[&LocalNode]) -> Result<()> {
+    use crate::ai::AiRequest;
+    println!("\n== triage: squad-2 sends a casualty report as ROUTINE");
+    let all: Vec<&LocalNode> = std::iter::once(cp).chain(squads.iter().copied()).collect();
+    let mut expected = cp.client().read(ch)?.len();
+    let posted = squads[1].client().post(
+        ch,
+        &PostRequest {
+            text: "squad-2: 2 WIA at the bridge, one urgent, request MEDEVAC at grid 38S MB 1315 5725".into(),
+            precedence: Some(Precedence::Routine),
+            reply_to: None,
+            attachments: vec![],
+        },
+    )?;
+    expected += 1;
+    wait_converged(&all, ch, expected, 60)?;
+    let flagged = cp.client().ai(&AiRequest::Triage)?;
+    for f in flagged["flagged"].as_array().into_iter().flatten() {
+        if f["message"] == posted.id.as_str() {
+            println!(
+                "command post sees it as {} (sent as {}), flagged for a human: {}",
+                f["precedence"].as_str().unwrap_or("?").to_uppercase(),
+                f["requested_precedence"].as_str().unwrap_or("?").to_uppercase(),
+                f["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!("\n== each squad posts a draft SITREP from its own traffic");
+    for s in squads {
+        let id = s.client().identity()?;
+        let v = s.client().ai(&AiRequest::Sitrep {
+            channel: ch.to_owned(),
+            since_ms: None,
+            unit: Some(s.name.to_uppercase()),
+            no_model: true,
+            author: Some(id.id.clone()),
+        })?;
+        expected += 1;
+        println!(
+            "{:<9} SITREP {} ({} confidence, {} source message(s))",
+            s.name,
+            v["posted"]["id"].as_str().unwrap_or("?"),
+            v["confidence"].as_str().unwrap_or("?"),
+            v["sitrep"]["inputs"].as_array().map_or(0, Vec::len)
+        );
+    }
+    wait_converged(&all, ch, expected, 60)?;
+    println!("\n== the command post's merged board");
+    let b = cp.client().ai(&AiRequest::Board)?;
+    print!("{}", b["text"].as_str().unwrap_or(""));
+    Ok(())
+}
+
 pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
     let exe = std::env::current_exe()?;
     let cleanup = dir.is_none();
@@ -190,6 +246,8 @@ pub fn run(dir: Option<PathBuf>, profile: &str) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let same = views.windows(2).all(|w| w[0] == w[1]);
     println!("\nall 4 replicas identical: {same}");
+
+    ai_section(&ch, &cp, &[&s1, &s2, &s3])?;
     println!("\n== sync status at the command post");
     let status = cp.client().net()?;
     for p in &status.peers {

@@ -187,6 +187,9 @@ enum Cmd {
         /// Unit name (default: the channel name).
         #[arg(long)]
         unit: Option<String>,
+        /// Only messages by this author (node id or prefix), e.g. the unit's own node.
+        #[arg(long)]
+        author: Option<String>,
         /// Extractive only: do not run the profile's model.
         #[arg(long)]
         no_model: bool,
@@ -259,6 +262,15 @@ enum ChannelCmd {
         channel: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Translate every new message of the channel (while the daemon runs) into a
+    /// language, as linked translation messages; `--off` stops.
+    AutoTranslate {
+        channel: String,
+        #[arg(long, required_unless_present = "off")]
+        to: Option<String>,
+        #[arg(long, conflicts_with = "to")]
+        off: bool,
     },
 }
 
@@ -375,6 +387,14 @@ fn run(cli: Cli) -> Result<()> {
                                 c.creator.short()
                             );
                         }
+                    }
+                }
+                ChannelCmd::AutoTranslate { channel, to, off } => {
+                    let to = if off { None } else { to };
+                    let v = ops.ai(&ai::AiRequest::AutoTranslate { channel, to })?;
+                    match v["auto_translate"].as_str() {
+                        Some(l) => println!("new messages in {} are translated into {l}", v["channel"]),
+                        None => println!("automatic translation off for {}", v["channel"]),
                     }
                 }
                 ChannelCmd::Export { channel, out } => {
@@ -608,15 +628,19 @@ fn run(cli: Cli) -> Result<()> {
             channel,
             since,
             unit,
+            author,
             no_model,
             json,
         } => ai_cli::sitrep(
             backend(&home, &profile()?)?.as_ref(),
-            &channel,
-            since.as_deref(),
-            unit,
-            no_model,
-            json,
+            ai_cli::SitrepArgs {
+                channel,
+                since,
+                unit,
+                author,
+                no_model,
+                json,
+            },
         )?,
         Cmd::Approve { message, json } => {
             ai_cli::review(backend(&home, &profile()?)?.as_ref(), &message, "approved".into(), json)?
@@ -729,6 +753,7 @@ fn daemon(
     let store = Node::open_store(&home.store_path(), &profile)?;
     let node = Arc::new(Node::new(key, home.name()?, store, profile).with_home(&home.root)?);
     node.start_duty_thread();
+    node.start_ai_thread();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

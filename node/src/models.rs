@@ -88,10 +88,6 @@ pub struct Verified {
 }
 
 impl Verified {
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
     /// The first file (the model itself for single-file formats).
     pub fn main_file(&self) -> PathBuf {
         self.dir.join(&self.manifest.files[0].path)

@@ -248,6 +248,21 @@ fn translation_is_linked_and_keeps_the_facts() {
     assert_eq!(back["from"], "es");
     assert!(back["text"].as_str().unwrap().to_lowercase().contains("soldiers"), "{back}");
     assert!(n.fails(&["translate", &m, "--to", "klingon"], 1).contains("unknown language"));
+
+    // Automatic translation while the daemon runs: new messages get a linked translation.
+    let d = n.start_daemon();
+    assert!(n.ok(&["channel", "auto-translate", "coalition", "--to", "es"]).contains("into es"));
+    let auto = n.ok(&["post", "coalition", "Checkpoint open at 0600Z, convoy moving north."]);
+    common::wait_until(120, "an automatic translation", || {
+        n.read_json("coalition").iter().any(|x| x["reply_to"] == auto.as_str())
+    });
+    let msgs = n.read_json("coalition");
+    let t = msgs.iter().find(|x| x["reply_to"] == auto.as_str()).unwrap();
+    assert!(t["text"].as_str().unwrap().contains("0600Z"), "{t}");
+    // Exactly one: the translation itself is not translated again.
+    assert_eq!(msgs.iter().filter(|x| x["reply_to"] == auto.as_str()).count(), 1);
+    n.ok(&["channel", "auto-translate", "coalition", "--off"]);
+    d.stop();
 }
 
 #[test]
@@ -269,4 +284,68 @@ fn search_finds_by_keyword_and_by_meaning() {
     // The cache is reused: a second search embeds nothing new and gives the same order.
     let again = json(&n, &["search", "medical evacuation of wounded", "--json"]);
     assert_eq!(again["results"][0]["message"], med.as_str());
+}
+
+/// Speech made offline with espeak-ng (as a radio operator would record it).
+fn speak(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let wav = dir.join(name);
+    let st = std::process::Command::new("espeak-ng")
+        .args(["-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is installed by scripts/setup.sh");
+    assert!(st.success());
+    wav
+}
+
+#[test]
+fn voice_messages_are_transcribed_with_timestamps_confidence_and_triage() {
+    let n = ai_node("radio");
+    n.ok(&["channel", "create", "net"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("Alpha team is holding the north ridge and needs more water and radio batteries before nightfall", 0.4),
+        ("Enemy vehicles spotted moving east along the river road, all units stay hidden and report contacts", 0.4),
+        // Number words come back as digits ("1400"): a looser bound.
+        ("Bravo two reports three wounded at the bridge, requesting medevac at fourteen hundred", 0.6),
+    ];
+    for (i, (text, max_wer)) in cases.iter().enumerate() {
+        let wav = speak(dir.path(), &format!("r{i}.wav"), text);
+        let out = n.ok(&["post", "net", "--voice", wav.to_str().unwrap()]);
+        let voice_id = out.lines().next().unwrap().to_owned();
+        assert!(out.contains("transcript "), "{out}");
+        let msgs = n.read_json("net");
+        let voice = msgs.iter().find(|m| m["id"] == voice_id.as_str()).unwrap();
+        assert_eq!(voice["attachments"][0]["mime"], "audio/wav");
+        let t = msgs.iter().find(|m| m["reply_to"] == voice_id.as_str()).expect("a linked transcript");
+        let ai: Value = serde_json::from_str(t["ai"].as_str().unwrap()).unwrap();
+        assert_eq!(ai["task"], "transcript");
+        assert_eq!(ai["model"]["name"], "whisper-tiny.en");
+        let tr = &ai["transcript"];
+        let segments = tr["segments"].as_array().unwrap();
+        assert!(!segments.is_empty());
+        let audio_ms = tr["audio_ms"].as_u64().unwrap();
+        for s in segments {
+            let (a, b) = (s["start_ms"].as_u64().unwrap(), s["end_ms"].as_u64().unwrap());
+            assert!(a <= b && b <= audio_ms + 10, "segment {a}-{b} outside {audio_ms} ms");
+            let p = s["confidence"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p));
+        }
+        let wer = fieldmesh_ai::whisper::word_error_rate(text, tr["text"].as_str().unwrap());
+        println!("WER {wer:.3}: {:?}", tr["text"]);
+        assert!(wer <= *max_wer, "WER {wer:.3} for {:?} heard as {:?}", text, tr["text"]);
+        if i == 2 {
+            // What was said is triaged like what was typed.
+            assert_eq!(t["precedence"], "immediate", "{t}");
+            assert_eq!(ai["triage"]["category"], "medevac");
+        }
+    }
+    // Not audio: a clear error, and nothing is posted.
+    let bad = dir.path().join("bad.wav");
+    std::fs::write(&bad, b"RIFF\x10\0\0\0WAVEjunk").unwrap();
+    let before = n.read_json("net").len();
+    let err = n.fails(&["post", "net", "--voice", bad.to_str().unwrap()], 1);
+    assert!(err.contains("not a usable WAV"), "{err}");
+    assert_eq!(n.read_json("net").len(), before);
 }

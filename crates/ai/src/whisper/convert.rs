@@ -232,7 +232,11 @@ pub fn slaney_mel_filters(n_mels: usize) -> Vec<f32> {
     let step = mel_max / (n_points - 1) as f64;
     let hz: Vec<f64> = (0..n_points)
         .map(|i| {
-            let m = if i + 1 == n_points { mel_max } else { i as f64 * step };
+            let m = if i + 1 == n_points {
+                mel_max
+            } else {
+                i as f64 * step
+            };
             mel_to_hz(m)
         })
         .collect();
@@ -531,7 +535,10 @@ impl<'a> Ct2Model<'a> {
     fn dim(&self, name: &str, axis: usize) -> Result<usize, ConvertError> {
         let v = self.get(name)?;
         v.dims.get(axis).map(|&d| d as usize).ok_or_else(|| {
-            ConvertError::Unsupported(format!("`{name}` has rank {}, expected > {axis}", v.dims.len()))
+            ConvertError::Unsupported(format!(
+                "`{name}` has rank {}, expected > {axis}",
+                v.dims.len()
+            ))
         })
     }
 }
@@ -648,7 +655,13 @@ struct PlanBuilder<'m, 'a> {
 
 impl<'m, 'a> PlanBuilder<'m, 'a> {
     /// Whole variable `src` (expected numpy shape `shape`) as `name`.
-    fn whole(&mut self, src: &str, shape: &[usize], name: &str, f32_out: bool) -> Result<(), ConvertError> {
+    fn whole(
+        &mut self,
+        src: &str,
+        shape: &[usize],
+        name: &str,
+        f32_out: bool,
+    ) -> Result<(), ConvertError> {
         let v = self.model.shaped(src, shape)?;
         self.tensors.push(OutTensor {
             name: name.to_owned(),
@@ -670,13 +683,34 @@ impl<'m, 'a> PlanBuilder<'m, 'a> {
     }
 
     /// Linear layer: `[out, inp]` weight (F16) and `[out]` bias (F32).
-    fn linear(&mut self, src: &str, out: usize, inp: usize, name: &str) -> Result<(), ConvertError> {
-        self.whole(&format!("{src}/weight"), &[out, inp], &format!("{name}.weight"), false)?;
-        self.whole(&format!("{src}/bias"), &[out], &format!("{name}.bias"), true)
+    fn linear(
+        &mut self,
+        src: &str,
+        out: usize,
+        inp: usize,
+        name: &str,
+    ) -> Result<(), ConvertError> {
+        self.whole(
+            &format!("{src}/weight"),
+            &[out, inp],
+            &format!("{name}.weight"),
+            false,
+        )?;
+        self.whole(
+            &format!("{src}/bias"),
+            &[out],
+            &format!("{name}.bias"),
+            true,
+        )
     }
 
     fn layer_norm(&mut self, src: &str, d: usize, name: &str) -> Result<(), ConvertError> {
-        self.whole(&format!("{src}/gamma"), &[d], &format!("{name}.weight"), true)?;
+        self.whole(
+            &format!("{src}/gamma"),
+            &[d],
+            &format!("{name}.weight"),
+            true,
+        )?;
         self.whole(&format!("{src}/beta"), &[d], &format!("{name}.bias"), true)
     }
 
@@ -684,7 +718,9 @@ impl<'m, 'a> PlanBuilder<'m, 'a> {
     /// projection, whose (all-zero) bias slice is dropped.
     fn fused(&mut self, src: &str, d: usize, names: &[(&str, bool)]) -> Result<(), ConvertError> {
         let parts = names.len();
-        let w = self.model.shaped(&format!("{src}/weight"), &[parts * d, d])?;
+        let w = self
+            .model
+            .shaped(&format!("{src}/weight"), &[parts * d, d])?;
         let b = self.model.shaped(&format!("{src}/bias"), &[parts * d])?;
         for (i, &(name, has_bias)) in names.iter().enumerate() {
             self.tensors.push(OutTensor {
@@ -715,25 +751,44 @@ impl<'m, 'a> PlanBuilder<'m, 'a> {
 
     fn self_attention(&mut self, src: &str, d: usize, name: &str) -> Result<(), ConvertError> {
         self.layer_norm(&format!("{src}/layer_norm"), d, &format!("{name}.attn_ln"))?;
-        let (q, k, v) = (format!("{name}.attn.query"), format!("{name}.attn.key"), format!("{name}.attn.value"));
-        self.fused(&format!("{src}/linear_0"), d, &[(&q, true), (&k, false), (&v, true)])?;
-        self.linear(&format!("{src}/linear_1"), d, d, &format!("{name}.attn.out"))
+        let (q, k, v) = (
+            format!("{name}.attn.query"),
+            format!("{name}.attn.key"),
+            format!("{name}.attn.value"),
+        );
+        self.fused(
+            &format!("{src}/linear_0"),
+            d,
+            &[(&q, true), (&k, false), (&v, true)],
+        )?;
+        self.linear(
+            &format!("{src}/linear_1"),
+            d,
+            d,
+            &format!("{name}.attn.out"),
+        )
     }
 }
 
 fn to_i32(value: usize, what: &str) -> Result<i32, ConvertError> {
-    i32::try_from(value).map_err(|_| ConvertError::Unsupported(format!("{what} = {value} does not fit in i32")))
+    i32::try_from(value)
+        .map_err(|_| ConvertError::Unsupported(format!("{what} = {value} does not fit in i32")))
 }
 
 fn heads(model: &Ct2Model<'_>, name: &str, d: usize) -> Result<i32, ConvertError> {
     let h = model.get(name)?.scalar_int(name)?;
     match usize::try_from(h) {
-        Ok(h) if h > 0 && d % h == 0 => to_i32(h, name),
-        _ => Err(ConvertError::Unsupported(format!("`{name}` = {h} does not divide width {d}"))),
+        Ok(h) if h > 0 && d.is_multiple_of(h) => to_i32(h, name),
+        _ => Err(ConvertError::Unsupported(format!(
+            "`{name}` = {h} does not divide width {d}"
+        ))),
     }
 }
 
-fn build_plan<'m, 'a>(model: &'m Ct2Model<'a>, vocab: &[String]) -> Result<Plan<'m, 'a>, ConvertError> {
+fn build_plan<'m, 'a>(
+    model: &'m Ct2Model<'a>,
+    vocab: &[String],
+) -> Result<Plan<'m, 'a>, ConvertError> {
     let n_vocab = model.dim("decoder/embeddings/weight", 0)?;
     let d = model.dim("decoder/embeddings/weight", 1)?;
     let n_audio_ctx = model.dim("encoder/position_encodings/encodings", 0)?;
@@ -746,7 +801,9 @@ fn build_plan<'m, 'a>(model: &'m Ct2Model<'a>, vocab: &[String]) -> Result<Plan<
         )));
     }
     if d == 0 || n_mels == 0 {
-        return Err(ConvertError::Unsupported("zero model width or mel count".into()));
+        return Err(ConvertError::Unsupported(
+            "zero model width or mel count".into(),
+        ));
     }
     let n_audio_layer = model.layer_count("encoder/layer_")?;
     let n_text_layer = model.layer_count("decoder/layer_")?;
@@ -765,13 +822,31 @@ fn build_plan<'m, 'a>(model: &'m Ct2Model<'a>, vocab: &[String]) -> Result<Plan<
     };
 
     let ff = model.dim("encoder/layer_0/ffn/linear_0/weight", 0)?;
-    let mut b = PlanBuilder { model, tensors: Vec::new() };
+    let mut b = PlanBuilder {
+        model,
+        tensors: Vec::new(),
+    };
 
     // Encoder.
-    b.whole("encoder/position_encodings/encodings", &[n_audio_ctx, d], "encoder.positional_embedding", true)?;
-    b.whole("encoder/conv1/weight", &[d, n_mels, 3], "encoder.conv1.weight", false)?;
+    b.whole(
+        "encoder/position_encodings/encodings",
+        &[n_audio_ctx, d],
+        "encoder.positional_embedding",
+        true,
+    )?;
+    b.whole(
+        "encoder/conv1/weight",
+        &[d, n_mels, 3],
+        "encoder.conv1.weight",
+        false,
+    )?;
     b.conv_bias("encoder/conv1/bias", d, "encoder.conv1.bias")?;
-    b.whole("encoder/conv2/weight", &[d, d, 3], "encoder.conv2.weight", false)?;
+    b.whole(
+        "encoder/conv2/weight",
+        &[d, d, 3],
+        "encoder.conv2.weight",
+        false,
+    )?;
     b.conv_bias("encoder/conv2/bias", d, "encoder.conv2.bias")?;
     b.layer_norm("encoder/layer_norm", d, "encoder.ln_post")?;
     for i in 0..n_audio_layer {
@@ -782,18 +857,49 @@ fn build_plan<'m, 'a>(model: &'m Ct2Model<'a>, vocab: &[String]) -> Result<Plan<
     }
 
     // Decoder.
-    b.whole("decoder/position_encodings/encodings", &[n_text_ctx, d], "decoder.positional_embedding", true)?;
-    b.whole("decoder/embeddings/weight", &[n_vocab, d], "decoder.token_embedding.weight", false)?;
+    b.whole(
+        "decoder/position_encodings/encodings",
+        &[n_text_ctx, d],
+        "decoder.positional_embedding",
+        true,
+    )?;
+    b.whole(
+        "decoder/embeddings/weight",
+        &[n_vocab, d],
+        "decoder.token_embedding.weight",
+        false,
+    )?;
     b.layer_norm("decoder/layer_norm", d, "decoder.ln")?;
     for i in 0..n_text_layer {
         let src = format!("decoder/layer_{i}");
         let name = format!("decoder.blocks.{i}");
         b.self_attention(&format!("{src}/self_attention"), d, &name)?;
-        b.layer_norm(&format!("{src}/attention/layer_norm"), d, &format!("{name}.cross_attn_ln"))?;
-        b.linear(&format!("{src}/attention/linear_0"), d, d, &format!("{name}.cross_attn.query"))?;
-        let (k, v) = (format!("{name}.cross_attn.key"), format!("{name}.cross_attn.value"));
-        b.fused(&format!("{src}/attention/linear_1"), d, &[(&k, false), (&v, true)])?;
-        b.linear(&format!("{src}/attention/linear_2"), d, d, &format!("{name}.cross_attn.out"))?;
+        b.layer_norm(
+            &format!("{src}/attention/layer_norm"),
+            d,
+            &format!("{name}.cross_attn_ln"),
+        )?;
+        b.linear(
+            &format!("{src}/attention/linear_0"),
+            d,
+            d,
+            &format!("{name}.cross_attn.query"),
+        )?;
+        let (k, v) = (
+            format!("{name}.cross_attn.key"),
+            format!("{name}.cross_attn.value"),
+        );
+        b.fused(
+            &format!("{src}/attention/linear_1"),
+            d,
+            &[(&k, false), (&v, true)],
+        )?;
+        b.linear(
+            &format!("{src}/attention/linear_2"),
+            d,
+            d,
+            &format!("{name}.cross_attn.out"),
+        )?;
         b.ffn(&format!("{src}/ffn"), d, ff, &name)?;
     }
 
@@ -812,8 +918,16 @@ fn build_plan<'m, 'a>(model: &'m Ct2Model<'a>, vocab: &[String]) -> Result<Plan<
 /// Writes `plan` as a ggml file at `path`; returns the number of bytes written.
 fn write_ggml(path: &Path, plan: &Plan<'_, '_>) -> std::io::Result<u64> {
     let file = File::create(path)?;
-    let mut w = CountingWriter { inner: BufWriter::with_capacity(1 << 20, file), count: 0 };
-    let too_big = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what} too large"));
+    let mut w = CountingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        count: 0,
+    };
+    let too_big = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what} too large"),
+        )
+    };
     let i32_of = |v: usize, what: &str| i32::try_from(v).map_err(|_| too_big(what));
 
     w.write_all(&GGML_MAGIC.to_le_bytes())?;
@@ -837,7 +951,11 @@ fn write_ggml(path: &Path, plan: &Plan<'_, '_>) -> std::io::Result<u64> {
     let mut buf = Vec::new();
     for t in &plan.tensors {
         let n_dims = i32_of(t.shape.len(), "rank")?;
-        let ttype = if t.f32_out { GGML_TYPE_F32 } else { GGML_TYPE_F16 };
+        let ttype = if t.f32_out {
+            GGML_TYPE_F32
+        } else {
+            GGML_TYPE_F16
+        };
         w.write_all(&n_dims.to_le_bytes())?;
         w.write_all(&i32_of(t.name.len(), "name")?.to_le_bytes())?;
         w.write_all(&ttype.to_le_bytes())?;
@@ -919,7 +1037,7 @@ mod tests {
         assert_eq!(w.len(), 80 * 201);
         let at = |j: usize, k: usize| w[j * 201 + k];
         let cases = [
-            (0, 1, 0.024_862_594_902_515_41_f32),
+            (0, 1, 0.024_862_594_902_515_41_f64),
             (0, 2, 0.0),
             (1, 1, 0.001_990_821_911_022_067),
             (1, 2, 0.022_871_771_827_340_126),
@@ -931,8 +1049,9 @@ mod tests {
             (79, 190, 0.002_232_054_946_944_117_5),
             (79, 200, 0.0),
         ];
+        // The reference values are f32 results printed as f64.
         for (j, k, expected) in cases {
-            let got = at(j, k);
+            let got = f64::from(at(j, k));
             assert!(
                 (got - expected).abs() <= expected.abs() * 2e-7,
                 "w[{j}][{k}] = {got}, expected {expected}"
@@ -1007,13 +1126,19 @@ mod tests {
         // Variable count 0xFFFF_FFFF.
         let count_at = 4 + 2 + 12 + 4;
         bytes[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Ct2Model::parse(&bytes), Err(ConvertError::Malformed { .. })));
+        assert!(matches!(
+            Ct2Model::parse(&bytes),
+            Err(ConvertError::Malformed { .. })
+        ));
 
         // Byte count inconsistent with the shape.
         let mut bytes = tiny_model_bin();
         let nbytes_at = bytes.len() - 4 - 8 - 4;
         bytes[nbytes_at..nbytes_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Ct2Model::parse(&bytes), Err(ConvertError::Malformed { .. })));
+        assert!(matches!(
+            Ct2Model::parse(&bytes),
+            Err(ConvertError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -1032,17 +1157,28 @@ mod tests {
     #[test]
     fn garbage_file_fails_conversion_cleanly() {
         let dir = scratch_dir("garbage");
-        let garbage: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0u32..4096)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         fs::write(dir.join("model.bin"), &garbage).expect("write model");
         let out = dir.join("out.bin");
         let err = convert_ct2_to_ggml(&dir, &out).expect_err("must fail");
-        assert!(matches!(err, ConvertError::Malformed { .. } | ConvertError::Unsupported(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConvertError::Malformed { .. } | ConvertError::Unsupported(_)
+            ),
+            "{err}"
+        );
         // A JSON file is not a model either.
         fs::write(dir.join("model.bin"), b"{\"not\": \"a model\"}").expect("write model");
         assert!(convert_ct2_to_ggml(&dir, &out).is_err());
         // Nor is an empty file.
         fs::write(dir.join("model.bin"), b"").expect("write model");
-        assert!(matches!(convert_ct2_to_ggml(&dir, &out), Err(ConvertError::Malformed { .. })));
+        assert!(matches!(
+            convert_ct2_to_ggml(&dir, &out),
+            Err(ConvertError::Malformed { .. })
+        ));
         assert!(!out.exists());
         let _ = fs::remove_dir_all(&dir);
     }

@@ -9,7 +9,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperError};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperError,
+};
 
 /// Sample rate whisper expects.
 pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
@@ -77,9 +79,9 @@ pub enum WavError {
 /// One timed piece of a transcript.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
-    /// Start, in milliseconds from the beginning of the audio.
+    /// Start, in milliseconds from the beginning of the audio (clamped to the audio length).
     pub start_ms: u64,
-    /// End, in milliseconds from the beginning of the audio.
+    /// End, in milliseconds from the beginning of the audio (clamped to the audio length).
     pub end_ms: u64,
     /// Text, trimmed of surrounding whitespace.
     pub text: String,
@@ -138,9 +140,11 @@ impl Transcriber {
         }
         let mut params = WhisperContextParameters::default();
         params.use_gpu(false);
-        let ctx = WhisperContext::new_with_params(path, params).map_err(|source| TranscribeError::Load {
-            path: path.to_path_buf(),
-            source,
+        let ctx = WhisperContext::new_with_params(path, params).map_err(|source| {
+            TranscribeError::Load {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         Ok(Self {
             ctx,
@@ -164,11 +168,17 @@ impl Transcriber {
     /// [`TranscribeError::Language`] for an unknown language or a non-English
     /// language on an English-only model, [`TranscribeError::Inference`] if
     /// whisper.cpp fails.
-    pub fn transcribe(&self, samples_16k_mono: &[f32], language: Option<&str>) -> Result<Transcript, TranscribeError> {
+    pub fn transcribe(
+        &self,
+        samples_16k_mono: &[f32],
+        language: Option<&str>,
+    ) -> Result<Transcript, TranscribeError> {
         if samples_16k_mono.is_empty() {
             return Err(TranscribeError::EmptyAudio);
         }
-        let requested = language.map(str::trim).filter(|l| !l.is_empty() && *l != "auto");
+        let requested = language
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "auto");
         let lang: &str = match (requested, self.ctx.is_multilingual()) {
             (Some(l), multi) => {
                 if whisper_rs::get_lang_id(l).is_none() || (!multi && l != "en") {
@@ -213,6 +223,7 @@ impl Transcriber {
             lang.to_owned()
         };
 
+        let audio_ms = samples.len() as u64 * 1000 / u64::from(WHISPER_SAMPLE_RATE);
         let eot = self.ctx.token_eot();
         let mut segments = Vec::new();
         for seg in state.as_iter() {
@@ -220,10 +231,17 @@ impl Transcriber {
             let (sum, count) = (0..seg.n_tokens())
                 .filter_map(|i| seg.get_token(i))
                 .filter(|t| t.token_id() < eot)
-                .fold((0f64, 0u32), |(s, n), t| (s + f64::from(t.token_probability()), n + 1));
-            let confidence = if count == 0 { 0.0 } else { (sum / f64::from(count)) as f32 };
-            let start_ms = centis_to_ms(seg.start_timestamp());
-            let end_ms = centis_to_ms(seg.end_timestamp()).max(start_ms);
+                .fold((0f64, 0u32), |(s, n), t| {
+                    (s + f64::from(t.token_probability()), n + 1)
+                });
+            let confidence = if count == 0 {
+                0.0
+            } else {
+                (sum / f64::from(count)) as f32
+            };
+            // whisper pads input to 30 s windows, so timestamps can overshoot the audio.
+            let start_ms = centis_to_ms(seg.start_timestamp()).min(audio_ms);
+            let end_ms = centis_to_ms(seg.end_timestamp()).clamp(start_ms, audio_ms);
             segments.push(Segment {
                 start_ms,
                 end_ms,
@@ -244,7 +262,7 @@ impl Transcriber {
             language,
             confidence: weighted_confidence(&segments),
             segments,
-            audio_ms: samples.len() as u64 * 1000 / u64::from(WHISPER_SAMPLE_RATE),
+            audio_ms,
         })
     }
 }
@@ -303,8 +321,9 @@ fn parse_fmt(body: &[u8]) -> Result<(SampleFormat, u16, u32), WavError> {
     if tag == WAVE_FORMAT_EXTENSIBLE {
         // cbSize (2), valid bits (2), channel mask (4), then the sub-format GUID
         // whose first two bytes are the real format tag.
-        tag = le_u16(body, 24)
-            .ok_or_else(|| WavError::BadFormat("WAVE_FORMAT_EXTENSIBLE without a sub-format".into()))?;
+        tag = le_u16(body, 24).ok_or_else(|| {
+            WavError::BadFormat("WAVE_FORMAT_EXTENSIBLE without a sub-format".into())
+        })?;
     }
     if channels == 0 {
         return Err(WavError::BadFormat("zero channels".into()));
@@ -360,12 +379,15 @@ pub fn read_wav(bytes: &[u8]) -> Result<(Vec<f32>, u32, u16), WavError> {
         let body_len = if id == b"data" && size == u32::MAX {
             available
         } else {
-            usize::try_from(size).ok().filter(|&n| n <= available).ok_or_else(|| WavError::Truncated {
-                chunk: String::from_utf8_lossy(id).into_owned(),
-                offset: pos,
-                size,
-                available,
-            })?
+            usize::try_from(size)
+                .ok()
+                .filter(|&n| n <= available)
+                .ok_or_else(|| WavError::Truncated {
+                    chunk: String::from_utf8_lossy(id).into_owned(),
+                    offset: pos,
+                    size,
+                    available,
+                })?
         };
         let body = &bytes[body_start..body_start + body_len];
         match id {
@@ -429,7 +451,8 @@ pub fn resample_to_16k(samples: &[f32], rate: u32) -> Vec<f32> {
     // Taps cover input indices index - reach + 1 ..= index + reach.
     let reach = half_width.ceil() as usize;
     let taps = 2 * reach;
-    let out_len = usize::try_from((samples.len() as u64 * den).div_ceil(step)).unwrap_or(usize::MAX);
+    let out_len =
+        usize::try_from((samples.len() as u64 * den).div_ceil(step)).unwrap_or(usize::MAX);
 
     // Weight of tap j for a given phase: distance x = phase/den + reach - 1 - j.
     let weight = |phase: u64, j: usize| {
@@ -437,7 +460,9 @@ pub fn resample_to_16k(samples: &[f32], rate: u32) -> Vec<f32> {
         (sinc(cutoff * x) * blackman(x / half_width)) as f32
     };
     let table: Option<Vec<f32>> = (den as usize <= out_len).then(|| {
-        (0..den).flat_map(|p| (0..taps).map(move |j| weight(p, j))).collect()
+        (0..den)
+            .flat_map(|p| (0..taps).map(move |j| weight(p, j)))
+            .collect()
     });
 
     let mut out = Vec::with_capacity(out_len);
@@ -568,7 +593,10 @@ mod tests {
 
     #[test]
     fn reads_pcm16_mono() {
-        let data: Vec<u8> = [0i16, 16_384, -32_768, 32_767].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let data: Vec<u8> = [0i16, 16_384, -32_768, 32_767]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         let (s, rate, ch) = read_wav(&wav(1, 1, 22_050, 16, &data, &[])).expect("valid");
         assert_eq!((rate, ch), (22_050, 1));
         assert_eq!(s, vec![0.0, 0.5, -1.0, 32_767.0 / 32_768.0]);
@@ -576,7 +604,10 @@ mod tests {
 
     #[test]
     fn downmixes_float_stereo_and_skips_unknown_chunks() {
-        let data: Vec<u8> = [0.5f32, -0.5, 1.0, 0.0].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let data: Vec<u8> = [0.5f32, -0.5, 1.0, 0.0]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         // An odd-sized LIST chunk with its pad byte.
         let extra = [b"LIST".as_slice(), &3u32.to_le_bytes(), b"abc", &[0]].concat();
         let (s, rate, ch) = read_wav(&wav(3, 2, 48_000, 32, &data, &extra)).expect("valid");
@@ -592,14 +623,26 @@ mod tests {
         let data = [0u8; 8];
         let good = wav(1, 1, 16_000, 16, &data, &[]);
         // Truncated data chunk.
-        assert!(matches!(read_wav(&good[..good.len() - 3]), Err(WavError::Truncated { .. })));
+        assert!(matches!(
+            read_wav(&good[..good.len() - 3]),
+            Err(WavError::Truncated { .. })
+        ));
         // Every prefix either parses or errors; never panics.
         for cut in 0..good.len() {
             let _ = read_wav(&good[..cut]);
         }
-        assert!(matches!(read_wav(&wav(1, 1, 16_000, 24, &data, &[])), Err(WavError::Unsupported(_))));
-        assert!(matches!(read_wav(&wav(1, 0, 16_000, 16, &data, &[])), Err(WavError::BadFormat(_))));
-        assert!(matches!(read_wav(&wav(1, 1, 0, 16, &data, &[])), Err(WavError::BadFormat(_))));
+        assert!(matches!(
+            read_wav(&wav(1, 1, 16_000, 24, &data, &[])),
+            Err(WavError::Unsupported(_))
+        ));
+        assert!(matches!(
+            read_wav(&wav(1, 0, 16_000, 16, &data, &[])),
+            Err(WavError::BadFormat(_))
+        ));
+        assert!(matches!(
+            read_wav(&wav(1, 1, 0, 16, &data, &[])),
+            Err(WavError::BadFormat(_))
+        ));
         // Huge declared chunk size.
         let mut huge = good.clone();
         let at = huge.len() - data.len() - 4;
@@ -611,7 +654,9 @@ mod tests {
     fn resample_preserves_a_low_tone() {
         let rate = 22_050u32;
         let tone: Vec<f32> = (0..rate)
-            .map(|i| (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / f64::from(rate)).sin() as f32)
+            .map(|i| {
+                (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / f64::from(rate)).sin() as f32
+            })
             .collect();
         let out = resample_to_16k(&tone, rate);
         assert_eq!(out.len(), 16_000);
@@ -629,7 +674,10 @@ mod tests {
     fn resample_removes_content_above_new_nyquist() {
         let rate = 44_100u32;
         let tone: Vec<f32> = (0..rate)
-            .map(|i| (2.0 * std::f64::consts::PI * 12_000.0 * f64::from(i) / f64::from(rate)).sin() as f32)
+            .map(|i| {
+                (2.0 * std::f64::consts::PI * 12_000.0 * f64::from(i) / f64::from(rate)).sin()
+                    as f32
+            })
             .collect();
         let out = resample_to_16k(&tone, rate);
         let rms = (out[200..15_800].iter().map(|s| s * s).sum::<f32>() / 15_600.0).sqrt();
@@ -638,7 +686,10 @@ mod tests {
         // Odd rate (no phase table for short input) and upsampling keep a DC level.
         for rate in [44_101u32, 8_000, 11_025] {
             let out = resample_to_16k(&[0.5; 300], rate);
-            assert!(out.iter().all(|v| (v - 0.5).abs() < 1e-3), "rate {rate}: {out:?}");
+            assert!(
+                out.iter().all(|v| (v - 0.5).abs() < 1e-3),
+                "rate {rate}: {out:?}"
+            );
         }
         assert!(resample_to_16k(&tone, 0).is_empty());
     }
