@@ -59,7 +59,7 @@ static CASUALTY: LazyLock<Regex> = LazyLock::new(|| {
 static MEDEVAC: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
         r"(?ix)\b(
-            medevac | med\s?evac | casevac | cas\s?evac | dustoff | dust\s+off |
+            medevac | medivac | med\s?evac | casevac | cas\s?evac | dustoff | dust\s+off |
             9[\s-]?line | nine[\s-]line | evacuat(?:e|ion)\s+(?:of\s+)?(?:the\s+)?(?:wounded|casualt\w+|injured|patients?) |
             urgent\s+surgical | need\s+(?:an?\s+)?(?:evac|helo|bird)\s+for
         )\b",
