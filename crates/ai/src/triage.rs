@@ -50,7 +50,13 @@ static CASUALTY: LazyLock<Regex> = LazyLock::new(|| {
             (?:is|are|was|were)\s+hit | got\s+hit | been\s+shot | was\s+shot | were\s+shot |
             shot\s+(?:in|through)\s+the | dead | fatalit(?:y|ies) | urgent\s+surgical |
             litter\s+(?:patient|urgent) | need\s+(?:a\s+)?(?:medic|corpsman|doc) | medic!? |
-            corpsman | head\s+wound | chest\s+wound | lost\s+(?:a\s+)?(?:leg|arm|limb)
+            corpsman | head\s+wound | chest\s+wound | lost\s+(?:a\s+)?(?:leg|arm|limb) |
+            (?:friendly|civ(?:ilian)?|own|\d+|x\d)\s*cas | cas\s*x\s*\d | cas\s+evac\w* |
+            heat\s+(?:stroke|exhaustion|casualt\w+|injur\w+) | hypotherm\w* | frostbite | smoke\s+inhalation |
+            drown\w* | coughing\s+(?:up\s+)?blood | crushed | pinned\s+(?:under|beneath) | collapsed |
+            fractur\w* | broken\s+(?:leg|arm|neck|back|ribs?|femur) | (?:can'?t|cannot)\s+bear\s+weight |
+            concuss\w* | seizur\w* | anaphyla\w* | snake\s?bite | ivs?\s+(?:started|in|running) |
+            (?:doc|medic|corpsman)\s+(?:is\s+)?working\s+on | not\s+moving\s+after | (?-i:we\s+lost\s+[A-Z][a-z]+)
         )\b",
     )
     .unwrap()
@@ -61,7 +67,9 @@ static MEDEVAC: LazyLock<Regex> = LazyLock::new(|| {
         r"(?ix)\b(
             medevac | medivac | med\s?evac | casevac | cas\s?evac | dustoff | dust\s+off |
             9[\s-]?line | nine[\s-]line | evacuat(?:e|ion)\s+(?:of\s+)?(?:the\s+)?(?:wounded|casualt\w+|injured|patients?) |
-            urgent\s+surgical | need\s+(?:an?\s+)?(?:evac|helo|bird)\s+for
+            urgent\s+surgical | need\s+(?:an?\s+)?(?:evac|helo|bird)\s+for |
+            need\s+(?:an?\s+)?(?:evac|litter|stretcher|the\s+bird) | litter\s+carry |
+            line\s*3\s*[:=-]?\s*\d+\s*(?:x\s*)?(?:urgent|priority|routine)
         )\b",
     )
     .unwrap()
@@ -84,7 +92,8 @@ static NEGATED_AFTER: LazyLock<Regex> = LazyLock::new(|| {
 /// The cue names a thing (a place, a frequency, a procedure), not a patient.
 static THING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?ix)^\s*(?:collection\s+point|ccp|freq(?:uency)?|channel|net|procedures?|sop|plan(?:ning)?|
+        r"(?ix)^\s*(?:the\s+)?(?:collection\s+point|ccp|freq(?:uency)?|channel|net|procedures?|sop|plan(?:ning)?|
+            reserve|route|recon|cards?|bags?|brakes|lines?|air|system|hydraulics|
             rehearsal|drill|exercise|training|brief(?:ing)?|card|kit|bag|frequenc\w*|call\s+sign|
             lz\s+(?:is|will)|assets?\s+(?:are|is)\s+(?:available|on\s+standby)|coverage|battery|batteries|
             zone|engine|radio|lights?|generator|signal)\b",
@@ -96,9 +105,15 @@ static THING: LazyLock<Regex> = LazyLock::new(|| {
 static NOT_REAL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
         r"(?ix)\b(?:drill|rehearsal|exercise|training|simulated|notional|practice|refresher|
-            tabletop|dry\s+run|class\s+on|lesson|quiz|reminder:?|template)\b",
+            tabletop|dry\s+run|class\s+on|lesson|quiz|reminder:?|template|role-?players?|stx|ftx)\b",
     )
     .unwrap()
+});
+
+/// The clause is hypothetical or withdraws an earlier report.
+static UNREAL_CLAUSE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?ix)\b(?:if|in\s+case|should\s+(?:we|anyone|someone)|what\s+to\s+do|disregard|cancel(?:led)?|negate)\b")
+        .unwrap()
 });
 
 /// "Dead" only counts for people: not batteries, radios, zones or ends.
@@ -128,7 +143,11 @@ fn clause(text: &str, r: std::ops::Range<usize>) -> (&str, &str) {
 fn first_real(re: &Regex, text: &str) -> Option<String> {
     for m in re.find_iter(text) {
         let (before, after) = clause(text, m.range());
-        if NEGATED.is_match(before) || NEGATED_AFTER.is_match(after) || THING.is_match(after) {
+        if NEGATED.is_match(before)
+            || NEGATED_AFTER.is_match(after)
+            || THING.is_match(after)
+            || UNREAL_CLAUSE.is_match(before)
+        {
             continue;
         }
         let cue = m.as_str();

@@ -1,7 +1,12 @@
 //! Triage precision and recall on labelled message sets that include hard negatives
-//! (negations, drills, equipment, places named after casualties). `triage.tsv` was
-//! written alongside the rules; `triage-heldout.tsv` was written independently, by
-//! someone who had not seen them, and is the honest figure.
+//! (negations, drills, equipment, places named after casualties).
+//!
+//! * `triage.tsv` was written alongside the rules.
+//! * `triage-dev2.tsv` was written blind (by someone who had not seen the rules); on first
+//!   contact the rules scored precision 0.77, recall 0.67 on it; its misses were then used
+//!   to widen the rules, so it is development data now.
+//! * `triage-blind2.tsv` was written blind after that and never used to change the rules:
+//!   its figure is the honest one.
 
 use fieldmesh_ai::triage::triage;
 
@@ -75,9 +80,18 @@ fn precision_and_recall_on_the_development_set() {
 }
 
 #[test]
-fn precision_and_recall_on_the_held_out_set() {
-    let s = score(include_str!("data/triage-heldout.tsv"));
-    report("held-out set", &s);
+fn precision_and_recall_on_the_second_development_set() {
+    let s = score(include_str!("data/triage-dev2.tsv"));
+    report("second development set", &s);
+    assert!(s.tp + s.fn_ >= 30 && s.hard >= 20, "the labelled set shrank");
+    assert!(s.recall() >= 0.95, "recall {:.3}: {:#?}", s.recall(), s.mistakes);
+    assert!(s.precision() >= 0.90, "precision {:.3}: {:#?}", s.precision(), s.mistakes);
+}
+
+#[test]
+fn precision_and_recall_on_the_blind_set() {
+    let s = score(include_str!("data/triage-blind2.tsv"));
+    report("blind set", &s);
     assert!(s.tp + s.fn_ >= 30 && s.hard >= 20, "the labelled set shrank");
     // A missed casualty costs more than a false flag a human dismisses.
     assert!(s.recall() >= 0.85, "recall {:.3}: {:#?}", s.recall(), s.mistakes);
