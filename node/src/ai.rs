@@ -72,8 +72,19 @@ fn default_limit() -> usize {
 #[derive(Default)]
 pub struct AiState {
     llms: Mutex<HashMap<String, (Arc<Llm>, crate::models::ManifestBody)>>,
-    embedder: Mutex<Option<(Arc<fieldmesh_ai::embed::Embedder>, crate::models::ManifestBody)>>,
-    whisper: Mutex<Option<(Arc<fieldmesh_ai::whisper::Transcriber>, crate::models::ManifestBody)>>,
+    embedder: Mutex<
+        Option<(
+            Arc<fieldmesh_ai::embed::Embedder>,
+            crate::models::ManifestBody,
+        )>,
+    >,
+    whisper: Mutex<
+        Option<(
+            Arc<fieldmesh_ai::whisper::Transcriber>,
+            crate::models::ManifestBody,
+        )>,
+    >,
+    semantic_triage: Mutex<Option<Arc<fieldmesh_ai::triage::Semantic>>>,
 }
 
 impl std::fmt::Debug for AiState {
@@ -116,14 +127,24 @@ impl Node {
                 unit,
                 no_model,
                 author,
-            } => self.sitrep(channel, *since_ms, unit.as_deref(), *no_model, author.as_deref()),
+            } => self.sitrep(
+                channel,
+                *since_ms,
+                unit.as_deref(),
+                *no_model,
+                author.as_deref(),
+            ),
             AiRequest::Review { message, verdict } => self.review(message, verdict),
             AiRequest::Board => self.board(),
             AiRequest::Triage => self.triage_list(),
-            AiRequest::Translate { message, to, from } => self.translate(message, to, from.as_deref()),
+            AiRequest::Translate { message, to, from } => {
+                self.translate(message, to, from.as_deref())
+            }
             AiRequest::Transcribe { message } => self.transcribe(message),
             AiRequest::Search { query, limit } => self.search(query, *limit),
-            AiRequest::AutoTranslate { channel, to } => self.set_auto_translate(channel, to.as_deref()),
+            AiRequest::AutoTranslate { channel, to } => {
+                self.set_auto_translate(channel, to.as_deref())
+            }
         }
     }
 
@@ -137,16 +158,19 @@ impl Node {
     }
 
     pub(crate) fn model_registry(&self) -> Result<crate::models::Registry, NodeError> {
-        let home = self
-            .home
-            .as_deref()
-            .ok_or_else(|| NodeError::BadRequest("this node has no home, so no model registry".into()))?;
+        let home = self.home.as_deref().ok_or_else(|| {
+            NodeError::BadRequest("this node has no home, so no model registry".into())
+        })?;
         Ok(crate::models::Registry::open(home, self.model_signers()))
     }
 
     /// The language model registered as `name`, verified (signature and SHA-256) and
     /// loaded once per process.
-    pub(crate) fn llm(&self, name: &str, threads: u32) -> Result<(Arc<Llm>, crate::models::ManifestBody), NodeError> {
+    pub(crate) fn llm(
+        &self,
+        name: &str,
+        threads: u32,
+    ) -> Result<(Arc<Llm>, crate::models::ManifestBody), NodeError> {
         if let Some(hit) = lock(&self.ai.llms).get(name) {
             return Ok(hit.clone());
         }
@@ -155,7 +179,9 @@ impl Node {
             .resolve(name)
             .map_err(|e| NodeError::Forbidden(format!("{e:#}")))?;
         if verified.manifest.format != crate::models::Format::Gguf {
-            return Err(NodeError::BadRequest(format!("model {name} is not a GGUF language model")));
+            return Err(NodeError::BadRequest(format!(
+                "model {name} is not a GGUF language model"
+            )));
         }
         let llm = Llm::load(&verified.main_file(), name, threads as usize).map_err(internal)?;
         let entry = (Arc::new(llm), verified.manifest);
@@ -168,7 +194,9 @@ impl Node {
         let mut out = Vec::new();
         for (id, _) in self.store.channels()? {
             let Ok(name) = self.resolve(&id.to_hex()).and_then(|_| {
-                self.with_channel(&id, |ch| Ok(ch.summary().map(|s| s.name).unwrap_or_default()))
+                self.with_channel(&id, |ch| {
+                    Ok(ch.summary().map(|s| s.name).unwrap_or_default())
+                })
             }) else {
                 continue; // not readable here: carried, not read
             };
@@ -188,7 +216,9 @@ impl Node {
                 return Ok((cid, m));
             }
         }
-        Err(NodeError::NotFound(format!("no message {id} in any channel this node can read")))
+        Err(NodeError::NotFound(format!(
+            "no message {id} in any channel this node can read"
+        )))
     }
 
     /// Posts a message carrying a machine annotation.
@@ -229,13 +259,18 @@ impl Node {
     ) -> Result<Value, NodeError> {
         let id = self.resolve(channel)?;
         let (name, msgs) = self.with_channel(&id, |ch| {
-            Ok((ch.summary().map(|s| s.name).unwrap_or_default(), ch.messages()))
+            Ok((
+                ch.summary().map(|s| s.name).unwrap_or_default(),
+                ch.messages(),
+            ))
         })?;
         let since = since_ms.unwrap_or(0);
         let mut sources: Vec<Source> = msgs
             .iter()
             .filter(|m| !m.redacted && !m.text.trim().is_empty() && m.timestamp.wall_ms() >= since)
-            .filter(|m| author.is_none_or(|a| m.author.to_hex().starts_with(&a.to_ascii_lowercase())))
+            .filter(|m| {
+                author.is_none_or(|a| m.author.to_hex().starts_with(&a.to_ascii_lowercase()))
+            })
             // Earlier AI products are not sources; triage verdicts and transcripts are
             // what people said.
             .filter(|m| matches!(task_of(m).as_deref(), None | Some("triage" | "transcript")))
@@ -249,7 +284,10 @@ impl Node {
         if sources.is_empty() {
             return Err(NodeError::BadRequest(format!(
                 "channel {name} has no messages{} to report on",
-                since_ms.map_or(String::new(), |s| format!(" since {}", fieldmesh_core::rfc3339(s)))
+                since_ms.map_or(String::new(), |s| format!(
+                    " since {}",
+                    fieldmesh_core::rfc3339(s)
+                ))
             )));
         }
         if sources.len() > SITREP_MAX_INPUTS {
@@ -263,11 +301,15 @@ impl Node {
         let task = &self.profile().models.sitrep;
         match (no_model, task.enabled_model()) {
             (true, _) => notes.push("model not used (--no-model)".into()),
-            (false, None) => notes.push(format!("profile {} has no SITREP model", self.profile().name)),
+            (false, None) => notes.push(format!(
+                "profile {} has no SITREP model",
+                self.profile().name
+            )),
             (false, Some(model)) => match self.llm(model, task.threads) {
                 Err(e) => notes.push(format!("model {model} unavailable: {e}")),
                 Ok((llm, manifest)) => {
-                    let prompt = sitrep_prompt(&llm, &rep, &sources, task.max_context_tokens as usize);
+                    let prompt =
+                        sitrep_prompt(&llm, &rep, &sources, task.max_context_tokens as usize);
                     let opts = GenOptions {
                         max_tokens: 160,
                         max_context: task.max_context_tokens as usize,
@@ -276,14 +318,18 @@ impl Node {
                     match llm.generate(&prompt, &opts, |_| true) {
                         Err(e) => notes.push(format!("generation failed: {e}")),
                         Ok(g) => {
-                            prov["model"] = json!({"name": manifest.name, "sha256": manifest.sha256});
+                            prov["model"] =
+                                json!({"name": manifest.name, "sha256": manifest.sha256});
                             prov["prompt_template"] = json!(SITREP_PROSE_TEMPLATE);
                             prov["generation"] = json!({
                                 "prompt_tokens": g.prompt_tokens, "generated_tokens": g.generated_tokens,
                                 "tokens_per_s": g.tokens_per_s(),
                             });
-                            match sitrep::accept_prose(&mut rep, &g.text, &manifest.name, &sources) {
-                                Ok(()) => notes.push("model prose validated against the sources".into()),
+                            match sitrep::accept_prose(&mut rep, &g.text, &manifest.name, &sources)
+                            {
+                                Ok(()) => {
+                                    notes.push("model prose validated against the sources".into())
+                                }
                                 Err(bad) => {
                                     prov["rejected_prose"] = json!(g.text);
                                     prov["unsupported_facts"] = json!(bad);
@@ -314,24 +360,39 @@ impl Node {
                 // Too big for one envelope: the full SITREP travels as an attachment,
                 // the message keeps the rendered text and the provenance.
                 let full = serde_json::to_vec_pretty(&ai).map_err(internal)?;
-                let att = crate::ops::Ops::put_blob(self, &id.to_hex(), "sitrep.json", "application/json", &full)?;
+                let att = crate::ops::Ops::put_blob(
+                    self,
+                    &id.to_hex(),
+                    "sitrep.json",
+                    "application/json",
+                    &full,
+                )?;
                 let mut slim = prov.clone();
                 slim["sitrep_attachment"] = json!(att.hash);
-                let short: String = text.chars().take(fieldmesh_channel::MAX_TEXT_BYTES / 2).collect();
+                let short: String = text
+                    .chars()
+                    .take(fieldmesh_channel::MAX_TEXT_BYTES / 2)
+                    .collect();
                 self.post_ai(&id, &short, precedence, None, vec![att], &slim)?
             }
             Err(e) => return Err(e),
         };
         self.audit(json!({"event": "ai_product", "task": "sitrep", "message": posted.id, "inputs": inputs.len(), "confidence": rep.confidence}), false);
-        Ok(json!({"posted": posted, "state": "draft", "confidence": rep.confidence, "notes": notes, "text": text, "sitrep": rep, "provenance": prov}))
+        Ok(
+            json!({"posted": posted, "state": "draft", "confidence": rep.confidence, "notes": notes, "text": text, "sitrep": rep, "provenance": prov}),
+        )
     }
 
     fn review(&self, message: &str, verdict: &str) -> Result<Value, NodeError> {
         let (cid, m) = self.find_message(message)?;
-        let posted = self.write(&cid.to_hex(), |ch, me, hlc| ch.review(me, hlc, message, verdict))?;
+        let posted = self.write(&cid.to_hex(), |ch, me, hlc| {
+            ch.review(me, hlc, message, verdict)
+        })?;
         let m2 = self.find_message(message).map(|(_, m)| m).unwrap_or(m);
         self.audit(json!({"event": "review", "message": message, "verdict": verdict, "task": task_of(&m2)}), true);
-        Ok(json!({"posted": posted, "message": message, "state": review_state(&m2), "reviews": m2.reviews}))
+        Ok(
+            json!({"posted": posted, "message": message, "state": review_state(&m2), "reviews": m2.reviews}),
+        )
     }
 
     fn board(&self) -> Result<Value, NodeError> {
@@ -383,8 +444,22 @@ impl Node {
 
     /// Triage at posting time: raises precedence and annotates the message when its text
     /// reports casualties or requests MEDEVAC. Never lowers a precedence.
-    pub(crate) fn triage_post(&self, text: &str, requested: Precedence) -> (Precedence, Option<Value>) {
-        let Some(t) = fieldmesh_ai::triage::triage(text) else {
+    pub(crate) fn triage_post(
+        &self,
+        text: &str,
+        requested: Precedence,
+    ) -> (Precedence, Option<Value>) {
+        let verdict = match fieldmesh_ai::triage::triage(text) {
+            Some(t) => Some(t),
+            None => match self.semantic_triage(text) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%e, "semantic triage unavailable; rules only");
+                    None
+                }
+            },
+        };
+        let Some(t) = verdict else {
             return (requested, None);
         };
         let precedence = requested.max(t.raise_to);
@@ -398,7 +473,12 @@ impl Node {
 
 /// The prompt for SITREP prose: the extracted facts, then the source messages, newest
 /// last, cut from the oldest to fit the context.
-fn sitrep_prompt(llm: &Llm, rep: &sitrep::Sitrep, sources: &[Source], max_context: usize) -> String {
+fn sitrep_prompt(
+    llm: &Llm,
+    rep: &sitrep::Sitrep,
+    sources: &[Source],
+    max_context: usize,
+) -> String {
     let system = "You write short military situation report summaries. Use only the facts given. \
                   Do not invent numbers, grid references, times or unit names. Two to four sentences.";
     let mut facts = format!("Unit: {}\n", rep.unit);
@@ -426,7 +506,10 @@ fn sitrep_prompt(llm: &Llm, rep: &sitrep::Sitrep, sources: &[Source], max_contex
         msgs.push(line);
     }
     msgs.reverse();
-    let user = format!("Facts:\n{facts}\nMessages:\n{}\nWrite the summary.", msgs.concat());
+    let user = format!(
+        "Facts:\n{facts}\nMessages:\n{}\nWrite the summary.",
+        msgs.concat()
+    );
     llm.chat(system, &user)
 }
 
@@ -436,42 +519,72 @@ pub const TRANSLATE_TEMPLATE: &str = "translate/1";
 pub const LOW_CONFIDENCE: f32 = 0.6;
 
 impl Node {
-    fn verified(&self, name: &str, format: crate::models::Format) -> Result<crate::models::Verified, NodeError> {
+    fn verified(
+        &self,
+        name: &str,
+        format: crate::models::Format,
+    ) -> Result<crate::models::Verified, NodeError> {
         let v = self
             .model_registry()?
             .resolve(name)
             .map_err(|e| NodeError::Forbidden(format!("{e:#}")))?;
         if v.manifest.format != format {
-            return Err(NodeError::BadRequest(format!("model {name} is {:?}, not {format:?}", v.manifest.format)));
+            return Err(NodeError::BadRequest(format!(
+                "model {name} is {:?}, not {format:?}",
+                v.manifest.format
+            )));
         }
         Ok(v)
     }
 
-    fn embedder(&self) -> Result<Option<(Arc<fieldmesh_ai::embed::Embedder>, crate::models::ManifestBody)>, NodeError> {
+    fn embedder(
+        &self,
+    ) -> Result<
+        Option<(
+            Arc<fieldmesh_ai::embed::Embedder>,
+            crate::models::ManifestBody,
+        )>,
+        NodeError,
+    > {
         let task = &self.profile().models.embed;
-        let Some(name) = task.enabled_model() else { return Ok(None) };
+        let Some(name) = task.enabled_model() else {
+            return Ok(None);
+        };
         let mut slot = lock(&self.ai.embedder);
         if let Some(e) = slot.as_ref() {
             return Ok(Some(e.clone()));
         }
         let v = self.verified(name, crate::models::Format::Bert)?;
-        let e = fieldmesh_ai::embed::Embedder::load(&v.dir, task.threads as usize).map_err(internal)?;
+        let e =
+            fieldmesh_ai::embed::Embedder::load(&v.dir, task.threads as usize).map_err(internal)?;
         let entry = (Arc::new(e), v.manifest);
         *slot = Some(entry.clone());
         Ok(Some(entry))
     }
 
-    fn whisper(&self) -> Result<(Arc<fieldmesh_ai::whisper::Transcriber>, crate::models::ManifestBody), NodeError> {
+    fn whisper(
+        &self,
+    ) -> Result<
+        (
+            Arc<fieldmesh_ai::whisper::Transcriber>,
+            crate::models::ManifestBody,
+        ),
+        NodeError,
+    > {
         let task = &self.profile().models.transcribe;
         let name = task.enabled_model().ok_or_else(|| {
-            NodeError::BadRequest(format!("profile {} has no transcription model", self.profile().name))
+            NodeError::BadRequest(format!(
+                "profile {} has no transcription model",
+                self.profile().name
+            ))
         })?;
         let mut slot = lock(&self.ai.whisper);
         if let Some(w) = slot.as_ref() {
             return Ok(w.clone());
         }
         let v = self.verified(name, crate::models::Format::WhisperGgml)?;
-        let t = fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task.threads as usize).map_err(internal)?;
+        let t = fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task.threads as usize)
+            .map_err(internal)?;
         let entry = (Arc::new(t), v.manifest);
         *slot = Some(entry.clone());
         Ok(entry)
@@ -481,15 +594,25 @@ impl Node {
         use fieldmesh_ai::translate as tr;
         let (cid, m) = self.find_message(message)?;
         if m.redacted || m.text.trim().is_empty() {
-            return Err(NodeError::BadRequest(format!("message {message} has no text to translate")));
+            return Err(NodeError::BadRequest(format!(
+                "message {message} has no text to translate"
+            )));
         }
-        let to = tr::language(to).map_err(|e| NodeError::BadRequest(e.to_string()))?.0;
+        let to = tr::language(to)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?
+            .0;
         let from = match from {
-            Some(f) => tr::language(f).map_err(|e| NodeError::BadRequest(e.to_string()))?.0,
+            Some(f) => {
+                tr::language(f)
+                    .map_err(|e| NodeError::BadRequest(e.to_string()))?
+                    .0
+            }
             None => tr::detect(&m.text).unwrap_or("en"),
         };
         if from == to {
-            return Err(NodeError::BadRequest(format!("message {message} is already in {to}")));
+            return Err(NodeError::BadRequest(format!(
+                "message {message} is already in {to}"
+            )));
         }
         let mut notes: Vec<String> = Vec::new();
         let mut prov = self.provenance("translation", TRANSLATE_TEMPLATE, &[m.id.clone()], "low");
@@ -511,9 +634,13 @@ impl Node {
                         Err(e) => notes.push(format!("model translation failed: {e}")),
                         Ok(g) => match tr::check_model_output(&m.text, &g.text, to) {
                             Ok(()) => {
-                                prov["model"] = json!({"name": manifest.name, "sha256": manifest.sha256});
+                                prov["model"] =
+                                    json!({"name": manifest.name, "sha256": manifest.sha256});
                                 prov["confidence"] = json!("medium");
-                                result = Some((g.text.trim().to_owned(), format!("model {}", manifest.name)));
+                                result = Some((
+                                    g.text.trim().to_owned(),
+                                    format!("model {}", manifest.name),
+                                ));
                             }
                             Err(why) => {
                                 prov["rejected_output"] = json!(g.text);
@@ -529,9 +656,15 @@ impl Node {
                 Ok(t) => {
                     let missing = tr::missing_facts(&m.text, &t);
                     if !missing.is_empty() {
-                        notes.push(format!("rule-based translation altered: {}", missing.join(", ")));
+                        notes.push(format!(
+                            "rule-based translation altered: {}",
+                            missing.join(", ")
+                        ));
                     }
-                    prov["template"] = json!(format!("apertium/{}", tr::apertium_mode(from, to).unwrap_or_default()));
+                    prov["template"] = json!(format!(
+                        "apertium/{}",
+                        tr::apertium_mode(from, to).unwrap_or_default()
+                    ));
                     prov["confidence"] = json!(if missing.is_empty() { "rule" } else { "low" });
                     result = Some((t, "apertium (rule-based)".into()));
                 }
@@ -551,7 +684,9 @@ impl Node {
         prov["notes"] = json!(notes);
         let posted = self.post_ai(&cid, &text, m.precedence, Some(&m.id), vec![], &prov)?;
         self.audit(json!({"event": "ai_product", "task": "translation", "message": posted.id, "original": m.id, "backend": backend}), false);
-        Ok(json!({"posted": posted, "text": text, "from": from, "to": to, "backend": backend, "notes": notes, "provenance": prov}))
+        Ok(
+            json!({"posted": posted, "text": text, "from": from, "to": to, "backend": backend, "notes": notes, "provenance": prov}),
+        )
     }
 
     fn transcribe(&self, message: &str) -> Result<Value, NodeError> {
@@ -560,10 +695,15 @@ impl Node {
         let idx = m
             .attachments
             .iter()
-            .position(|a| a.mime.starts_with("audio/") || a.name.to_ascii_lowercase().ends_with(".wav"))
-            .ok_or_else(|| NodeError::BadRequest(format!("message {message} has no audio attachment")))?;
+            .position(|a| {
+                a.mime.starts_with("audio/") || a.name.to_ascii_lowercase().ends_with(".wav")
+            })
+            .ok_or_else(|| {
+                NodeError::BadRequest(format!("message {message} has no audio attachment"))
+            })?;
         let bytes = crate::ops::Ops::get_attachment(self, message, idx)?;
-        let (samples, rate, _) = w::read_wav(&bytes).map_err(|e| NodeError::BadRequest(format!("{}: {e}", m.attachments[idx].name)))?;
+        let (samples, rate, _) = w::read_wav(&bytes)
+            .map_err(|e| NodeError::BadRequest(format!("{}: {e}", m.attachments[idx].name)))?;
         let samples = w::resample_to_16k(&samples, rate);
         let (model, manifest) = self.whisper()?;
         let t = model.transcribe(&samples, None).map_err(internal)?;
@@ -587,7 +727,11 @@ impl Node {
         if text.is_empty() {
             text = "[no speech recognised]".into();
         }
-        let confidence = if t.confidence >= LOW_CONFIDENCE && low == 0 { "medium" } else { "low" };
+        let confidence = if t.confidence >= LOW_CONFIDENCE && low == 0 {
+            "medium"
+        } else {
+            "low"
+        };
         let mut prov = self.provenance("transcript", "whisper/1", &[m.id.clone()], confidence);
         prov["model"] = json!({"name": manifest.name, "sha256": manifest.sha256});
         prov["original"] = json!(m.id);
@@ -600,7 +744,9 @@ impl Node {
         }
         let posted = self.post_ai(&cid, &text, precedence, Some(&m.id), vec![], &prov)?;
         self.audit(json!({"event": "ai_product", "task": "transcript", "message": posted.id, "original": m.id}), false);
-        Ok(json!({"posted": posted, "text": text, "confidence": confidence, "transcript": t, "precedence": precedence}))
+        Ok(
+            json!({"posted": posted, "text": text, "confidence": confidence, "transcript": t, "precedence": precedence}),
+        )
     }
 
     fn search(&self, query: &str, limit: usize) -> Result<Value, NodeError> {
@@ -631,7 +777,8 @@ impl Node {
             }
             None => (None, None, None),
         };
-        let mut index = fieldmesh_ai::search::Index::new(embedder.as_ref().map_or(0, |(e, _)| e.dim()));
+        let mut index =
+            fieldmesh_ai::search::Index::new(embedder.as_ref().map_or(0, |(e, _)| e.dim()));
         for (i, (_, _, m)) in docs.iter().enumerate() {
             index.add(&m.text, vectors.as_ref().map(|v| v[i].as_slice()));
         }
@@ -645,8 +792,10 @@ impl Node {
                        "keyword_rank": h.keyword_rank, "semantic_rank": h.semantic_rank, "similarity": h.similarity})
             })
             .collect();
-        Ok(json!({"query": query, "results": results, "searched": docs.len(), "embedding_model": model,
-                  "ms": started.elapsed().as_secs_f64() * 1e3, "notes": notes}))
+        Ok(
+            json!({"query": query, "results": results, "searched": docs.len(), "embedding_model": model,
+                  "ms": started.elapsed().as_secs_f64() * 1e3, "notes": notes}),
+        )
     }
 
     /// Embeddings of `texts`, from the on-disk cache (keyed by message id and text hash)
@@ -659,10 +808,18 @@ impl Node {
         texts: &[&str],
     ) -> Result<Vec<Vec<f32>>, NodeError> {
         use std::io::{Read, Write};
-        let key = |id: &str, text: &str| format!("{id}:{}", &hex::encode(fieldmesh_core::sha256(text.as_bytes()))[..16]);
+        let key = |id: &str, text: &str| {
+            format!(
+                "{id}:{}",
+                &hex::encode(fieldmesh_core::sha256(text.as_bytes()))[..16]
+            )
+        };
         let dim = e.dim();
         let mut cache: HashMap<String, Vec<f32>> = HashMap::new();
-        let path = self.home.as_ref().map(|h| h.join("search").join(format!("embeddings-{}.bin", &manifest.sha256[..16])));
+        let path = self.home.as_ref().map(|h| {
+            h.join("search")
+                .join(format!("embeddings-{}.bin", &manifest.sha256[..16]))
+        });
         if let Some(p) = &path
             && let Ok(mut f) = std::fs::File::open(p)
         {
@@ -686,7 +843,9 @@ impl Node {
             }
         }
         let keys: Vec<String> = ids.iter().zip(texts).map(|(i, t)| key(i, t)).collect();
-        let missing: Vec<usize> = (0..ids.len()).filter(|&i| !cache.contains_key(&keys[i])).collect();
+        let missing: Vec<usize> = (0..ids.len())
+            .filter(|&i| !cache.contains_key(&keys[i]))
+            .collect();
         if !missing.is_empty() {
             let batch: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
             let vecs = e.embed(&batch).map_err(internal)?;
@@ -702,7 +861,10 @@ impl Node {
             if let Some(p) = &path {
                 let write = || -> std::io::Result<()> {
                     std::fs::create_dir_all(p.parent().unwrap_or(std::path::Path::new(".")))?;
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)?;
                     f.write_all(&out)
                 };
                 if let Err(err) = write() {
@@ -710,7 +872,10 @@ impl Node {
                 }
             }
         }
-        Ok(keys.iter().map(|k| cache.get(k).cloned().unwrap_or_else(|| vec![0.0; dim])).collect())
+        Ok(keys
+            .iter()
+            .map(|k| cache.get(k).cloned().unwrap_or_else(|| vec![0.0; dim]))
+            .collect())
     }
 }
 
@@ -733,7 +898,8 @@ impl Node {
 
     pub(crate) fn ai_settings(&self) -> Result<AiSettings, NodeError> {
         match std::fs::read(self.settings_path()?) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| NodeError::Internal(format!("ai.json is malformed: {e}"))),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| NodeError::Internal(format!("ai.json is malformed: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AiSettings::default()),
             Err(e) => Err(internal(e)),
         }
@@ -762,11 +928,24 @@ impl Node {
 
     /// Translates `m` if its channel has automatic translation on and it is a person's
     /// message in another language that has no translation into that language yet.
-    pub(crate) fn auto_translate(&self, channel: &ChannelId, m: &MessageView) -> Result<Option<Value>, NodeError> {
-        let Some(to) = self.ai_settings()?.auto_translate.get(&channel.to_hex()).cloned() else {
+    pub(crate) fn auto_translate(
+        &self,
+        channel: &ChannelId,
+        m: &MessageView,
+    ) -> Result<Option<Value>, NodeError> {
+        let Some(to) = self
+            .ai_settings()?
+            .auto_translate
+            .get(&channel.to_hex())
+            .cloned()
+        else {
             return Ok(None);
         };
-        if m.redacted || m.pending || m.text.trim().is_empty() || task_of(m).is_some_and(|t| t != "triage") {
+        if m.redacted
+            || m.pending
+            || m.text.trim().is_empty()
+            || task_of(m).is_some_and(|t| t != "triage")
+        {
             return Ok(None);
         }
         let from = fieldmesh_ai::translate::detect(&m.text).unwrap_or("en");
@@ -776,7 +955,8 @@ impl Node {
         let done = self.with_channel(channel, |ch| {
             Ok(ch.messages().iter().any(|x| {
                 x.reply_to.as_deref() == Some(m.id.as_str())
-                    && annotation(x).is_some_and(|a| a["task"] == "translation" && a["to"] == to.as_str())
+                    && annotation(x)
+                        .is_some_and(|a| a["task"] == "translation" && a["to"] == to.as_str())
             }))
         })?;
         if done {
@@ -809,5 +989,42 @@ impl Node {
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(%e, "could not start the AI duty thread"));
+    }
+}
+
+impl Node {
+    /// The embedding check behind the triage rules, when the profile has an embedding
+    /// model. Exemplar embeddings are cached with the search embeddings.
+    fn semantic_triage(
+        &self,
+        text: &str,
+    ) -> Result<Option<fieldmesh_ai::triage::Triage>, NodeError> {
+        let Some((e, manifest)) = self.embedder()? else {
+            return Ok(None);
+        };
+        let sem = {
+            let mut slot = lock(&self.ai.semantic_triage);
+            match slot.as_ref() {
+                Some(s) => s.clone(),
+                None => {
+                    let ex = fieldmesh_ai::triage::exemplars();
+                    let ids: Vec<String> = (0..ex.len())
+                        .map(|i| format!("triage-exemplar-{i}"))
+                        .collect();
+                    let texts: Vec<&str> = ex.iter().map(|(t, _)| t.as_str()).collect();
+                    let vecs = self.embeddings(&e, &manifest, &ids, &texts)?;
+                    let s = Arc::new(fieldmesh_ai::triage::Semantic::from_parts(
+                        vecs.into_iter()
+                            .zip(ex)
+                            .map(|(v, (t, l))| (v, l, t))
+                            .collect(),
+                    ));
+                    *slot = Some(s.clone());
+                    s
+                }
+            }
+        };
+        let v = e.embed(&[text]).map_err(internal)?;
+        Ok(v.first().and_then(|v| sem.triage(text, v)))
     }
 }

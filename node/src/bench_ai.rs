@@ -38,7 +38,8 @@ pub struct AiBench {
 fn tools_dir() -> PathBuf {
     match std::env::var_os("FIELDMESH_TOOLS") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/fieldmesh/tools"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/fieldmesh/tools"),
     }
 }
 
@@ -69,7 +70,11 @@ fn run_measured(mut cmd: Command) -> Result<(std::process::Output, u64)> {
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
         {
-            let kb: u64 = line.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            let kb: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             peak_kb = peak_kb.max(kb);
         }
         if let Some(s) = child.try_wait()? {
@@ -78,7 +83,14 @@ fn run_measured(mut cmd: Command) -> Result<(std::process::Output, u64)> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let (stdout, stderr) = reader.join().unwrap_or_default();
-    Ok((std::process::Output { status, stdout, stderr }, peak_kb * 1024))
+    Ok((
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+        peak_kb * 1024,
+    ))
 }
 
 /// Our LLM alone: prompt of `prompt` tokens, then `tokens` greedy tokens. Prints JSON.
@@ -89,7 +101,10 @@ fn child_llm(a: &AiBench) -> Result<()> {
     let base = "Contact at grid 38SMB 44840 12345, six fighters moving south, two technicals. ";
     let mut ids = llm.encode(&base.repeat(1 + a.prompt / 10))?;
     ids.truncate(a.prompt);
-    let prompt = llm.tokenizer().decode(&ids, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prompt = llm
+        .tokenizer()
+        .decode(&ids, false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = fieldmesh_ai::llm::GenOptions {
         max_tokens: a.tokens,
         max_context: a.prompt + a.tokens + 64,
@@ -99,12 +114,22 @@ fn child_llm(a: &AiBench) -> Result<()> {
     };
     // Warm-up (page in the weights), then the measured run; stop tokens are ignored by
     // generating from a prompt that does not end a turn.
-    llm.generate(&prompt, &fieldmesh_ai::llm::GenOptions { max_tokens: 4, ..opts.clone() }, |_| true)?;
+    llm.generate(
+        &prompt,
+        &fieldmesh_ai::llm::GenOptions {
+            max_tokens: 4,
+            ..opts.clone()
+        },
+        |_| true,
+    )?;
     let g = llm.generate(&prompt, &opts, |_| true)?;
-    println!("{}", serde_json::json!({
-        "prompt_tokens": g.prompt_tokens, "generated": g.generated_tokens,
-        "pp_tps": g.prompt_tokens_per_s(), "tg_tps": g.tokens_per_s(),
-    }));
+    println!(
+        "{}",
+        serde_json::json!({
+            "prompt_tokens": g.prompt_tokens, "generated": g.generated_tokens,
+            "pp_tps": g.prompt_tokens_per_s(), "tg_tps": g.tokens_per_s(),
+        })
+    );
     Ok(())
 }
 
@@ -114,11 +139,27 @@ fn default_model() -> PathBuf {
 
 fn llama_bench(bin: &Path, model: &Path, threads: usize, p: usize, n: usize) -> Result<(f64, f64)> {
     let out = Command::new(bin)
-        .args(["-m", &model.display().to_string(), "-t", &threads.to_string(), "-p", &p.to_string(), "-n", &n.to_string(), "-r", "2", "-o", "json"])
+        .args([
+            "-m",
+            &model.display().to_string(),
+            "-t",
+            &threads.to_string(),
+            "-p",
+            &p.to_string(),
+            "-n",
+            &n.to_string(),
+            "-r",
+            "2",
+            "-o",
+            "json",
+        ])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench JSON")?;
     let (mut pp, mut tg) = (0.0, 0.0);
@@ -147,27 +188,75 @@ pub fn run(a: AiBench) -> Result<()> {
     if !model.is_file() {
         bail!("{} missing: run scripts/fetch-models.sh", model.display());
     }
-    println!("== LLM: {} ({} threads, prompt {} tokens, generate {})", model.display(), a.threads, a.prompt, a.tokens);
+    println!(
+        "== LLM: {} ({} threads, prompt {} tokens, generate {})",
+        model.display(),
+        a.threads,
+        a.prompt,
+        a.tokens
+    );
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(&exe);
-    cmd.args(["bench", "ai", "--child-llm", "--threads", &a.threads.to_string(), "--prompt", &a.prompt.to_string(), "--tokens", &a.tokens.to_string(), "--model"])
-        .arg(&model);
+    cmd.args([
+        "bench",
+        "ai",
+        "--child-llm",
+        "--threads",
+        &a.threads.to_string(),
+        "--prompt",
+        &a.prompt.to_string(),
+        "--tokens",
+        &a.tokens.to_string(),
+        "--model",
+    ])
+    .arg(&model);
     let (out, our_rss) = run_measured(cmd)?;
     if !out.status.success() {
-        bail!("our LLM run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "our LLM run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let ours: serde_json::Value = serde_json::from_slice(
-        out.stdout.split(|b| *b == b'\n').rfind(|l| l.starts_with(b"{")).unwrap_or(b"{}"),
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .unwrap_or(b"{}"),
     )?;
-    let (our_pp, our_tg) = (ours["pp_tps"].as_f64().unwrap_or(0.0), ours["tg_tps"].as_f64().unwrap_or(0.0));
-    println!("  fieldmesh (candle): prompt {our_pp:8.1} tok/s  generation {our_tg:7.1} tok/s  peak RSS {:7.1} MiB", mb(our_rss));
-    let bin = a.llama_bench.clone().unwrap_or_else(|| tools_dir().join("llama.cpp/bin/llama-bench"));
+    let (our_pp, our_tg) = (
+        ours["pp_tps"].as_f64().unwrap_or(0.0),
+        ours["tg_tps"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "  fieldmesh (candle): prompt {our_pp:8.1} tok/s  generation {our_tg:7.1} tok/s  peak RSS {:7.1} MiB",
+        mb(our_rss)
+    );
+    let bin = a
+        .llama_bench
+        .clone()
+        .unwrap_or_else(|| tools_dir().join("llama.cpp/bin/llama-bench"));
     if bin.is_file() {
         let mut cmd = Command::new(&bin);
-        cmd.args(["-m", &model.display().to_string(), "-t", &a.threads.to_string(), "-p", "0", "-n", &a.tokens.to_string(), "-r", "1", "-o", "json"]);
+        cmd.args([
+            "-m",
+            &model.display().to_string(),
+            "-t",
+            &a.threads.to_string(),
+            "-p",
+            "0",
+            "-n",
+            &a.tokens.to_string(),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ]);
         let (_, ref_rss) = run_measured(cmd)?;
         let (ref_pp, ref_tg) = llama_bench(&bin, &model, a.threads, a.prompt, a.tokens)?;
-        println!("  llama.cpp:          prompt {ref_pp:8.1} tok/s  generation {ref_tg:7.1} tok/s  peak RSS {:7.1} MiB", mb(ref_rss));
+        println!(
+            "  llama.cpp:          prompt {ref_pp:8.1} tok/s  generation {ref_tg:7.1} tok/s  peak RSS {:7.1} MiB",
+            mb(ref_rss)
+        );
         println!(
             "  ratio ours/llama.cpp: generation {:.2}x (target >= 1.0), prompt {:.2}x (target >= 0.5), peak RSS {:.2}x",
             our_tg / ref_tg.max(1e-9),
@@ -175,7 +264,10 @@ pub fn run(a: AiBench) -> Result<()> {
             our_rss as f64 / ref_rss.max(1) as f64
         );
     } else {
-        println!("  llama.cpp: {} missing (run scripts/fetch-llamacpp.sh); no ratio", bin.display());
+        println!(
+            "  llama.cpp: {} missing (run scripts/fetch-llamacpp.sh); no ratio",
+            bin.display()
+        );
     }
 
     transcription_rtf(a.threads)?;
@@ -195,10 +287,17 @@ fn transcription_rtf(threads: usize) -> Result<()> {
     let ggml = dir.join("tiny.en.bin");
     let t = Instant::now();
     fieldmesh_ai::whisper::convert::convert_ct2_to_ggml(&ct2, &ggml)?;
-    println!("  conversion CTranslate2 -> ggml: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "  conversion CTranslate2 -> ggml: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let wav = dir.join("speech.wav");
     let text = "Bravo two reports three wounded at the bridge. Requesting medevac at landing zone crow at fourteen hundred. Enemy fighters withdrew to the north. Ammunition is low, fuel is adequate.";
-    let st = Command::new("espeak-ng").args(["-s", "150", "-w"]).arg(&wav).arg(text).status();
+    let st = Command::new("espeak-ng")
+        .args(["-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status();
     if !st.map(|s| s.success()).unwrap_or(false) {
         println!("  espeak-ng unavailable: no figure");
         return Ok(());
@@ -214,7 +313,11 @@ fn transcription_rtf(threads: usize) -> Result<()> {
     let el = t.elapsed().as_secs_f64();
     let wer = fieldmesh_ai::whisper::word_error_rate(text, &out.text);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("  {audio_s:.1} s of speech in {el:.2} s: real-time factor {:.3} (lower is faster; 1.0 = real time); WER {:.1}%", el / audio_s, wer * 100.0);
+    println!(
+        "  {audio_s:.1} s of speech in {el:.2} s: real-time factor {:.3} (lower is faster; 1.0 = real time); WER {:.1}%",
+        el / audio_s,
+        wer * 100.0
+    );
     Ok(())
 }
 
@@ -245,7 +348,15 @@ fn sitrep_time(a: &AiBench, model: &Path) -> Result<()> {
         "You write short military situation report summaries. Use only the facts given.",
         &fieldmesh_ai::sitrep::render(&rep),
     );
-    let g = llm.generate(&prompt, &fieldmesh_ai::llm::GenOptions { max_tokens: 160, max_context: 4096, ..Default::default() }, |_| true)?;
+    let g = llm.generate(
+        &prompt,
+        &fieldmesh_ai::llm::GenOptions {
+            max_tokens: 160,
+            max_context: 4096,
+            ..Default::default()
+        },
+        |_| true,
+    )?;
     let accepted = accept_prose(&mut rep, &g.text, "bench", &sources).is_ok();
     let total = t.elapsed() + extract;
     println!(
@@ -253,7 +364,11 @@ fn sitrep_time(a: &AiBench, model: &Path) -> Result<()> {
         extract.as_secs_f64() * 1e3,
         g.prompt_tokens,
         g.generated_tokens,
-        if accepted { "validated" } else { "refused by the validator, extractive kept" },
+        if accepted {
+            "validated"
+        } else {
+            "refused by the validator, extractive kept"
+        },
         total.as_secs_f64()
     );
     Ok(())
@@ -263,7 +378,13 @@ fn search_latency(n: usize, threads: usize) -> Result<()> {
     println!("== Search over {n} messages");
     let dir = crate::ai_cli::model_cache().join("minilm-l6-v2");
     let emb = fieldmesh_ai::embed::Embedder::load(&dir, threads)?;
-    let units = ["2nd PLT", "Bravo Company", "Viper 6", "3rd squad", "TF Hammer"];
+    let units = [
+        "2nd PLT",
+        "Bravo Company",
+        "Viper 6",
+        "3rd squad",
+        "TF Hammer",
+    ];
     let events = [
         "contact with enemy fighters near the bridge",
         "fuel state amber, requesting resupply",
@@ -306,7 +427,13 @@ fn search_latency(n: usize, threads: usize) -> Result<()> {
         index.add(text, Some(&vecs[i % vecs.len()]));
     }
     let build = t.elapsed();
-    let queries = ["fuel shortage", "wounded soldier evacuation", "enemy near the bridge", "Viper 6", "water resupply"];
+    let queries = [
+        "fuel shortage",
+        "wounded soldier evacuation",
+        "enemy near the bridge",
+        "Viper 6",
+        "water resupply",
+    ];
     let mut lat = Vec::new();
     for q in queries.iter().cycle().take(20) {
         let t = Instant::now();

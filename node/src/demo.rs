@@ -49,7 +49,9 @@ fn ai_section(ch: &str, cp: &LocalNode, squads: &[&LocalNode]) -> Result<()> {
     let posted = squads[1].client().post(
         ch,
         &PostRequest {
-            text: "squad-2: 2 WIA at the bridge, one urgent, request MEDEVAC at grid 38S MB 1315 5725".into(),
+            text:
+                "squad-2: 2 WIA at the bridge, one urgent, request MEDEVAC at grid 38S MB 1315 5725"
+                    .into(),
             precedence: Some(Precedence::Routine),
             reply_to: None,
             attachments: vec![],
@@ -63,7 +65,10 @@ fn ai_section(ch: &str, cp: &LocalNode, squads: &[&LocalNode]) -> Result<()> {
             println!(
                 "command post sees it as {} (sent as {}), flagged for a human: {}",
                 f["precedence"].as_str().unwrap_or("?").to_uppercase(),
-                f["requested_precedence"].as_str().unwrap_or("?").to_uppercase(),
+                f["requested_precedence"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_uppercase(),
                 f["reason"].as_str().unwrap_or("")
             );
         }

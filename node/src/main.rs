@@ -1,9 +1,9 @@
 //! `fieldmesh`: the Fieldmesh node. See `fieldmesh --help`.
 
 mod access;
+mod access_cli;
 mod ai;
 mod ai_cli;
-mod access_cli;
 mod api;
 mod audit;
 mod bench;
@@ -393,7 +393,9 @@ fn run(cli: Cli) -> Result<()> {
                     let to = if off { None } else { to };
                     let v = ops.ai(&ai::AiRequest::AutoTranslate { channel, to })?;
                     match v["auto_translate"].as_str() {
-                        Some(l) => println!("new messages in {} are translated into {l}", v["channel"]),
+                        Some(l) => {
+                            println!("new messages in {} are translated into {l}", v["channel"])
+                        }
                         None => println!("automatic translation off for {}", v["channel"]),
                     }
                 }
@@ -429,7 +431,9 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(t), _) => t,
                 (None, Some(p)) => format!(
                     "[voice message: {}]",
-                    p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                    p.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
                 ),
                 (None, None) => bail!("post needs TEXT, or --voice FILE.wav"),
             };
@@ -478,7 +482,13 @@ fn run(cli: Cli) -> Result<()> {
             to,
             from,
             json,
-        } => ai_cli::translate(backend(&home, &profile()?)?.as_ref(), message, to, from, json)?,
+        } => ai_cli::translate(
+            backend(&home, &profile()?)?.as_ref(),
+            message,
+            to,
+            from,
+            json,
+        )?,
         Cmd::Transcribe { message, json } => {
             ai_cli::transcribe(backend(&home, &profile()?)?.as_ref(), message, json)?
         }
@@ -642,16 +652,24 @@ fn run(cli: Cli) -> Result<()> {
                 json,
             },
         )?,
-        Cmd::Approve { message, json } => {
-            ai_cli::review(backend(&home, &profile()?)?.as_ref(), &message, "approved".into(), json)?
-        }
+        Cmd::Approve { message, json } => ai_cli::review(
+            backend(&home, &profile()?)?.as_ref(),
+            &message,
+            "approved".into(),
+            json,
+        )?,
         Cmd::Reject {
             message,
             note,
             json,
         } => {
             let verdict = note.map_or_else(|| "rejected".to_owned(), |n| format!("rejected: {n}"));
-            ai_cli::review(backend(&home, &profile()?)?.as_ref(), &message, verdict, json)?
+            ai_cli::review(
+                backend(&home, &profile()?)?.as_ref(),
+                &message,
+                verdict,
+                json,
+            )?
         }
         Cmd::Board { json } => ai_cli::board(backend(&home, &profile()?)?.as_ref(), json)?,
         Cmd::Triage { json } => ai_cli::triage(backend(&home, &profile()?)?.as_ref(), json)?,

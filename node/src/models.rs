@@ -102,7 +102,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("root", &self.root).finish()
+        f.debug_struct("Registry")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -113,7 +115,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -177,7 +181,11 @@ impl Registry {
         licence: &str,
         source: &str,
     ) -> Result<(ManifestBody, bool)> {
-        if name.is_empty() || name.len() > 128 || name.contains(['/', '\\']) || name.starts_with('.') {
+        if name.is_empty()
+            || name.len() > 128
+            || name.contains(['/', '\\'])
+            || name.starts_with('.')
+        {
             bail!("model name {name:?} must be 1-128 characters without slashes");
         }
         if files.is_empty() {
@@ -256,12 +264,16 @@ impl Registry {
                 body.signer.short()
             );
         }
-        let sig = hex::decode(&m.signature).map_err(|_| anyhow!("model {}: signature is not hex", body.name))?;
+        let sig = hex::decode(&m.signature)
+            .map_err(|_| anyhow!("model {}: signature is not hex", body.name))?;
         if !fieldmesh_crypto::verify_signature(&body.signer, &body.signed_bytes(), &sig) {
             bail!("model {}: manifest signature does not verify", body.name);
         }
         if digest_of(&body.files) != body.sha256 {
-            bail!("model {}: manifest digest does not match its file list", body.name);
+            bail!(
+                "model {}: manifest digest does not match its file list",
+                body.name
+            );
         }
         let dir = self.root.join("store").join(&body.sha256);
         for f in &body.files {

@@ -37,7 +37,12 @@ fn all_sources(v: &Value) -> Vec<String> {
             Value::Object(m) => {
                 for (k, x) in m {
                     if k == "sources" {
-                        out.extend(x.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()));
+                        out.extend(
+                            x.as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|s| s.as_str().unwrap().to_owned()),
+                        );
                     } else {
                         walk(x, out);
                     }
@@ -59,7 +64,10 @@ fn sitrep_states_no_fact_absent_from_its_sources_and_humans_decide() {
     for t in TRAFFIC {
         ids.push(n.ok(&["post", "2nd-platoon", t]));
     }
-    let v = json(&n, &["sitrep", "2nd-platoon", "--unit", "2 PLATOON", "--json"]);
+    let v = json(
+        &n,
+        &["sitrep", "2nd-platoon", "--unit", "2 PLATOON", "--json"],
+    );
     let rep: Sitrep = serde_json::from_value(v["sitrep"].clone()).unwrap();
     // Every field names only messages that were inputs, and all inputs are ours.
     let inputs: BTreeSet<String> = rep.inputs.iter().cloned().collect();
@@ -76,16 +84,31 @@ fn sitrep_states_no_fact_absent_from_its_sources_and_humans_decide() {
     let sources: Vec<Source> = TRAFFIC
         .iter()
         .zip(&ids)
-        .map(|(t, id)| Source { id: id.clone(), author: String::new(), time_ms: 0, text: (*t).to_owned() })
+        .map(|(t, id)| Source {
+            id: id.clone(),
+            author: String::new(),
+            time_ms: 0,
+            text: (*t).to_owned(),
+        })
         .collect();
-    assert!(validate_prose(&rep.narrative.text, &sources, &rep).is_empty(), "{}", rep.narrative.text);
+    assert!(
+        validate_prose(&rep.narrative.text, &sources, &rep).is_empty(),
+        "{}",
+        rep.narrative.text
+    );
     let prov = &v["provenance"];
     assert_eq!(prov["task"], "sitrep");
-    assert_eq!(prov["model"]["name"], "smollm2-135m-instruct-q4_1", "{prov}");
+    assert_eq!(
+        prov["model"]["name"], "smollm2-135m-instruct-q4_1",
+        "{prov}"
+    );
     assert_eq!(prov["model"]["sha256"].as_str().unwrap().len(), 64);
     if rep.narrative.by == "extractive" {
         assert_eq!(rep.confidence, "low");
-        assert!(prov["unsupported_facts"].is_array() || prov["notes"].to_string().contains("refused"), "{prov}");
+        assert!(
+            prov["unsupported_facts"].is_array() || prov["notes"].to_string().contains("refused"),
+            "{prov}"
+        );
     } else {
         assert_eq!(rep.confidence, "high");
     }
@@ -96,7 +119,12 @@ fn sitrep_states_no_fact_absent_from_its_sources_and_humans_decide() {
     let ai: Value = serde_json::from_str(posted["ai"].as_str().unwrap()).unwrap();
     assert_eq!(ai["signer"], json(&n, &["id", "--json"])["id"]);
     assert_eq!(ai["inputs"].as_array().unwrap().len(), TRAFFIC.len());
-    assert!(posted["text"].as_str().unwrap().contains("4. CASUALTIES: 0 KIA, 3 WIA"));
+    assert!(
+        posted["text"]
+            .as_str()
+            .unwrap()
+            .contains("4. CASUALTIES: 0 KIA, 3 WIA")
+    );
 
     // Without a model (or with --no-model), the extractive SITREP is still produced.
     let low = json(&n, &["sitrep", "2nd-platoon", "--no-model", "--json"]);
@@ -105,7 +133,11 @@ fn sitrep_states_no_fact_absent_from_its_sources_and_humans_decide() {
 
     // A second unit disagrees about Bridge Kilo; the board shows both sources.
     n.ok(&["channel", "create", "3rd-platoon"]);
-    let b1 = n.ok(&["post", "3rd-platoon", "Bridge Kilo at grid 38SMB 46000 12000, 1 KIA. Ammo green."]);
+    let b1 = n.ok(&[
+        "post",
+        "3rd-platoon",
+        "Bridge Kilo at grid 38SMB 46000 12000, 1 KIA. Ammo green.",
+    ]);
     let s2 = json(&n, &["sitrep", "3rd-platoon", "--no-model", "--json"]);
     let board = json(&n, &["board", "--json"]);
     assert_eq!(board["units"].as_object().unwrap().len(), 2, "{board}");
@@ -127,14 +159,23 @@ fn sitrep_states_no_fact_absent_from_its_sources_and_humans_decide() {
     // Humans decide: the newest 2nd-platoon SITREP is the --no-model one; reject it and
     // approve the first. The board falls back to the approved one.
     let low_id = low["posted"]["id"].as_str().unwrap();
-    assert_eq!(json(&n, &["reject", low_id, "--note", "superseded", "--json"])["state"], "rejected");
-    assert_eq!(json(&n, &["approve", &sitrep_id, "--json"])["state"], "approved");
+    assert_eq!(
+        json(&n, &["reject", low_id, "--note", "superseded", "--json"])["state"],
+        "rejected"
+    );
+    assert_eq!(
+        json(&n, &["approve", &sitrep_id, "--json"])["state"],
+        "approved"
+    );
     let board = json(&n, &["board", "--json"]);
     assert_eq!(board["units"]["2 PLATOON"]["id"], sitrep_id.as_str());
     assert_eq!(board["units"]["2 PLATOON"]["state"], "approved");
     assert_eq!(board["units"]["3 PLATOON"]["id"], s2["posted"]["id"]);
     let text = n.ok(&["board"]);
-    assert!(text.contains("CONFLICTS: 1") && text.contains("BRIDGE KILO"), "{text}");
+    assert!(
+        text.contains("CONFLICTS: 1") && text.contains("BRIDGE KILO"),
+        "{text}"
+    );
     // Every review is audited.
     let audit = n.ok(&["audit", "--json"]);
     assert!(audit.contains("\"review\""), "{audit}");
@@ -146,7 +187,13 @@ fn casualty_traffic_is_raised_and_flagged_for_a_human() {
     n.ok(&["channel", "create", "ops"]);
     let m1 = n.ok(&["post", "ops", "2 WIA at checkpoint Bravo, need MEDEVAC"]);
     let m2 = n.ok(&["post", "ops", "No casualties, all pax accounted for"]);
-    let m3 = n.ok(&["post", "ops", "one of ours is wounded, walking", "--precedence", "flash"]);
+    let m3 = n.ok(&[
+        "post",
+        "ops",
+        "one of ours is wounded, walking",
+        "--precedence",
+        "flash",
+    ]);
     let msgs = n.read_json("ops");
     let by_id = |id: &str| msgs.iter().find(|m| m["id"] == id).unwrap().clone();
     assert_eq!(by_id(&m1)["precedence"], "immediate");
@@ -157,32 +204,59 @@ fn casualty_traffic_is_raised_and_flagged_for_a_human() {
     let t = json(&n, &["triage", "--json"]);
     let flagged = t["flagged"].as_array().unwrap();
     assert_eq!(flagged.len(), 2, "{t}");
-    let f1 = flagged.iter().find(|f| f["message"] == m1.as_str()).unwrap();
+    let f1 = flagged
+        .iter()
+        .find(|f| f["message"] == m1.as_str())
+        .unwrap();
     assert_eq!(f1["state"], "draft");
     assert_eq!(f1["requested_precedence"], "routine");
     assert!(f1["reason"].as_str().unwrap().contains("MEDEVAC"), "{f1}");
     // A human acknowledges it.
     n.ok(&["approve", &m1]);
     let t = json(&n, &["triage", "--json"]);
-    assert_eq!(t["flagged"].as_array().unwrap().iter().find(|f| f["message"] == m1.as_str()).unwrap()["state"], "approved");
+    assert_eq!(
+        t["flagged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["message"] == m1.as_str())
+            .unwrap()["state"],
+        "approved"
+    );
 }
 
 #[test]
 fn model_registry_refuses_tampered_or_forged_models_and_rolls_back() {
     let n = TestNode::init("keeper");
     let dir = tempfile::tempdir().unwrap();
-    let cache = std::path::PathBuf::from(std::env::var("FIELDMESH_MODELS").unwrap_or_else(|_| {
-        format!("{}/.cache/fieldmesh/models", std::env::var("HOME").unwrap())
-    }));
+    let cache =
+        std::path::PathBuf::from(std::env::var("FIELDMESH_MODELS").unwrap_or_else(|_| {
+            format!("{}/.cache/fieldmesh/models", std::env::var("HOME").unwrap())
+        }));
     let src = cache.join("smollm2-135m-instruct-q4_1.gguf");
-    assert!(src.is_file(), "run scripts/fetch-models.sh first: {} missing", src.display());
+    assert!(
+        src.is_file(),
+        "run scripts/fetch-models.sh first: {} missing",
+        src.display()
+    );
     // Work on a private copy: the store hard-links what it imports.
     let v1 = dir.path().join("v1.gguf");
     std::fs::copy(&src, &v1).unwrap();
-    let out = n.ok(&["model", "import", v1.to_str().unwrap(), "--name", "tiny", "--licence", "Apache-2.0"]);
+    let out = n.ok(&[
+        "model",
+        "import",
+        v1.to_str().unwrap(),
+        "--name",
+        "tiny",
+        "--licence",
+        "Apache-2.0",
+    ]);
     assert!(out.contains("imported tiny"), "{out}");
     // Re-import is idempotent.
-    assert!(n.ok(&["model", "import", v1.to_str().unwrap(), "--name", "tiny"]).contains("already present"));
+    assert!(
+        n.ok(&["model", "import", v1.to_str().unwrap(), "--name", "tiny"])
+            .contains("already present")
+    );
     // A second version: same model with one metadata byte changed is still a valid GGUF
     // header for our purposes only if it parses; use a different file instead.
     let v2 = dir.path().join("v2.gguf");
@@ -194,15 +268,29 @@ fn model_registry_refuses_tampered_or_forged_models_and_rolls_back() {
         f.seek(SeekFrom::Start(len - 1)).unwrap();
         f.write_all(&[0x5a]).unwrap();
     }
-    assert!(n.ok(&["model", "import", v2.to_str().unwrap(), "--name", "tiny"]).contains("imported tiny"));
+    assert!(
+        n.ok(&["model", "import", v2.to_str().unwrap(), "--name", "tiny"])
+            .contains("imported tiny")
+    );
     let list = json(&n, &["model", "list", "--json"]);
     assert_eq!(list["models"]["tiny"].as_array().unwrap().len(), 2);
     assert_eq!(list["active"]["tiny"], 1);
     let out = n.run(&["model", "verify"]);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(n.ok(&["model", "rollback", "tiny"]).contains("active version"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        n.ok(&["model", "rollback", "tiny"])
+            .contains("active version")
+    );
     assert_eq!(json(&n, &["model", "list", "--json"])["active"]["tiny"], 0);
-    assert!(n.fails(&["model", "rollback", "tiny"], 1).contains("no earlier version"));
+    assert!(
+        n.fails(&["model", "rollback", "tiny"], 1)
+            .contains("no earlier version")
+    );
 
     // Tamper with the bytes of v1 (the store shares its inode): verify refuses.
     {
@@ -212,13 +300,22 @@ fn model_registry_refuses_tampered_or_forged_models_and_rolls_back() {
         f.write_all(&[0xff; 16]).unwrap();
     }
     let out = n.run(&["model", "verify", "tiny"]);
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(report.contains("FAIL tiny v1") && report.contains("refusing to load"), "{report}");
+    assert!(
+        report.contains("FAIL tiny v1") && report.contains("refusing to load"),
+        "{report}"
+    );
     assert!(report.contains("ok   tiny v2"), "{report}");
     // Forge the manifest (licence changed without the key): the signature fails.
     let reg_path = n.home().join("models/registry.json");
-    let reg = std::fs::read_to_string(&reg_path).unwrap().replace("Apache-2.0", "Public-Domain");
+    let reg = std::fs::read_to_string(&reg_path)
+        .unwrap()
+        .replace("Apache-2.0", "Public-Domain");
     std::fs::write(&reg_path, reg).unwrap();
     let out = n.run(&["model", "verify", "tiny"]);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -227,7 +324,10 @@ fn model_registry_refuses_tampered_or_forged_models_and_rolls_back() {
     // Garbage is not a model.
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\0\0\0garbage").unwrap();
-    let err = n.fails(&["model", "import", junk.to_str().unwrap(), "--name", "junk"], 1);
+    let err = n.fails(
+        &["model", "import", junk.to_str().unwrap(), "--name", "junk"],
+        1,
+    );
     assert!(err.contains("GGUF"), "{err}");
 }
 
@@ -235,10 +335,17 @@ fn model_registry_refuses_tampered_or_forged_models_and_rolls_back() {
 fn translation_is_linked_and_keeps_the_facts() {
     let n = ai_node("linguist");
     n.ok(&["channel", "create", "coalition"]);
-    let m = n.ok(&["post", "coalition", "Two soldiers wounded at the bridge, request medevac at grid 38SMB 44840 12345 at 1530Z."]);
+    let m = n.ok(&[
+        "post",
+        "coalition",
+        "Two soldiers wounded at the bridge, request medevac at grid 38SMB 44840 12345 at 1530Z.",
+    ]);
     let v = json(&n, &["translate", &m, "--to", "es", "--json"]);
     let text = v["text"].as_str().unwrap();
-    assert!(text.contains("38SMB 44840 12345") && text.contains("1530Z"), "{v}");
+    assert!(
+        text.contains("38SMB 44840 12345") && text.contains("1530Z"),
+        "{v}"
+    );
     assert_eq!(v["from"], "en");
     assert_eq!(v["to"], "es");
     assert_eq!(fieldmesh_ai::translate::detect(text), Some("es"), "{text}");
@@ -249,24 +356,55 @@ fn translation_is_linked_and_keeps_the_facts() {
     assert_eq!(ai["task"], "translation");
     assert_eq!(ai["original"], m.as_str());
     // Spanish back to English with the rule-based pair.
-    let es = n.ok(&["post", "coalition", "Dos soldados heridos en el puente, solicito evacuación médica."]);
+    let es = n.ok(&[
+        "post",
+        "coalition",
+        "Dos soldados heridos en el puente, solicito evacuación médica.",
+    ]);
     let back = json(&n, &["translate", &es, "--to", "en", "--json"]);
     assert_eq!(back["from"], "es");
-    assert!(back["text"].as_str().unwrap().to_lowercase().contains("soldiers"), "{back}");
-    assert!(n.fails(&["translate", &m, "--to", "klingon"], 1).contains("unknown language"));
+    assert!(
+        back["text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("soldiers"),
+        "{back}"
+    );
+    assert!(
+        n.fails(&["translate", &m, "--to", "klingon"], 1)
+            .contains("unknown language")
+    );
 
     // Automatic translation while the daemon runs: new messages get a linked translation.
     let d = n.start_daemon();
-    assert!(n.ok(&["channel", "auto-translate", "coalition", "--to", "es"]).contains("into es"));
-    let auto = n.ok(&["post", "coalition", "Checkpoint open at 0600Z, convoy moving north."]);
+    assert!(
+        n.ok(&["channel", "auto-translate", "coalition", "--to", "es"])
+            .contains("into es")
+    );
+    let auto = n.ok(&[
+        "post",
+        "coalition",
+        "Checkpoint open at 0600Z, convoy moving north.",
+    ]);
     common::wait_until(120, "an automatic translation", || {
-        n.read_json("coalition").iter().any(|x| x["reply_to"] == auto.as_str())
+        n.read_json("coalition")
+            .iter()
+            .any(|x| x["reply_to"] == auto.as_str())
     });
     let msgs = n.read_json("coalition");
-    let t = msgs.iter().find(|x| x["reply_to"] == auto.as_str()).unwrap();
+    let t = msgs
+        .iter()
+        .find(|x| x["reply_to"] == auto.as_str())
+        .unwrap();
     assert!(t["text"].as_str().unwrap().contains("0600Z"), "{t}");
     // Exactly one: the translation itself is not translated again.
-    assert_eq!(msgs.iter().filter(|x| x["reply_to"] == auto.as_str()).count(), 1);
+    assert_eq!(
+        msgs.iter()
+            .filter(|x| x["reply_to"] == auto.as_str())
+            .count(),
+        1
+    );
     n.ok(&["channel", "auto-translate", "coalition", "--off"]);
     d.stop();
 }
@@ -275,12 +413,26 @@ fn translation_is_linked_and_keeps_the_facts() {
 fn search_finds_by_keyword_and_by_meaning() {
     let n = ai_node("searcher");
     n.ok(&["channel", "create", "logs"]);
-    let fuel = n.ok(&["post", "logs", "Trucks are nearly out of diesel, need a refuel before moving"]);
-    let med = n.ok(&["post", "logs", "Casualty evacuated by helicopter to the field hospital"]);
+    let fuel = n.ok(&[
+        "post",
+        "logs",
+        "Trucks are nearly out of diesel, need a refuel before moving",
+    ]);
+    let med = n.ok(&[
+        "post",
+        "logs",
+        "Casualty evacuated by helicopter to the field hospital",
+    ]);
     n.ok(&["post", "logs", "Weather clear, visibility good"]);
     n.ok(&["post", "logs", "Bridge Kilo intact"]);
     let v = json(&n, &["search", "bridge", "--json"]);
-    assert!(v["results"][0]["text"].as_str().unwrap().contains("Bridge Kilo"), "{v}");
+    assert!(
+        v["results"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Bridge Kilo"),
+        "{v}"
+    );
     // No shared word: only meaning links "fuel shortage" to the diesel message.
     let v = json(&n, &["search", "fuel shortage", "--json"]);
     assert_eq!(v["embedding_model"], "all-minilm-l6-v2");
@@ -311,10 +463,19 @@ fn voice_messages_are_transcribed_with_timestamps_confidence_and_triage() {
     n.ok(&["channel", "create", "net"]);
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("Alpha team is holding the north ridge and needs more water and radio batteries before nightfall", 0.4),
-        ("Enemy vehicles spotted moving east along the river road, all units stay hidden and report contacts", 0.4),
+        (
+            "Alpha team is holding the north ridge and needs more water and radio batteries before nightfall",
+            0.4,
+        ),
+        (
+            "Enemy vehicles spotted moving east along the river road, all units stay hidden and report contacts",
+            0.4,
+        ),
         // Number words come back as digits ("1400"): a looser bound.
-        ("Bravo two reports three wounded at the bridge, requesting medevac at fourteen hundred", 0.6),
+        (
+            "Bravo two reports three wounded at the bridge, requesting medevac at fourteen hundred",
+            0.6,
+        ),
     ];
     for (i, (text, max_wer)) in cases.iter().enumerate() {
         let wav = speak(dir.path(), &format!("r{i}.wav"), text);
@@ -324,7 +485,10 @@ fn voice_messages_are_transcribed_with_timestamps_confidence_and_triage() {
         let msgs = n.read_json("net");
         let voice = msgs.iter().find(|m| m["id"] == voice_id.as_str()).unwrap();
         assert_eq!(voice["attachments"][0]["mime"], "audio/wav");
-        let t = msgs.iter().find(|m| m["reply_to"] == voice_id.as_str()).expect("a linked transcript");
+        let t = msgs
+            .iter()
+            .find(|m| m["reply_to"] == voice_id.as_str())
+            .expect("a linked transcript");
         let ai: Value = serde_json::from_str(t["ai"].as_str().unwrap()).unwrap();
         assert_eq!(ai["task"], "transcript");
         assert_eq!(ai["model"]["name"], "whisper-tiny.en");
@@ -333,14 +497,25 @@ fn voice_messages_are_transcribed_with_timestamps_confidence_and_triage() {
         assert!(!segments.is_empty());
         let audio_ms = tr["audio_ms"].as_u64().unwrap();
         for s in segments {
-            let (a, b) = (s["start_ms"].as_u64().unwrap(), s["end_ms"].as_u64().unwrap());
-            assert!(a <= b && b <= audio_ms + 10, "segment {a}-{b} outside {audio_ms} ms");
+            let (a, b) = (
+                s["start_ms"].as_u64().unwrap(),
+                s["end_ms"].as_u64().unwrap(),
+            );
+            assert!(
+                a <= b && b <= audio_ms + 10,
+                "segment {a}-{b} outside {audio_ms} ms"
+            );
             let p = s["confidence"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&p));
         }
         let wer = fieldmesh_ai::whisper::word_error_rate(text, tr["text"].as_str().unwrap());
         println!("WER {wer:.3}: {:?}", tr["text"]);
-        assert!(wer <= *max_wer, "WER {wer:.3} for {:?} heard as {:?}", text, tr["text"]);
+        assert!(
+            wer <= *max_wer,
+            "WER {wer:.3} for {:?} heard as {:?}",
+            text,
+            tr["text"]
+        );
         if i == 2 {
             // What was said is triaged like what was typed.
             assert_eq!(t["precedence"], "immediate", "{t}");

@@ -76,7 +76,10 @@ pub struct Board {
     pub narrative: Vec<NarrativeLine>,
 }
 
-fn rollup(entries: &[&Entry], pick: impl Fn(&Sitrep) -> Option<&SupplyState>) -> Option<SupplyRollup> {
+fn rollup(
+    entries: &[&Entry],
+    pick: impl Fn(&Sitrep) -> Option<&SupplyState>,
+) -> Option<SupplyRollup> {
     let mut by_unit = BTreeMap::new();
     let mut worst: Option<(u8, String, String)> = None;
     for e in entries {
@@ -183,7 +186,8 @@ pub fn build(entries: &[Entry]) -> Board {
                         continue;
                     };
                     let near = grid_distance_m(la, lb).is_some_and(|d| d <= 300.0);
-                    if near && let (Some(sa), Some(sb)) = (ea.size, eb.size)
+                    if near
+                        && let (Some(sa), Some(sb)) = (ea.size, eb.size)
                         && sa != sb
                     {
                         conflicts.push(Conflict {
@@ -330,18 +334,31 @@ mod tests {
 
     #[test]
     fn latest_per_unit_totals_and_conflicts() {
-        let a_old = entry("s1", "ALPHA", "approved", &[s("a0", 0, "1 WIA. Ammo green.")]);
+        let a_old = entry(
+            "s1",
+            "ALPHA",
+            "approved",
+            &[s("a0", 0, "1 WIA. Ammo green.")],
+        );
         let a_new = entry(
             "s2",
             "ALPHA",
             "draft",
-            &[s("a1", 100, "2 WIA. Ammo amber. Bridge Kilo at grid 38SMB 40000 10000. 5 enemy fighters at grid 38SMB 41000 11000.")],
+            &[s(
+                "a1",
+                100,
+                "2 WIA. Ammo amber. Bridge Kilo at grid 38SMB 40000 10000. 5 enemy fighters at grid 38SMB 41000 11000.",
+            )],
         );
         let b = entry(
             "s3",
             "BRAVO",
             "approved",
-            &[s("b1", 50, "1 KIA. Ammo red, water green. Bridge Kilo at grid 38SMB 42000 10000. 12 enemy fighters at grid 38SMB 41100 11000.")],
+            &[s(
+                "b1",
+                50,
+                "1 KIA. Ammo red, water green. Bridge Kilo at grid 38SMB 42000 10000. 12 enemy fighters at grid 38SMB 41100 11000.",
+            )],
         );
         let c_rejected = entry("s4", "CHARLIE", "rejected", &[s("c1", 10, "9 KIA")]);
         let board = build(&[a_old, a_new, b, c_rejected]);
@@ -352,10 +369,18 @@ mod tests {
         assert_eq!(ammo.worst, Some(("RED".into(), "BRAVO".into())));
         assert_eq!(ammo.by_unit["ALPHA"], "AMBER");
         assert_eq!(board.conflicts.len(), 2, "{:#?}", board.conflicts);
-        let bridge = board.conflicts.iter().find(|c| c.what.contains("BRIDGE KILO")).unwrap();
+        let bridge = board
+            .conflicts
+            .iter()
+            .find(|c| c.what.contains("BRIDGE KILO"))
+            .unwrap();
         assert_eq!(bridge.a.sources, ["a1"]);
         assert_eq!(bridge.b.sources, ["b1"]);
-        let enemy = board.conflicts.iter().find(|c| c.what.contains("enemy")).unwrap();
+        let enemy = board
+            .conflicts
+            .iter()
+            .find(|c| c.what.contains("enemy"))
+            .unwrap();
         assert!(enemy.a.says.starts_with("5:") && enemy.b.says.starts_with("12:"));
         let text = render(&board);
         assert!(text.contains("TOTALS: 1 KIA, 2 WIA"), "{text}");
@@ -364,7 +389,10 @@ mod tests {
 
     #[test]
     fn grid_distances() {
-        assert_eq!(grid_distance_m("38SMB4000010000", "38SMB4000010100"), Some(100.0));
+        assert_eq!(
+            grid_distance_m("38SMB4000010000", "38SMB4000010100"),
+            Some(100.0)
+        );
         assert_eq!(grid_distance_m("38SMB400100", "38SMB400101"), Some(100.0));
         assert_eq!(grid_distance_m("38SMB4000010000", "38SMC4000010000"), None);
     }

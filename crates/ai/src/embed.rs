@@ -35,7 +35,9 @@ pub struct Embedder {
 
 impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedder").field("dim", &self.dim).finish_non_exhaustive()
+        f.debug_struct("Embedder")
+            .field("dim", &self.dim)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,8 +51,10 @@ fn read(path: &Path) -> Result<Vec<u8>, EmbedError> {
 impl Embedder {
     /// Checks that `config.json` describes a BERT model candle can load.
     pub fn check_config(path: &Path) -> Result<usize, EmbedError> {
-        let cfg: Config = serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
-        let v: serde_json::Value = serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
+        let cfg: Config =
+            serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
         let _ = cfg;
         v.get("hidden_size")
             .and_then(serde_json::Value::as_u64)
@@ -102,7 +106,12 @@ impl Embedder {
                 .tokenizer
                 .encode_batch(batch.to_vec(), true)
                 .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-            let len = encs.iter().map(|e| e.get_ids().len()).max().unwrap_or(1).max(1);
+            let len = encs
+                .iter()
+                .map(|e| e.get_ids().len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
             let mut ids = Vec::with_capacity(batch.len() * len);
             let mut mask = Vec::with_capacity(batch.len() * len);
             for e in &encs {

@@ -89,11 +89,14 @@ static MGRS: LazyLock<Regex> = LazyLock::new(|| {
 });
 static GRID_WORD: LazyLock<Regex> = LazyLock::new(|| {
     // "grid 123 456", "GR 123456", "grid ref 1234 5678".
-    Regex::new(r"(?i)\b(?:grid(?:\s+ref(?:erence)?)?|gr)\.?\s*:?\s*(\d{3,5})\s?(\d{3,5})?\b").unwrap()
+    Regex::new(r"(?i)\b(?:grid(?:\s+ref(?:erence)?)?|gr)\.?\s*:?\s*(\d{3,5})\s?(\d{3,5})?\b")
+        .unwrap()
 });
 static DTG: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(\d{6})\s?([A-Z])\s?(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)\s?(\d{2})\b")
-        .unwrap()
+    Regex::new(
+        r"(?i)\b(\d{6})\s?([A-Z])\s?(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)\s?(\d{2})\b",
+    )
+    .unwrap()
 });
 static ZULU: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b([01]\d|2[0-3])([0-5]\d)\s?([ZJ]|hrs|hours|L)\b").unwrap());
@@ -112,19 +115,138 @@ static UNIT: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Words that look like a call sign ("Word 6") but are not one.
 const NOT_CALLSIGNS: &[&str] = &[
-    "at", "in", "on", "of", "to", "by", "for", "the", "and", "or", "with", "from", "grid",
-    "about", "around", "approx", "approximately", "over", "under", "only", "all", "our", "we",
-    "are", "is", "was", "were", "has", "have", "had", "be", "been", "x", "and", "plus",
-    "channel", "freq", "frequency", "net", "route", "phase", "line", "hill", "building",
-    "day", "days", "hour", "hours", "minute", "minutes", "team", "figure", "figures", "dec",
-    "nov", "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "room",
-    "vehicles", "vehicle", "trucks", "truck", "men", "pax", "personnel", "fighters", "troops",
-    "rounds", "mags", "magazines", "litres", "liters", "gallons", "jerrycans", "cases", "mrE",
-    "mres", "boxes", "km", "m", "meters", "metres", "miles", "hrs", "up", "down", "till",
-    "until", "since", "after", "before", "last", "next", "per", "every", "each", "than",
-    "maybe", "some", "reported", "report", "sitrep", "spotrep", "casualties", "wia", "kia",
-    "objective", "obj", "checkpoint", "cp", "lz", "hlz", "pl", "bridge", "point", "ammo",
-    "fuel", "water", "class", "priority", "routine", "immediate", "flash", "urgent",
+    "at",
+    "in",
+    "on",
+    "of",
+    "to",
+    "by",
+    "for",
+    "the",
+    "and",
+    "or",
+    "with",
+    "from",
+    "grid",
+    "about",
+    "around",
+    "approx",
+    "approximately",
+    "over",
+    "under",
+    "only",
+    "all",
+    "our",
+    "we",
+    "are",
+    "is",
+    "was",
+    "were",
+    "has",
+    "have",
+    "had",
+    "be",
+    "been",
+    "x",
+    "and",
+    "plus",
+    "channel",
+    "freq",
+    "frequency",
+    "net",
+    "route",
+    "phase",
+    "line",
+    "hill",
+    "building",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "team",
+    "figure",
+    "figures",
+    "dec",
+    "nov",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "may",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "oct",
+    "room",
+    "vehicles",
+    "vehicle",
+    "trucks",
+    "truck",
+    "men",
+    "pax",
+    "personnel",
+    "fighters",
+    "troops",
+    "rounds",
+    "mags",
+    "magazines",
+    "litres",
+    "liters",
+    "gallons",
+    "jerrycans",
+    "cases",
+    "mrE",
+    "mres",
+    "boxes",
+    "km",
+    "m",
+    "meters",
+    "metres",
+    "miles",
+    "hrs",
+    "up",
+    "down",
+    "till",
+    "until",
+    "since",
+    "after",
+    "before",
+    "last",
+    "next",
+    "per",
+    "every",
+    "each",
+    "than",
+    "maybe",
+    "some",
+    "reported",
+    "report",
+    "sitrep",
+    "spotrep",
+    "casualties",
+    "wia",
+    "kia",
+    "objective",
+    "obj",
+    "checkpoint",
+    "cp",
+    "lz",
+    "hlz",
+    "pl",
+    "bridge",
+    "point",
+    "ammo",
+    "fuel",
+    "water",
+    "class",
+    "priority",
+    "routine",
+    "immediate",
+    "flash",
+    "urgent",
 ];
 
 /// A grid reference, normalised: upper case, no spaces.
@@ -145,7 +267,10 @@ pub fn grids(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
     }
     for c in GRID_WORD.captures_iter(text) {
         let m = c.get(0).unwrap();
-        if out.iter().any(|(_, r)| r.start < m.end() && m.start() < r.end) {
+        if out
+            .iter()
+            .any(|(_, r)| r.start < m.end() && m.start() < r.end)
+        {
             continue;
         }
         let digits = match c.get(2) {
@@ -172,7 +297,9 @@ pub fn times(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
     }
     for c in ZULU.captures_iter(text) {
         let m = c.get(0).unwrap();
-        if out.iter().any(|(_, r): &(String, std::ops::Range<usize>)| r.start <= m.start() && m.end() <= r.end) {
+        if out.iter().any(|(_, r): &(String, std::ops::Range<usize>)| {
+            r.start <= m.start() && m.end() <= r.end
+        }) {
             continue;
         }
         let zone = match c[3].to_ascii_uppercase().as_str() {
@@ -236,7 +363,10 @@ pub fn normalise_unit(s: &str) -> String {
             "1ST" => "1".to_owned(),
             "2ND" => "2".to_owned(),
             "3RD" => "3".to_owned(),
-            o if o.len() > 2 && o.ends_with("TH") && o[..o.len() - 2].bytes().all(|b| b.is_ascii_digit()) => {
+            o if o.len() > 2
+                && o.ends_with("TH")
+                && o[..o.len() - 2].bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 o[..o.len() - 2].to_owned()
             }
             o => o.to_owned(),
@@ -253,7 +383,8 @@ pub fn numbers(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
         .chain(units(text))
         .map(|(_, r)| r)
         .collect();
-    let free = |r: &std::ops::Range<usize>| !taken.iter().any(|t| t.start < r.end && r.start < t.end);
+    let free =
+        |r: &std::ops::Range<usize>| !taken.iter().any(|t| t.start < r.end && r.start < t.end);
     let mut out = Vec::new();
     for c in NUMBER.captures_iter(text) {
         let m = c.get(0).unwrap();
@@ -345,9 +476,15 @@ mod tests {
 
     #[test]
     fn grids_in_common_spellings() {
-        assert_eq!(vals(grids("contact at 38SMB 44840 12345 moving N")), ["38SMB4484012345"]);
+        assert_eq!(
+            vals(grids("contact at 38SMB 44840 12345 moving N")),
+            ["38SMB4484012345"]
+        );
         assert_eq!(vals(grids("OP at 38smb4484012345")), ["38SMB4484012345"]);
-        assert_eq!(vals(grids("vic grid 123 456, and GR 4455 6677")), ["123456", "44556677"]);
+        assert_eq!(
+            vals(grids("vic grid 123 456, and GR 4455 6677")),
+            ["123456", "44556677"]
+        );
         // Odd digit counts or mismatched halves are not grids.
         assert!(grids("grid 12345").is_empty());
         assert!(grids("38SMB 448 12345").is_empty());
@@ -355,15 +492,29 @@ mod tests {
 
     #[test]
     fn times_and_dtgs() {
-        assert_eq!(vals(times("at 031530ZDEC26 and 1600Z, RV 17:05")), ["031530ZDEC26", "1600Z", "1705"]);
+        assert_eq!(
+            vals(times("at 031530ZDEC26 and 1600Z, RV 17:05")),
+            ["031530ZDEC26", "1600Z", "1705"]
+        );
         assert_eq!(vals(times("at 031530Z DEC 26")), ["031530ZDEC26"]);
         assert!(times("2500Z 1999").is_empty());
     }
 
     #[test]
     fn units_and_call_signs() {
-        let u = vals(units("2nd PLT and Bravo Company met Viper 6 near TF Hammer; charlie-1 holds."));
-        assert_eq!(u, ["2 PLATOON", "BRAVO COMPANY", "VIPER 6", "TASK FORCE HAMMER", "CHARLIE 1"]);
+        let u = vals(units(
+            "2nd PLT and Bravo Company met Viper 6 near TF Hammer; charlie-1 holds.",
+        ));
+        assert_eq!(
+            u,
+            [
+                "2 PLATOON",
+                "BRAVO COMPANY",
+                "VIPER 6",
+                "TASK FORCE HAMMER",
+                "CHARLIE 1"
+            ]
+        );
         // Ordinary words followed by numbers are not call signs.
         assert!(units("we have 3 vehicles, Route 7 is open").is_empty());
         assert!(units("plan alpha is a go").is_empty());
@@ -371,7 +522,9 @@ mod tests {
 
     #[test]
     fn numbers_skip_identifiers_grids_and_times() {
-        let n = vals(numbers("3 WIA, two KIA, ammo at 40%, 1 T-72 at grid 123456 at 1500Z"));
+        let n = vals(numbers(
+            "3 WIA, two KIA, ammo at 40%, 1 T-72 at grid 123456 at 1500Z",
+        ));
         assert_eq!(n, ["3", "2", "40%", "1"]);
         assert_eq!(vals(numbers("4.5 km, 007 rounds")), ["4.5", "7"]);
     }
@@ -380,7 +533,13 @@ mod tests {
     fn sentences_split_without_breaking_decimals() {
         assert_eq!(
             sentences("Moved 4.5 km north. Contact! Holding; awaiting orders\nout"),
-            ["Moved 4.5 km north", "Contact", "Holding", "awaiting orders", "out"]
+            [
+                "Moved 4.5 km north",
+                "Contact",
+                "Holding",
+                "awaiting orders",
+                "out"
+            ]
         );
     }
 

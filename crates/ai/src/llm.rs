@@ -193,7 +193,8 @@ impl Llm {
                 stop.push(id);
             }
         }
-        let arch_context = meta_u32(&ct, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        let arch_context =
+            meta_u32(&ct, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
         let device = Device::Cpu;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -202,8 +203,12 @@ impl Llm {
             .map_err(|e| LlmError::Inference(e.to_string()))?;
         let weights = pool.install(|| -> Result<Weights, LlmError> {
             Ok(match arch.as_str() {
-                "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut f, &device)?),
-                "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, &device)?),
+                "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
+                    ct, &mut f, &device,
+                )?),
+                "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                    ct, &mut f, &device,
+                )?),
                 other => return Err(LlmError::Arch(other.to_owned())),
             })
         })?;
@@ -248,7 +253,9 @@ impl Llm {
     /// A ChatML conversation (both supported families are ChatML-tuned), ready for the
     /// assistant's turn.
     pub fn chat(&self, system: &str, user: &str) -> String {
-        format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+        format!(
+            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        )
     }
 
     /// Generates from a raw prompt; `on_token` receives each new piece of text and returns
@@ -310,7 +317,9 @@ impl Llm {
                     break;
                 }
                 let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-                let logits = weights.forward(&input, ids.len() + out.len() - 1)?.squeeze(0)?;
+                let logits = weights
+                    .forward(&input, ids.len() + out.len() - 1)?
+                    .squeeze(0)?;
                 let logits = if opts.repeat_penalty != 1.0 {
                     let start = out.len().saturating_sub(64);
                     candle_transformers::utils::apply_repeat_penalty(
@@ -356,10 +365,11 @@ pub struct GgufInfo {
 
 /// Reads a GGUF header and builds its tokenizer, without loading the weights.
 pub fn inspect(path: &Path) -> Result<GgufInfo, LlmError> {
-    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|source| LlmError::Io {
-        path: path.display().to_string(),
-        source,
-    })?);
+    let mut f =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|source| LlmError::Io {
+            path: path.display().to_string(),
+            source,
+        })?);
     let ct = gguf_file::Content::read(&mut f).map_err(|e| LlmError::Format(e.to_string()))?;
     let arch = meta_str(&ct, "general.architecture")
         .ok_or_else(|| LlmError::Format("no general.architecture".into()))?

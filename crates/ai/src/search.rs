@@ -90,13 +90,16 @@ impl Index {
             if !seen.insert(t.clone()) {
                 continue;
             }
-            let Some(list) = self.postings.get(&t) else { continue };
+            let Some(list) = self.postings.get(&t) else {
+                continue;
+            };
             let df = list.len() as f32;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
             for &(d, tf) in list {
                 let tf = f32::from(tf);
                 let len = self.doc_len[d as usize] as f32;
-                *scores.entry(d).or_default() += idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
+                *scores.entry(d).or_default() +=
+                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
             }
         }
         top(scores.into_iter().map(|(d, s)| (d as usize, s)), k)

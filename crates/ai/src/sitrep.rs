@@ -153,34 +153,49 @@ fn re(s: &str) -> Regex {
 }
 
 static ENEMY: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(enemy|eny|hostiles?|opfor|insurgents?|fighters|militants?|sniper|ied|rpgs?|mortars?|technicals?|armed\s+men|contact|t-\d+|bmp-?\d?|btr-?\d*|drones?|uavs?|machine\s*gun|pkm|ambush|indirect\s+fire|idf)\b")
+    re(
+        r"(?i)\b(enemy|eny|hostiles?|opfor|insurgents?|fighters|militants?|sniper|ied|rpgs?|mortars?|technicals?|armed\s+men|contact|t-\d+|bmp-?\d?|btr-?\d*|drones?|uavs?|machine\s*gun|pkm|ambush|indirect\s+fire|idf)\b",
+    )
 });
 static EQUIPMENT: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(t-\d+|bmp-?\d?|btr-?\d*|rpgs?|mortars?|technicals?|drones?|uavs?|ieds?|pkm|machine\s*guns?|small\s+arms|rifles|trucks?|pickups?|motorcycles?)\b")
+    re(
+        r"(?i)\b(t-\d+|bmp-?\d?|btr-?\d*|rpgs?|mortars?|technicals?|drones?|uavs?|ieds?|pkm|machine\s*guns?|small\s+arms|rifles|trucks?|pickups?|motorcycles?)\b",
+    )
 });
 static SIZE: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|dozen|single)\s*(?:x\s*)?(?:enemy\s+|eny\s+|armed\s+|hostile\s+)?(?:fighters|men|pax|personnel|insurgents|militants|hostiles|enemy|eny|troops|vehicles|technicals|trucks|t-\d+|bmps?|btrs?|snipers?|individuals|males|squads?)\b")
+    re(
+        r"(?i)\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|dozen|single)\s*(?:x\s*)?(?:enemy\s+|eny\s+|armed\s+|hostile\s+)?(?:fighters|men|pax|personnel|insurgents|militants|hostiles|enemy|eny|troops|vehicles|technicals|trucks|t-\d+|bmps?|btrs?|snipers?|individuals|males|squads?)\b",
+    )
 });
 static CAS_COUNT: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|single|couple)\s*(?:x\s*)?(?:friendly\s+|own\s+|more\s+)?(kia|killed(?:\s+in\s+action)?|dead|fatalit(?:y|ies)|wia|wounded|injured|hurt|casualt(?:y|ies))\b")
+    re(
+        r"(?i)\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|single|couple)\s*(?:x\s*)?(?:friendly\s+|own\s+|more\s+)?(kia|killed(?:\s+in\s+action)?|dead|fatalit(?:y|ies)|wia|wounded|injured|hurt|casualt(?:y|ies))\b",
+    )
 });
-static CAS_AFTER: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(kia|wia|casualties)\s*[:=]?\s*(\d+)\b")
-});
+static CAS_AFTER: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)\b(kia|wia|casualties)\s*[:=]?\s*(\d+)\b"));
 static SUPPLY: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(ammo|ammunition|class\s*v|fuel|class\s*iii|water|class\s*i)\b(?:\s+(?:is|at|state|status|level|now|down\s+to|remaining))*\s*[:=-]?\s*(green|amber|red|black|\d{1,3}\s?%)")
+    re(
+        r"(?i)\b(ammo|ammunition|class\s*v|fuel|class\s*iii|water|class\s*i)\b(?:\s+(?:is|at|state|status|level|now|down\s+to|remaining))*\s*[:=-]?\s*(green|amber|red|black|\d{1,3}\s?%)",
+    )
 });
 static REQUEST: LazyLock<Regex> = LazyLock::new(|| {
     re(r"(?i)\b(request(?:ing|s)?|need(?:s|ed)?|require[sd]?|send|resupply|req)\b")
 });
 static OWN: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(we|our|us|friendly|own\s+forces|moving|moved|holding|established|occupying|occupied|patrol(?:ling)?|arrived|departed|crossed|secured|dug\s+in|consolidat\w+|set\s+at|in\s+position|oriented)\b")
+    re(
+        r"(?i)\b(we|our|us|friendly|own\s+forces|moving|moved|holding|established|occupying|occupied|patrol(?:ling)?|arrived|departed|crossed|secured|dug\s+in|consolidat\w+|set\s+at|in\s+position|oriented)\b",
+    )
 });
 static POSITION: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(we\s+are|we're|current(?:ly)?|position|pos|loc(?:ation)?|located|holding|occupying|established|set\s+at|arrived|in\s+position|dug\s+in|my\s+location|our\s+location)\b")
+    re(
+        r"(?i)\b(we\s+are|we're|current(?:ly)?|position|pos|loc(?:ation)?|located|holding|occupying|established|set\s+at|arrived|in\s+position|dug\s+in|my\s+location|our\s+location)\b",
+    )
 });
 static PLACE: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"\b((?i:obj(?:ective)?|cp|checkpoint|lz|hlz|pl|op|rv|rally\s+point|bridge|village|town|hill)\s+[A-Z][A-Za-z0-9]+)\b")
+    re(
+        r"\b((?i:obj(?:ective)?|cp|checkpoint|lz|hlz|pl|op|rv|rally\s+point|bridge|village|town|hill)\s+[A-Z][A-Za-z0-9]+)\b",
+    )
 });
 
 /// Date-time group of `ms`: `DDHHMMZMONYY`.
@@ -252,7 +267,13 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
             for c in CAS_COUNT.captures_iter(sentence) {
                 let n = count_word(&c[1]);
                 match c[2].to_ascii_lowercase().as_str() {
-                    k if k.starts_with("kia") || k.starts_with("killed") || k == "dead" || k.starts_with("fatal") => kia += n,
+                    k if k.starts_with("kia")
+                        || k.starts_with("killed")
+                        || k == "dead"
+                        || k.starts_with("fatal") =>
+                    {
+                        kia += n
+                    }
                     k if k.starts_with("casualt") => other += n,
                     _ => wia += n,
                 }
@@ -276,7 +297,10 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
             // Supplies: the latest report of each class wins.
             for c in SUPPLY.captures_iter(sentence) {
                 let class = c[1].to_ascii_lowercase().replace(' ', "");
-                let state = c[2].to_ascii_uppercase().replace(' ', "").replace("PERCENT", "%");
+                let state = c[2]
+                    .to_ascii_uppercase()
+                    .replace(' ', "")
+                    .replace("PERCENT", "%");
                 let slot = match class.as_str() {
                     "ammo" | "ammunition" | "classv" => &mut rep.logistics.ammo,
                     "fuel" | "classiii" => &mut rep.logistics.fuel,
@@ -302,7 +326,9 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
             }
             let grids = facts::grids(sentence);
             let times = facts::times(sentence);
-            if ENEMY.is_match(sentence) && !OWN.is_match(sentence.split_whitespace().next().unwrap_or("")) {
+            if ENEMY.is_match(sentence)
+                && !OWN.is_match(sentence.split_whitespace().next().unwrap_or(""))
+            {
                 let size = SIZE.captures(sentence).map(|c| count_word(&c[1]));
                 let mut equipment: Vec<String> = EQUIPMENT
                     .find_iter(sentence)
@@ -319,7 +345,8 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
                 });
                 used = true;
             } else if OWN.is_match(sentence) {
-                rep.own_forces.push(Sourced::new(sentence.to_owned(), &src.id));
+                rep.own_forces
+                    .push(Sourced::new(sentence.to_owned(), &src.id));
                 if POSITION.is_match(sentence)
                     && let Some((g, _)) = grids.first()
                 {
@@ -328,11 +355,13 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
                 used = true;
             }
             if REQUEST.is_match(sentence) {
-                rep.requests.push(Sourced::new(sentence.to_owned(), &src.id));
+                rep.requests
+                    .push(Sourced::new(sentence.to_owned(), &src.id));
                 used = true;
             }
             if !used && !counted_casualties {
-                rep.situation.push(Sourced::new(sentence.to_owned(), &src.id));
+                rep.situation
+                    .push(Sourced::new(sentence.to_owned(), &src.id));
             }
         }
     }
@@ -351,7 +380,10 @@ fn extractive_narrative(r: &Sitrep) -> String {
     }
     let c = &r.casualties;
     if c.total() > 0 {
-        parts.push(format!("Casualties: {} KIA, {} WIA, {} unspecified.", c.kia, c.wia, c.unspecified));
+        parts.push(format!(
+            "Casualties: {} KIA, {} WIA, {} unspecified.",
+            c.kia, c.wia, c.unspecified
+        ));
     }
     if !r.requests.is_empty() {
         parts.push(format!("{} request(s) outstanding.", r.requests.len()));
@@ -371,7 +403,14 @@ pub fn derived_facts(r: &Sitrep) -> BTreeSet<Fact> {
         value: r.dtg.clone(),
     });
     let c = &r.casualties;
-    for n in [c.kia, c.wia, c.unspecified, c.total(), r.enemy.len() as u32, r.requests.len() as u32] {
+    for n in [
+        c.kia,
+        c.wia,
+        c.unspecified,
+        c.total(),
+        r.enemy.len() as u32,
+        r.requests.len() as u32,
+    ] {
         f.insert(Fact {
             kind: FactKind::Number,
             value: n.to_string(),
@@ -404,7 +443,12 @@ pub fn validate_prose(prose: &str, sources: &[Source], sitrep: &Sitrep) -> Vec<F
 /// Accepts model prose into the SITREP when it passes validation: confidence becomes
 /// `high`. On failure the SITREP keeps its extractive narrative and `low` confidence,
 /// and the unsupported facts are returned.
-pub fn accept_prose(r: &mut Sitrep, prose: &str, model: &str, sources: &[Source]) -> Result<(), Vec<Fact>> {
+pub fn accept_prose(
+    r: &mut Sitrep,
+    prose: &str,
+    model: &str,
+    sources: &[Source],
+) -> Result<(), Vec<Fact>> {
     let prose = prose.trim();
     if prose.is_empty() {
         return Err(vec![]);
@@ -423,7 +467,10 @@ pub fn accept_prose(r: &mut Sitrep, prose: &str, model: &str, sources: &[Source]
 }
 
 fn srcs(ids: &[String]) -> String {
-    let short: Vec<&str> = ids.iter().map(|i| &i[i.len().saturating_sub(8)..]).collect();
+    let short: Vec<&str> = ids
+        .iter()
+        .map(|i| &i[i.len().saturating_sub(8)..])
+        .collect();
     format!("[{}]", short.join(","))
 }
 
@@ -435,12 +482,19 @@ pub fn render(r: &Sitrep) -> String {
         out.push_str(&s);
         out.push('\n');
     };
-    line(format!("SITREP {} {} (confidence: {})", r.dtg, r.unit, r.confidence));
+    line(format!(
+        "SITREP {} {} (confidence: {})",
+        r.dtg, r.unit, r.confidence
+    ));
     line(format!(
         "1. LOCATION: {}",
         r.location
             .as_ref()
-            .map_or("not reported".to_owned(), |l| format!("{} {}", l.value, srcs(&l.sources)))
+            .map_or("not reported".to_owned(), |l| format!(
+                "{} {}",
+                l.value,
+                srcs(&l.sources)
+            ))
     ));
     line("2. ENEMY:".into());
     if r.enemy.is_empty() {
@@ -460,7 +514,12 @@ pub fn render(r: &Sitrep) -> String {
         if !e.equipment.is_empty() {
             d.push(format!("equipment {}", e.equipment.join("/")));
         }
-        line(format!("   - {} ({}) {}", e.activity, d.join(", "), srcs(&e.sources)));
+        line(format!(
+            "   - {} ({}) {}",
+            e.activity,
+            d.join(", "),
+            srcs(&e.sources)
+        ));
     }
     line("3. OWN FORCES:".into());
     if r.own_forces.is_empty() {
@@ -475,11 +534,16 @@ pub fn render(r: &Sitrep) -> String {
         c.kia,
         c.wia,
         c.unspecified,
-        if c.sources.is_empty() { "[none reported]".into() } else { srcs(&c.sources) }
+        if c.sources.is_empty() {
+            "[none reported]".into()
+        } else {
+            srcs(&c.sources)
+        }
     ));
     let sup = |s: &Option<SupplyState>| {
-        s.as_ref()
-            .map_or("not reported".to_owned(), |s| format!("{} {}", s.state, srcs(&s.sources)))
+        s.as_ref().map_or("not reported".to_owned(), |s| {
+            format!("{} {}", s.state, srcs(&s.sources))
+        })
     };
     line(format!(
         "5. LOGISTICS: ammo {}; fuel {}; water {}",
@@ -500,7 +564,10 @@ pub fn render(r: &Sitrep) -> String {
             line(format!("   - {} {}", s.value, srcs(&s.sources)));
         }
     }
-    line(format!("NARRATIVE ({}): {}", r.narrative.by, r.narrative.text));
+    line(format!(
+        "NARRATIVE ({}): {}",
+        r.narrative.by, r.narrative.text
+    ));
     out
 }
 
@@ -524,9 +591,21 @@ mod tests {
 
     fn field_traffic() -> Vec<Source> {
         vec![
-            src("m1", 0, "2nd PLT in position at grid 38SMB 44840 12345. All quiet."),
-            src("m2", 5, "Contact: 6 enemy fighters with 2 technicals moving south at grid 38SMB 45000 12800, 1410Z."),
-            src("m3", 9, "2 WIA, one urgent. Requesting MEDEVAC at LZ Crow grid 38SMB 44700 12200."),
+            src(
+                "m1",
+                0,
+                "2nd PLT in position at grid 38SMB 44840 12345. All quiet.",
+            ),
+            src(
+                "m2",
+                5,
+                "Contact: 6 enemy fighters with 2 technicals moving south at grid 38SMB 45000 12800, 1410Z.",
+            ),
+            src(
+                "m3",
+                9,
+                "2 WIA, one urgent. Requesting MEDEVAC at LZ Crow grid 38SMB 44700 12200.",
+            ),
             src("m4", 12, "Ammo amber, fuel 60%, water green."),
             src("m5", 15, "1 more wounded, walking. Ammo red."),
         ]

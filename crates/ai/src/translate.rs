@@ -52,10 +52,34 @@ pub fn language(s: &str) -> Result<(&'static str, &'static str, &'static str), T
 }
 
 const STOPWORDS: &[(&str, &[&str])] = &[
-    ("en", &["the", "and", "at", "is", "are", "of", "to", "in", "we", "with", "on", "request", "enemy"]),
-    ("es", &["el", "la", "los", "las", "y", "en", "de", "que", "con", "por", "un", "una", "es", "del", "al"]),
-    ("fr", &["le", "la", "les", "et", "en", "de", "des", "du", "un", "une", "est", "nous", "au", "avec", "pour"]),
-    ("de", &["der", "die", "das", "und", "ist", "mit", "wir", "ein", "eine", "zu", "auf", "von", "den"]),
+    (
+        "en",
+        &[
+            "the", "and", "at", "is", "are", "of", "to", "in", "we", "with", "on", "request",
+            "enemy",
+        ],
+    ),
+    (
+        "es",
+        &[
+            "el", "la", "los", "las", "y", "en", "de", "que", "con", "por", "un", "una", "es",
+            "del", "al",
+        ],
+    ),
+    (
+        "fr",
+        &[
+            "le", "la", "les", "et", "en", "de", "des", "du", "un", "une", "est", "nous", "au",
+            "avec", "pour",
+        ],
+    ),
+    (
+        "de",
+        &[
+            "der", "die", "das", "und", "ist", "mit", "wir", "ein", "eine", "zu", "auf", "von",
+            "den",
+        ],
+    ),
 ];
 
 /// The most likely language of `text` among English, Spanish, French and German, by
@@ -105,7 +129,9 @@ pub fn apertium(text: &str, from: &str, to: &str) -> Result<String, TranslateErr
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Ok(None) => {
                 let _ = child.kill();
                 return Err(TranslateError::Apertium("timed out after 30 s".into()));
@@ -118,7 +144,9 @@ pub fn apertium(text: &str, from: &str, to: &str) -> Result<String, TranslateErr
         .wait_with_output()
         .map_err(|e| TranslateError::Apertium(e.to_string()))?;
     if !out.status.success() {
-        return Err(TranslateError::Apertium(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        return Err(TranslateError::Apertium(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -126,13 +154,18 @@ pub fn apertium(text: &str, from: &str, to: &str) -> Result<String, TranslateErr
 /// Grids, times and digit quantities of `source` missing from `translation`.
 pub fn missing_facts(source: &str, translation: &str) -> Vec<String> {
     let have = facts::extract(translation);
-    let digits_only = |v: &str| v.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'%');
+    let digits_only = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'%')
+    };
     facts::extract(source)
         .into_iter()
         .filter(|f| match f.kind {
             FactKind::Grid | FactKind::Time => true,
             // Number words are translated; digits must survive as digits.
-            FactKind::Number => digits_only(&f.value) && source.contains(f.value.trim_end_matches('%')),
+            FactKind::Number => {
+                digits_only(&f.value) && source.contains(f.value.trim_end_matches('%'))
+            }
             FactKind::Unit => false,
         })
         .filter(|f| !have.contains(f))
@@ -189,17 +222,30 @@ mod tests {
         assert_eq!(language("spanish").unwrap().0, "es");
         assert!(language("klingon").is_err());
         assert_eq!(detect("the enemy is at the bridge"), Some("en"));
-        assert_eq!(detect("el enemigo está en el puente de la ciudad"), Some("es"));
+        assert_eq!(
+            detect("el enemigo está en el puente de la ciudad"),
+            Some("es")
+        );
         assert_eq!(detect("38SMB 1234"), None);
     }
 
     #[test]
     fn facts_must_survive_translation() {
         let src = "2 WIA at grid 38SMB 44840 12345 at 1530Z";
-        assert!(missing_facts(src, "2 heridos en la cuadrícula 38SMB 44840 12345 a las 1530Z").is_empty());
-        assert_eq!(missing_facts(src, "3 heridos en 38SMB 44840 12345 a las 1530Z"), ["2"]);
+        assert!(
+            missing_facts(
+                src,
+                "2 heridos en la cuadrícula 38SMB 44840 12345 a las 1530Z"
+            )
+            .is_empty()
+        );
         assert_eq!(
-            check_model_output(src, "2 heridos en 38SMB 44840 12399 a las 1530Z", "es").unwrap_err(),
+            missing_facts(src, "3 heridos en 38SMB 44840 12345 a las 1530Z"),
+            ["2"]
+        );
+        assert_eq!(
+            check_model_output(src, "2 heridos en 38SMB 44840 12399 a las 1530Z", "es")
+                .unwrap_err(),
             "facts lost or altered: 38SMB4484012345"
         );
         assert!(check_model_output("the bridge is down", "the bridge is down", "es").is_err());
