@@ -615,7 +615,12 @@ impl Node {
             )));
         }
         let mut notes: Vec<String> = Vec::new();
-        let mut prov = self.provenance("translation", TRANSLATE_TEMPLATE, &[m.id.clone()], "low");
+        let mut prov = self.provenance(
+            "translation",
+            TRANSLATE_TEMPLATE,
+            std::slice::from_ref(&m.id),
+            "low",
+        );
         let mut result: Option<(String, String)> = None;
         let task = &self.profile().models.translate;
         if let Some(model) = task.enabled_model() {
@@ -732,7 +737,12 @@ impl Node {
         } else {
             "low"
         };
-        let mut prov = self.provenance("transcript", "whisper/1", &[m.id.clone()], confidence);
+        let mut prov = self.provenance(
+            "transcript",
+            "whisper/1",
+            std::slice::from_ref(&m.id),
+            confidence,
+        );
         prov["model"] = json!({"name": manifest.name, "sha256": manifest.sha256});
         prov["original"] = json!(m.id);
         prov["audio"] = json!(m.attachments[idx]);

@@ -484,30 +484,6 @@ pub fn triage(ops: &dyn Ops, json: bool) -> Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_since;
-
-    #[test]
-    fn since_forms() {
-        assert_eq!(
-            parse_since("2026-12-03T14:10:00Z", 0).unwrap(),
-            1_796_307_000_000
-        );
-        assert_eq!(
-            parse_since("2026-12-03T14:10Z", 0).unwrap(),
-            1_796_307_000_000
-        );
-        assert_eq!(
-            parse_since("90m", 10_000_000).unwrap(),
-            10_000_000 - 5_400_000
-        );
-        assert_eq!(parse_since("1796307000000", 0).unwrap(), 1_796_307_000_000);
-        assert!(parse_since("yesterday", 0).is_err());
-        assert!(parse_since("2026-13-03T14:10:00Z", 0).is_err());
-    }
-}
-
 pub fn translate(
     ops: &dyn Ops,
     message: String,
@@ -579,4 +555,28 @@ pub fn search(ops: &dyn Ops, query: String, limit: usize, json: bool) -> Result<
             println!("note: {}", n.as_str().unwrap_or(""));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_forms() {
+        assert_eq!(
+            parse_since("2026-12-03T14:10:00Z", 0).unwrap(),
+            1_796_307_000_000
+        );
+        assert_eq!(
+            parse_since("2026-12-03T14:10Z", 0).unwrap(),
+            1_796_307_000_000
+        );
+        assert_eq!(
+            parse_since("90m", 10_000_000).unwrap(),
+            10_000_000 - 5_400_000
+        );
+        assert_eq!(parse_since("1796307000000", 0).unwrap(), 1_796_307_000_000);
+        assert!(parse_since("yesterday", 0).is_err());
+        assert!(parse_since("2026-13-03T14:10:00Z", 0).is_err());
+    }
 }

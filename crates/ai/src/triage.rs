@@ -197,41 +197,6 @@ pub fn triage(text: &str) -> Option<Triage> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_reports_are_flagged_with_a_reason() {
-        let t = triage("Contact at the bridge, 2 WIA, need MEDEVAC at grid 123456").unwrap();
-        assert_eq!(t.category, Category::Medevac);
-        assert_eq!(t.raise_to, Precedence::Immediate);
-        assert!(t.reason.contains("MEDEVAC"), "{}", t.reason);
-        let t = triage("one of ours is wounded, walking, stable").unwrap();
-        assert_eq!(
-            (t.category, t.raise_to),
-            (Category::Casualty, Precedence::Priority)
-        );
-    }
-
-    #[test]
-    fn negations_things_and_drills_are_not_flagged() {
-        for s in [
-            "No casualties, all pax accounted for",
-            "casualties: none. Vehicle damage only",
-            "0 WIA 0 KIA after the contact",
-            "Casualty collection point set up at the school",
-            "MEDEVAC freq is 45.50",
-            "MEDEVAC drill at 1400, all squads attend",
-            "radio battery is dead, swapping",
-            "killed the engine to listen, all quiet",
-            "nobody injured in the rollover",
-        ] {
-            assert_eq!(triage(s), None, "{s}");
-        }
-    }
-}
-
 /// Labelled messages the semantic check compares against: the two development sets.
 const EXEMPLARS: [&str; 2] = [
     include_str!("../data/triage-dev.tsv"),
@@ -328,5 +293,40 @@ impl Semantic {
             raise_to: Precedence::Priority,
             rules: SEMANTIC_ID.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_reports_are_flagged_with_a_reason() {
+        let t = triage("Contact at the bridge, 2 WIA, need MEDEVAC at grid 123456").unwrap();
+        assert_eq!(t.category, Category::Medevac);
+        assert_eq!(t.raise_to, Precedence::Immediate);
+        assert!(t.reason.contains("MEDEVAC"), "{}", t.reason);
+        let t = triage("one of ours is wounded, walking, stable").unwrap();
+        assert_eq!(
+            (t.category, t.raise_to),
+            (Category::Casualty, Precedence::Priority)
+        );
+    }
+
+    #[test]
+    fn negations_things_and_drills_are_not_flagged() {
+        for s in [
+            "No casualties, all pax accounted for",
+            "casualties: none. Vehicle damage only",
+            "0 WIA 0 KIA after the contact",
+            "Casualty collection point set up at the school",
+            "MEDEVAC freq is 45.50",
+            "MEDEVAC drill at 1400, all squads attend",
+            "radio battery is dead, swapping",
+            "killed the engine to listen, all quiet",
+            "nobody injured in the rollover",
+        ] {
+            assert_eq!(triage(s), None, "{s}");
+        }
     }
 }

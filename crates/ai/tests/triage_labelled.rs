@@ -30,7 +30,7 @@ impl Score {
 }
 
 fn score(data: &str) -> Score {
-    score_with(data, |t| triage(t))
+    score_with(data, triage)
 }
 
 fn score_with(data: &str, triage: impl Fn(&str) -> Option<fieldmesh_ai::triage::Triage>) -> Score {
