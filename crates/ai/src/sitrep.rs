@@ -157,6 +157,10 @@ static ENEMY: LazyLock<Regex> = LazyLock::new(|| {
         r"(?i)\b(enemy|eny|hostiles?|opfor|insurgents?|fighters|militants?|sniper|ied|rpgs?|mortars?|technicals?|armed\s+men|contact|t-\d+|bmp-?\d?|btr-?\d*|drones?|uavs?|machine\s*gun|pkm|ambush|indirect\s+fire|idf)\b",
     )
 });
+/// "No contact", "negative enemy activity": a report of nothing, not an enemy report.
+static NO_ENEMY: LazyLock<Regex> = LazyLock::new(|| {
+    re(r"(?i)\b(?:no|negative|nil|without)\s+(?:\w+\s+)?(?:contact|enemy|eny|hostiles?|activity)\b")
+});
 static EQUIPMENT: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?i)\b(t-\d+|bmp-?\d?|btr-?\d*|rpgs?|mortars?|technicals?|drones?|uavs?|ieds?|pkm|machine\s*guns?|small\s+arms|rifles|trucks?|pickups?|motorcycles?)\b",
@@ -327,6 +331,7 @@ pub fn build(unit: &str, sources: &[Source]) -> Sitrep {
             let grids = facts::grids(sentence);
             let times = facts::times(sentence);
             if ENEMY.is_match(sentence)
+                && !NO_ENEMY.is_match(sentence)
                 && !OWN.is_match(sentence.split_whitespace().next().unwrap_or(""))
             {
                 let size = SIZE.captures(sentence).map(|c| count_word(&c[1]));
@@ -633,6 +638,9 @@ mod tests {
         assert_eq!(r.places[0].name, "LZ CROW");
         assert_eq!(r.confidence, "low");
         assert_eq!(r.inputs, ["m1", "m2", "m3", "m4", "m5"]);
+        // "No contact" is not an enemy report.
+        let quiet = build("X", &[src("q", 0, "At checkpoint 4, no contact, fuel 80%")]);
+        assert!(quiet.enemy.is_empty(), "{:?}", quiet.enemy);
         let text = render(&r);
         assert!(text.contains("4. CASUALTIES: 0 KIA, 3 WIA"), "{text}");
         // The extractive narrative itself passes validation.
