@@ -55,6 +55,17 @@ pub struct Claim {
     pub sources: Vec<String>,
 }
 
+impl Claim {
+    fn of(e: &Entry, says: String, sources: &[String]) -> Claim {
+        Claim {
+            unit: e.sitrep.unit.clone(),
+            sitrep: e.id.clone(),
+            says,
+            sources: sources.to_vec(),
+        }
+    }
+}
+
 /// One line of the consolidated narrative, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NarrativeLine {
@@ -163,18 +174,8 @@ pub fn build(entries: &[Entry]) -> Board {
                     if far {
                         conflicts.push(Conflict {
                             what: format!("{} is placed at different grids", pa.name),
-                            a: Claim {
-                                unit: a.sitrep.unit.clone(),
-                                sitrep: a.id.clone(),
-                                says: pa.grid.clone(),
-                                sources: pa.sources.clone(),
-                            },
-                            b: Claim {
-                                unit: b.sitrep.unit.clone(),
-                                sitrep: b.id.clone(),
-                                says: pb.grid.clone(),
-                                sources: pb.sources.clone(),
-                            },
+                            a: Claim::of(a, pa.grid.clone(), &pa.sources),
+                            b: Claim::of(b, pb.grid.clone(), &pb.sources),
                         });
                     }
                 }
@@ -192,18 +193,8 @@ pub fn build(entries: &[Entry]) -> Board {
                     {
                         conflicts.push(Conflict {
                             what: format!("enemy strength near {la} differs"),
-                            a: Claim {
-                                unit: a.sitrep.unit.clone(),
-                                sitrep: a.id.clone(),
-                                says: format!("{sa}: {}", ea.activity),
-                                sources: ea.sources.clone(),
-                            },
-                            b: Claim {
-                                unit: b.sitrep.unit.clone(),
-                                sitrep: b.id.clone(),
-                                says: format!("{sb}: {}", eb.activity),
-                                sources: eb.sources.clone(),
-                            },
+                            a: Claim::of(a, format!("{sa}: {}", ea.activity), &ea.sources),
+                            b: Claim::of(b, format!("{sb}: {}", eb.activity), &eb.sources),
                         });
                     }
                 }
@@ -214,18 +205,8 @@ pub fn build(entries: &[Entry]) -> Board {
             {
                 conflicts.push(Conflict {
                     what: format!("both units report their own position at {}", la.value),
-                    a: Claim {
-                        unit: a.sitrep.unit.clone(),
-                        sitrep: a.id.clone(),
-                        says: la.value.clone(),
-                        sources: la.sources.clone(),
-                    },
-                    b: Claim {
-                        unit: b.sitrep.unit.clone(),
-                        sitrep: b.id.clone(),
-                        says: lb.value.clone(),
-                        sources: lb.sources.clone(),
-                    },
+                    a: Claim::of(a, la.value.clone(), &la.sources),
+                    b: Claim::of(b, lb.value.clone(), &lb.sources),
                 });
             }
         }

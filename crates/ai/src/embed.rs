@@ -51,11 +51,12 @@ fn read(path: &Path) -> Result<Vec<u8>, EmbedError> {
 impl Embedder {
     /// Checks that `config.json` describes a BERT model candle can load.
     pub fn check_config(path: &Path) -> Result<usize, EmbedError> {
-        let cfg: Config =
-            serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&read(path)?).map_err(|e| EmbedError::Config(e.to_string()))?;
-        let _ = cfg;
+        let bytes = read(path)?;
+        let config = |e: serde_json::Error| EmbedError::Config(e.to_string());
+        // candle's `Config` must accept it; its fields are private, so the width is read
+        // from the JSON itself.
+        serde_json::from_slice::<Config>(&bytes).map_err(config)?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(config)?;
         v.get("hidden_size")
             .and_then(serde_json::Value::as_u64)
             .map(|d| d as usize)

@@ -125,28 +125,25 @@ impl Index {
         let kw = self.keyword(query, depth);
         let sem = q.map(|q| self.semantic(q, depth)).unwrap_or_default();
         let mut hits: HashMap<usize, Hit> = HashMap::new();
-        for (rank, (d, _)) in kw.iter().enumerate() {
-            let h = hits.entry(*d).or_insert_with(|| Hit {
-                doc: *d,
+        // Each ranking adds 1 / (RRF_K + rank) to the documents it ranks.
+        fn fuse(hits: &mut HashMap<usize, Hit>, d: usize, rank: usize) -> &mut Hit {
+            let h = hits.entry(d).or_insert_with(|| Hit {
+                doc: d,
                 score: 0.0,
                 keyword_rank: None,
                 semantic_rank: None,
                 similarity: None,
             });
-            h.keyword_rank = Some(rank + 1);
-            h.score += 1.0 / (RRF_K + rank as f32 + 1.0);
+            h.score += 1.0 / (RRF_K + rank as f32);
+            h
         }
-        for (rank, (d, s)) in sem.iter().enumerate() {
-            let h = hits.entry(*d).or_insert_with(|| Hit {
-                doc: *d,
-                score: 0.0,
-                keyword_rank: None,
-                semantic_rank: None,
-                similarity: None,
-            });
-            h.semantic_rank = Some(rank + 1);
+        for (i, (d, _)) in kw.iter().enumerate() {
+            fuse(&mut hits, *d, i + 1).keyword_rank = Some(i + 1);
+        }
+        for (i, (d, s)) in sem.iter().enumerate() {
+            let h = fuse(&mut hits, *d, i + 1);
+            h.semantic_rank = Some(i + 1);
             h.similarity = Some(*s);
-            h.score += 1.0 / (RRF_K + rank as f32 + 1.0);
         }
         let mut v: Vec<Hit> = hits.into_values().collect();
         v.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.doc.cmp(&a.doc)));
