@@ -93,10 +93,10 @@ fn report(name: &str, s: &Score) {
     }
 }
 
-#[test]
-fn precision_and_recall_on_the_development_set() {
-    let s = score(include_str!("../data/triage-dev.tsv"));
-    report("development set", &s);
+/// A development set: the rules were written or widened on it, so they must do well.
+fn assert_development(name: &str, data: &str) {
+    let s = score(data);
+    report(name, &s);
     assert!(
         s.tp + s.fn_ >= 30 && s.hard >= 20,
         "the labelled set shrank"
@@ -116,24 +116,15 @@ fn precision_and_recall_on_the_development_set() {
 }
 
 #[test]
+fn precision_and_recall_on_the_development_set() {
+    assert_development("development set", include_str!("../data/triage-dev.tsv"));
+}
+
+#[test]
 fn precision_and_recall_on_the_second_development_set() {
-    let s = score(include_str!("../data/triage-dev2.tsv"));
-    report("second development set", &s);
-    assert!(
-        s.tp + s.fn_ >= 30 && s.hard >= 20,
-        "the labelled set shrank"
-    );
-    assert!(
-        s.recall() >= 0.95,
-        "recall {:.3}: {:#?}",
-        s.recall(),
-        s.mistakes
-    );
-    assert!(
-        s.precision() >= 0.90,
-        "precision {:.3}: {:#?}",
-        s.precision(),
-        s.mistakes
+    assert_development(
+        "second development set",
+        include_str!("../data/triage-dev2.tsv"),
     );
 }
 
