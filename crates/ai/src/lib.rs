@@ -7,6 +7,7 @@
 //! only files the node has verified against a signed manifest.
 
 pub mod board;
+mod decoder;
 pub mod embed;
 pub mod facts;
 pub mod llm;

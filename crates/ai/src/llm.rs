@@ -1,4 +1,5 @@
-//! Quantized GGUF language models on candle: the Llama family (SmolLM2) and Qwen2.
+//! Quantized GGUF language models on candle: the Llama family (SmolLM2), Qwen2 and
+//! Gemma 3, run by our own decoder ([`crate::decoder`]).
 //!
 //! The tokenizer is built from the GGUF metadata (`tokenizer.ggml.*`), so a model is one
 //! file. The KV cache is bounded: a prompt and its generation never exceed
@@ -6,11 +7,11 @@
 //! user's content, never the instructions, when it would. Tokens stream to a callback
 //! that can stop generation. Work runs on a private thread pool sized from the profile.
 
+use crate::decoder::{Config, Decoder};
+use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
-use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -26,7 +27,7 @@ pub enum LlmError {
     },
     #[error("not a usable GGUF model: {0}")]
     Format(String),
-    #[error("unsupported architecture {0:?} (supported: llama, qwen2)")]
+    #[error("unsupported architecture {0:?} (supported: llama, qwen2, gemma3)")]
     Arch(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -42,26 +43,9 @@ impl From<candle_core::Error> for LlmError {
     }
 }
 
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
-
-impl Weights {
-    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Weights::Llama(m) => m.forward(x, pos),
-            Weights::Qwen2(m) => m.forward(x, pos),
-        }
-    }
-
-    fn clear(&mut self) {
-        match self {
-            Weights::Llama(m) => m.clear_kv_cache(),
-            Weights::Qwen2(m) => m.clear_kv_cache(),
-        }
-    }
-}
+/// Positions a loaded model supports at most (RoPE tables, KV cache bound), whatever the
+/// architecture declares: field hardware has no memory for 32k-token contexts.
+pub const MAX_POSITIONS: usize = 8192;
 
 /// Generation settings.
 #[derive(Debug, Clone)]
@@ -112,7 +96,7 @@ impl Generation {
 
 /// A loaded model. Generation is serialised (one KV cache).
 pub struct Llm {
-    weights: Mutex<Weights>,
+    weights: Mutex<Decoder>,
     tokenizer: Tokenizer,
     stop: Vec<u32>,
     arch: String,
@@ -120,7 +104,6 @@ pub struct Llm {
     /// The architecture's own position limit.
     arch_context: usize,
     pool: rayon::ThreadPool,
-    device: Device,
 }
 
 impl std::fmt::Debug for Llm {
@@ -193,29 +176,18 @@ impl Llm {
                 stop.push(id);
             }
         }
-        let arch_context =
-            meta_u32(&ct, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        if crate::decoder::Family::from_arch(&arch).is_none() {
+            return Err(LlmError::Arch(arch));
+        }
+        let cfg = Config::read(&ct, &arch).map_err(|e| LlmError::Format(e.to_string()))?;
         let device = Device::Cpu;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("llm-{i}"))
             .build()
             .map_err(|e| LlmError::Inference(e.to_string()))?;
-        let weights = pool.install(|| -> Result<Weights, LlmError> {
-            Ok(match arch.as_str() {
-                "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
-                    ct, &mut f, &device,
-                )?),
-                "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-                    ct, &mut f, &device,
-                )?),
-                other => return Err(LlmError::Arch(other.to_owned())),
-            })
-        })?;
-        let arch_context = match arch.as_str() {
-            "llama" => arch_context.min(quantized_llama::MAX_SEQ_LEN),
-            _ => arch_context,
-        };
+        let weights = pool.install(|| Decoder::load(&ct, cfg, &mut f, MAX_POSITIONS, &device))?;
+        let arch_context = weights.positions();
         Ok(Llm {
             weights: Mutex::new(weights),
             tokenizer,
@@ -224,7 +196,6 @@ impl Llm {
             name: name.to_owned(),
             arch_context,
             pool,
-            device,
         })
     }
 
@@ -277,7 +248,7 @@ impl Llm {
                 .weights
                 .lock()
                 .map_err(|_| LlmError::Inference("a previous generation panicked".into()))?;
-            weights.clear();
+            weights.reset(ids.len() + max_new);
             let sampling = if opts.temperature <= 0.0 {
                 Sampling::ArgMax
             } else {
@@ -287,8 +258,7 @@ impl Llm {
             };
             let mut lp = LogitsProcessor::from_sampling(opts.seed, sampling);
             let started = Instant::now();
-            let input = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-            let logits = weights.forward(&input, 0)?.squeeze(0)?;
+            let logits = weights.forward(&ids, 0)?;
             let mut next = lp.sample(&logits)?;
             let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
             let gen_started = Instant::now();
@@ -316,10 +286,7 @@ impl Llm {
                 if out.len() >= max_new {
                     break;
                 }
-                let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-                let logits = weights
-                    .forward(&input, ids.len() + out.len() - 1)?
-                    .squeeze(0)?;
+                let logits = weights.forward(&[next], ids.len() + out.len() - 1)?;
                 let logits = if opts.repeat_penalty != 1.0 {
                     let start = out.len().saturating_sub(64);
                     candle_transformers::utils::apply_repeat_penalty(
@@ -334,7 +301,7 @@ impl Llm {
             }
             let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
             // Free the cache between requests: memory stays bounded by one context.
-            weights.clear();
+            weights.reset(0);
             let text = self
                 .tokenizer
                 .decode(&out, true)
@@ -374,7 +341,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, LlmError> {
     let arch = meta_str(&ct, "general.architecture")
         .ok_or_else(|| LlmError::Format("no general.architecture".into()))?
         .to_owned();
-    if !matches!(arch.as_str(), "llama" | "qwen2") {
+    if crate::decoder::Family::from_arch(&arch).is_none() {
         return Err(LlmError::Arch(arch));
     }
     let tok = tokenizer_from_gguf(&ct)?;

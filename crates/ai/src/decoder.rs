@@ -1,0 +1,654 @@
+//! One quantized decoder-only transformer for the three GGUF families we run: Llama
+//! (SmolLM2), Qwen2 and Gemma 3.
+//!
+//! Written here rather than taken from `candle-transformers` for four reasons, each
+//! measured or documented in MODELS.md:
+//!
+//! * candle's CPU kernels have SIMD paths for Q4_0, Q8_0 and the K-quants only. GGUF files
+//!   whose rows are not a multiple of 256 (Qwen2.5-0.5B's 896, SmolLM2's 576, Gemma 3
+//!   270M's 640) fall back to Q4_1 / Q5_0 / Q5_1, which candle multiplies with scalar
+//!   code (85% of generation time in a profile). Those tensors are re-quantized to Q8_0
+//!   at load: near-lossless (8-bit steps inside a 4/5-bit grid), several times faster.
+//! * The token embedding stays quantized and is looked up row by row; candle's models
+//!   dequantize it to f32 (545 MB for Qwen2.5's 151,936-token vocabulary).
+//! * Gemma 3 needs GELU (tanh) in its MLP, per-head Q/K norms, sandwich norms, scaled
+//!   embeddings, and sliding-window layers with their own RoPE base; candle 0.11.1's
+//!   `quantized_gemma3` uses SiLU and builds a rotary table per layer.
+//! * One bounded, preallocated KV cache per layer instead of concatenating every step.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, bail};
+use std::sync::Arc;
+
+/// The architectures this decoder runs, with what differs between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    Llama,
+    Qwen2,
+    Gemma3,
+}
+
+impl Family {
+    pub(crate) fn from_arch(arch: &str) -> Option<Family> {
+        match arch {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "gemma3" => Some(Family::Gemma3),
+            _ => None,
+        }
+    }
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub family: Family,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f64,
+    pub rope_base: f32,
+    /// Gemma 3's sliding-window layers use their own base.
+    pub rope_base_local: f32,
+    /// Linear RoPE scaling of the global layers (Gemma 3 4B and larger).
+    pub rope_scale: f32,
+    /// Sliding window of the local layers (Gemma 3), in tokens.
+    pub window: Option<usize>,
+    pub context: usize,
+}
+
+impl Config {
+    /// Whether layer `i` attends only within the sliding window (Gemma 3: five local
+    /// layers, then one global).
+    fn is_local(&self, i: usize) -> bool {
+        self.window.is_some() && (i + 1) % 6 != 0
+    }
+}
+
+fn md_u32(ct: &gguf_file::Content, key: &str) -> Result<usize> {
+    match ct.metadata.get(key) {
+        Some(v) => Ok(v.to_u32()? as usize),
+        None => bail!("GGUF metadata has no {key}"),
+    }
+}
+
+fn md_f32(ct: &gguf_file::Content, key: &str) -> Option<f32> {
+    ct.metadata.get(key).and_then(|v| v.to_f32().ok())
+}
+
+impl Config {
+    pub(crate) fn read(ct: &gguf_file::Content, arch: &str) -> Result<Config> {
+        let Some(family) = Family::from_arch(arch) else {
+            bail!("unsupported architecture {arch}")
+        };
+        let hidden = md_u32(ct, &format!("{arch}.embedding_length"))?;
+        let heads = md_u32(ct, &format!("{arch}.attention.head_count"))?;
+        let kv_heads = md_u32(ct, &format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
+        let head_dim =
+            md_u32(ct, &format!("{arch}.attention.key_length")).unwrap_or(hidden / heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+            bail!(
+                "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, head dim {head_dim}"
+            )
+        }
+        let window = match family {
+            Family::Gemma3 => {
+                Some(md_u32(ct, &format!("{arch}.attention.sliding_window")).unwrap_or(512))
+            }
+            _ => None,
+        };
+        Ok(Config {
+            family,
+            hidden,
+            layers: md_u32(ct, &format!("{arch}.block_count"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            eps: md_f32(ct, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6)
+                as f64,
+            rope_base: md_f32(ct, &format!("{arch}.rope.freq_base")).unwrap_or(match family {
+                Family::Gemma3 => 1_000_000.0,
+                _ => 10_000.0,
+            }),
+            rope_base_local: 10_000.0,
+            rope_scale: md_f32(ct, &format!("{arch}.rope.scaling.factor"))
+                .filter(|f| *f > 0.0)
+                .unwrap_or(1.0),
+            window,
+            context: md_u32(ct, &format!("{arch}.context_length")).unwrap_or(2048),
+        })
+    }
+}
+
+/// Tensor types candle multiplies without SIMD on x86; re-quantized to Q8_0 at load.
+fn slow_on_cpu(t: GgmlDType) -> bool {
+    matches!(
+        t,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+    )
+}
+
+/// What loading did to the file's tensors, for `bench` and logs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoadReport {
+    pub tensors: usize,
+    /// Tensors re-quantized to Q8_0 because candle has no SIMD kernel for their type.
+    pub requantized: usize,
+    /// Bytes of weights held in memory.
+    pub weight_bytes: usize,
+}
+
+struct Loader<'a, R> {
+    ct: &'a gguf_file::Content,
+    reader: &'a mut R,
+    device: &'a Device,
+    report: LoadReport,
+}
+
+impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
+    fn has(&self, name: &str) -> bool {
+        self.ct.tensor_infos.contains_key(name)
+    }
+
+    /// A weight matrix, re-quantized when its type has no fast kernel.
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        let t = self.ct.tensor(self.reader, name, self.device)?;
+        self.report.tensors += 1;
+        let t = if slow_on_cpu(t.dtype()) {
+            self.report.requantized += 1;
+            QTensor::quantize(&t.dequantize(self.device)?, GgmlDType::Q8_0)?
+        } else {
+            t
+        };
+        self.report.weight_bytes += t.storage_size_in_bytes();
+        Ok(t)
+    }
+
+    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
+        QMatMul::from_qtensor(self.qtensor(name)?)
+    }
+
+    /// A vector (norm weight, bias) as f32.
+    fn vector(&mut self, name: &str) -> Result<Tensor> {
+        let t = self.ct.tensor(self.reader, name, self.device)?;
+        self.report.tensors += 1;
+        let t = t.dequantize(self.device)?;
+        self.report.weight_bytes += t.elem_count() * 4;
+        Ok(t)
+    }
+
+    fn optional_vector(&mut self, name: &str) -> Result<Option<Tensor>> {
+        if self.has(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// RoPE tables (cos, sin), one row per position.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(head_dim: usize, base: f32, scale: f32, positions: usize, dev: &Device) -> Result<Rope> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (base.powf(2.0 * i as f32 / head_dim as f32) * scale))
+            .collect();
+        let mut angles = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            angles.extend(inv.iter().map(|f| p as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (positions, half), dev)?;
+        Ok(Rope {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    fn apply(&self, x: &Tensor, pos: usize, interleaved: bool) -> Result<Tensor> {
+        let seq = x.dim(2)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        if interleaved {
+            candle_nn::rotary_emb::rope_i(x, &cos, &sin)
+        } else {
+            candle_nn::rotary_emb::rope(x, &cos, &sin)
+        }
+    }
+}
+
+/// Keys and values of one layer: preallocated, never more than `capacity` positions.
+#[derive(Debug)]
+struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    fn new(capacity: usize) -> KvCache {
+        KvCache {
+            k: None,
+            v: None,
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Empties the cache and bounds it anew; memory is taken on the first append.
+    fn reset(&mut self, capacity: usize) {
+        self.k = None;
+        self.v = None;
+        self.len = 0;
+        self.capacity = capacity;
+    }
+
+    /// Appends (batch, kv_heads, seq, head_dim) keys and values; returns all held so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let seq = k.dim(2)?;
+        if self.len + seq > self.capacity {
+            bail!(
+                "KV cache full: {} + {seq} positions exceed its bound of {}",
+                self.len,
+                self.capacity
+            )
+        }
+        if self.k.is_none() {
+            let (b, h, _, d) = k.dims4()?;
+            self.k = Some(Tensor::zeros(
+                (b, h, self.capacity, d),
+                k.dtype(),
+                k.device(),
+            )?);
+            self.v = Some(Tensor::zeros(
+                (b, h, self.capacity, d),
+                v.dtype(),
+                v.device(),
+            )?);
+        }
+        let (Some(kc), Some(vc)) = (&self.k, &self.v) else {
+            bail!("KV cache not allocated")
+        };
+        kc.slice_set(k, 2, self.len)?;
+        vc.slice_set(v, 2, self.len)?;
+        self.len += seq;
+        Ok((kc.narrow(2, 0, self.len)?, vc.narrow(2, 0, self.len)?))
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    wo: QMatMul,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    post_ffn_norm: Option<Tensor>,
+    local: bool,
+    cache: KvCache,
+}
+
+/// A loaded model with its KV cache.
+pub(crate) struct Decoder {
+    cfg: Config,
+    embed: Arc<QTensor>,
+    embed_scale: Option<f64>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    rope: Rope,
+    rope_local: Option<Rope>,
+    positions: usize,
+    pub(crate) report: LoadReport,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("cfg", &self.cfg)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    /// Loads the weights; `positions` bounds the KV cache and the RoPE tables.
+    pub(crate) fn load<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        cfg: Config,
+        reader: &mut R,
+        positions: usize,
+        device: &Device,
+    ) -> Result<Decoder> {
+        let positions = positions.min(cfg.context).max(1);
+        let mut l = Loader {
+            ct,
+            reader,
+            device,
+            report: LoadReport::default(),
+        };
+        let embed = Arc::new(l.qtensor("token_embd.weight")?);
+        let (vocab, hidden) = embed.shape().dims2()?;
+        if hidden != cfg.hidden {
+            bail!(
+                "token_embd is {vocab}x{hidden}, metadata says hidden {}",
+                cfg.hidden
+            )
+        }
+        let output = if l.has("output.weight") {
+            l.matmul("output.weight")?
+        } else {
+            QMatMul::from_arc(embed.clone())?
+        };
+        let norm = l.vector("output_norm.weight")?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: l.vector(&format!("{p}.attn_norm.weight"))?,
+                wq: l.matmul(&format!("{p}.attn_q.weight"))?,
+                wk: l.matmul(&format!("{p}.attn_k.weight"))?,
+                wv: l.matmul(&format!("{p}.attn_v.weight"))?,
+                bq: l.optional_vector(&format!("{p}.attn_q.bias"))?,
+                bk: l.optional_vector(&format!("{p}.attn_k.bias"))?,
+                bv: l.optional_vector(&format!("{p}.attn_v.bias"))?,
+                q_norm: l.optional_vector(&format!("{p}.attn_q_norm.weight"))?,
+                k_norm: l.optional_vector(&format!("{p}.attn_k_norm.weight"))?,
+                wo: l.matmul(&format!("{p}.attn_output.weight"))?,
+                post_attn_norm: l.optional_vector(&format!("{p}.post_attention_norm.weight"))?,
+                ffn_norm: l.vector(&format!("{p}.ffn_norm.weight"))?,
+                gate: l.matmul(&format!("{p}.ffn_gate.weight"))?,
+                up: l.matmul(&format!("{p}.ffn_up.weight"))?,
+                down: l.matmul(&format!("{p}.ffn_down.weight"))?,
+                post_ffn_norm: l.optional_vector(&format!("{p}.post_ffw_norm.weight"))?,
+                local: cfg.is_local(i),
+                cache: KvCache::new(0),
+            });
+        }
+        let (rope, rope_local, embed_scale) = match cfg.family {
+            Family::Gemma3 => (
+                Rope::new(
+                    cfg.head_dim,
+                    cfg.rope_base,
+                    cfg.rope_scale,
+                    positions,
+                    device,
+                )?,
+                Some(Rope::new(
+                    cfg.head_dim,
+                    cfg.rope_base_local,
+                    1.0,
+                    positions,
+                    device,
+                )?),
+                Some((cfg.hidden as f64).sqrt()),
+            ),
+            _ => (
+                Rope::new(cfg.head_dim, cfg.rope_base, 1.0, positions, device)?,
+                None,
+                None,
+            ),
+        };
+        let report = l.report;
+        Ok(Decoder {
+            cfg,
+            embed,
+            embed_scale,
+            layers,
+            norm,
+            output,
+            rope,
+            rope_local,
+            positions,
+            report,
+        })
+    }
+
+    /// Positions the KV cache holds at most.
+    pub(crate) fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Empties the KV cache and bounds the next sequence to `capacity` positions (at
+    /// most [`Decoder::positions`]). Capacity 0 frees the cache.
+    pub(crate) fn reset(&mut self, capacity: usize) {
+        let capacity = capacity.min(self.positions);
+        for layer in &mut self.layers {
+            layer.cache.reset(capacity);
+        }
+    }
+
+    /// Runs `ids` (one sequence) starting at position `pos`; returns the logits of the
+    /// last position, shape (vocab,).
+    pub(crate) fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        let seq = ids.len();
+        if seq == 0 {
+            bail!("no tokens to run")
+        }
+        let dev = self.norm.device().clone();
+        let ids_t = Tensor::new(ids, &dev)?;
+        let mut x = self.embed.embedding(&ids_t)?.unsqueeze(0)?;
+        if let Some(s) = self.embed_scale {
+            x = (x * s)?;
+        }
+        let masks = Masks::new(seq, pos, self.cfg.window, &dev)?;
+        for layer in &mut self.layers {
+            let rope = match (&self.rope_local, layer.local) {
+                (Some(r), true) => r,
+                _ => &self.rope,
+            };
+            x = layer.forward(&x, pos, &self.cfg, rope, &masks)?;
+        }
+        let last = x.i((.., seq - 1..seq, ..))?;
+        let last = candle_nn::ops::rms_norm(&last.contiguous()?, &self.norm, self.cfg.eps as f32)?;
+        self.output.forward(&last)?.flatten_all()
+    }
+}
+
+/// Attention masks for one forward call: causal, and causal within the window.
+struct Masks {
+    causal: Option<Tensor>,
+    local: Option<Tensor>,
+}
+
+impl Masks {
+    fn new(seq: usize, pos: usize, window: Option<usize>, dev: &Device) -> Result<Masks> {
+        let kv = pos + seq;
+        let build = |win: Option<usize>| -> Result<Tensor> {
+            let mut m = Vec::with_capacity(seq * kv);
+            for i in 0..seq {
+                let q = pos + i;
+                for k in 0..kv {
+                    let visible = k <= q && win.is_none_or(|w| q - k < w);
+                    m.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+            Tensor::from_vec(m, (seq, kv), dev)
+        };
+        let causal = if seq > 1 { Some(build(None)?) } else { None };
+        // A single query needs a window mask only once the cache is longer than the window.
+        let local = match window {
+            Some(w) if seq > 1 || kv > w => Some(build(Some(w))?),
+            _ => None,
+        };
+        Ok(Masks { causal, local })
+    }
+}
+
+fn rms(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
+}
+
+impl Layer {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        pos: usize,
+        cfg: &Config,
+        rope: &Rope,
+        masks: &Masks,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let h = rms(x, &self.attn_norm, cfg.eps)?;
+        let mut q = self.wq.forward(&h)?;
+        let mut k = self.wk.forward(&h)?;
+        let mut v = self.wv.forward(&h)?;
+        if let Some(bq) = &self.bq {
+            q = q.broadcast_add(bq)?;
+        }
+        if let Some(bk) = &self.bk {
+            k = k.broadcast_add(bk)?;
+        }
+        if let Some(bv) = &self.bv {
+            v = v.broadcast_add(bv)?;
+        }
+        let d = cfg.head_dim;
+        let mut q = q.reshape((b, seq, cfg.heads, d))?;
+        let mut k = k.reshape((b, seq, cfg.kv_heads, d))?;
+        let v = v.reshape((b, seq, cfg.kv_heads, d))?;
+        if let Some(w) = &self.q_norm {
+            q = rms(&q, w, cfg.eps)?;
+        }
+        if let Some(w) = &self.k_norm {
+            k = rms(&k, w, cfg.eps)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let interleaved = cfg.family == Family::Llama;
+        let q = rope.apply(&q, pos, interleaved)?;
+        let k = rope.apply(&k, pos, interleaved)?;
+        let (k, v) = self.cache.append(&k, &v)?;
+        let kv_len = k.dim(2)?;
+
+        // Grouped-query attention without copying keys per head: the query heads that
+        // share a KV head are stacked along the sequence axis.
+        let groups = cfg.heads / cfg.kv_heads;
+        let q = q.reshape((b, cfg.kv_heads, groups * seq, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let mask = if self.local {
+            masks.local.as_ref()
+        } else {
+            masks.causal.as_ref()
+        };
+        let att = match mask {
+            Some(m) => att
+                .reshape((b, cfg.kv_heads, groups, seq, kv_len))?
+                .broadcast_add(m)?
+                .reshape((b, cfg.kv_heads, groups * seq, kv_len))?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?; // (b, kv_heads, groups * seq, d)
+        let y = y
+            .reshape((b, cfg.heads, seq, d))?
+            .transpose(1, 2)?
+            .reshape((b, seq, cfg.heads * d))?;
+        let mut y = self.wo.forward(&y)?;
+        if let Some(w) = &self.post_attn_norm {
+            y = rms(&y, w, cfg.eps)?;
+        }
+        let x = (x + y)?;
+
+        let h = rms(&x, &self.ffn_norm, cfg.eps)?;
+        let gate = self.gate.forward(&h)?;
+        let act = match cfg.family {
+            Family::Gemma3 => gate.gelu()?,
+            _ => candle_nn::ops::silu(&gate)?,
+        };
+        let mut y = self.down.forward(&(act * self.up.forward(&h)?)?)?;
+        if let Some(w) = &self.post_ffn_norm {
+            y = rms(&y, w, cfg.eps)?;
+        }
+        x + y
+    }
+}
+
+/// The decoder's logits as a Vec (for tests and sampling helpers).
+#[allow(dead_code)]
+pub(crate) fn to_vec(logits: &Tensor) -> Result<Vec<f32>> {
+    logits.to_dtype(DType::F32)?.to_vec1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_mask_hides_old_positions_and_the_future() {
+        let dev = Device::Cpu;
+        let m = Masks::new(3, 2, Some(2), &dev).unwrap();
+        let local: Vec<Vec<f32>> = m.local.unwrap().to_vec2().unwrap();
+        // Query at position 2 sees 1 and 2; at 3 sees 2 and 3; at 4 sees 3 and 4.
+        let vis = |row: &Vec<f32>| -> Vec<usize> {
+            row.iter()
+                .enumerate()
+                .filter(|(_, v)| **v == 0.0)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(vis(&local[0]), vec![1, 2]);
+        assert_eq!(vis(&local[1]), vec![2, 3]);
+        assert_eq!(vis(&local[2]), vec![3, 4]);
+        let causal: Vec<Vec<f32>> = m.causal.unwrap().to_vec2().unwrap();
+        assert_eq!(vis(&causal[0]), vec![0, 1, 2]);
+        assert_eq!(vis(&causal[2]), vec![0, 1, 2, 3, 4]);
+        // One query with a cache no longer than the window needs no mask at all.
+        let m = Masks::new(1, 1, Some(4), &dev).unwrap();
+        assert!(m.local.is_none() && m.causal.is_none());
+        let m = Masks::new(1, 5, Some(4), &dev).unwrap();
+        let row: Vec<Vec<f32>> = m.local.unwrap().to_vec2().unwrap();
+        assert_eq!(vis(&row[0]), vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn gemma_layer_pattern_is_five_local_one_global() {
+        let cfg = Config {
+            family: Family::Gemma3,
+            hidden: 8,
+            layers: 12,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            eps: 1e-6,
+            rope_base: 1e6,
+            rope_base_local: 1e4,
+            rope_scale: 1.0,
+            window: Some(512),
+            context: 1024,
+        };
+        let globals: Vec<usize> = (0..12).filter(|i| !cfg.is_local(*i)).collect();
+        assert_eq!(globals, vec![5, 11]);
+    }
+
+    #[test]
+    fn kv_cache_is_bounded() {
+        let dev = Device::Cpu;
+        let mut c = KvCache::new(3);
+        let t = Tensor::zeros((1, 1, 2, 4), DType::F32, &dev).unwrap();
+        let (k, _) = c.append(&t, &t).unwrap();
+        assert_eq!(k.dims(), &[1, 1, 2, 4]);
+        let err = c.append(&t, &t).unwrap_err().to_string();
+        assert!(err.contains("KV cache full"), "{err}");
+        c.reset(2);
+        assert!(c.append(&t, &t).is_ok());
+    }
+}
