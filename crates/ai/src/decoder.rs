@@ -17,7 +17,7 @@
 //! * One bounded, preallocated KV cache per layer instead of concatenating every step.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, bail};
+use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor, bail};
 use std::sync::Arc;
 
 /// The architectures this decoder runs, with what differs between them.
@@ -63,7 +63,7 @@ impl Config {
     /// Whether layer `i` attends only within the sliding window (Gemma 3: five local
     /// layers, then one global).
     fn is_local(&self, i: usize) -> bool {
-        self.window.is_some() && (i + 1) % 6 != 0
+        self.window.is_some() && !(i + 1).is_multiple_of(6)
     }
 }
 
@@ -88,7 +88,11 @@ impl Config {
         let kv_heads = md_u32(ct, &format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
         let head_dim =
             md_u32(ct, &format!("{arch}.attention.key_length")).unwrap_or(hidden / heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+        if heads == 0
+            || kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || !head_dim.is_multiple_of(2)
+        {
             bail!(
                 "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, head dim {head_dim}"
             )
@@ -122,19 +126,136 @@ impl Config {
     }
 }
 
-/// Tensor types candle multiplies without SIMD on x86; re-quantized to Q8_0 at load.
-fn slow_on_cpu(t: GgmlDType) -> bool {
-    matches!(
-        t,
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
-    )
+/// A block of a format candle multiplies without SIMD on x86, read as Q8_0 integers:
+/// every value is `d * q + m` with `q` a small integer, `d` the block's f16 scale and `m`
+/// its f16 minimum (zero for Q5_0).
+fn unpack_block(t: GgmlDType, b: &[u8], q: &mut [i8; 32]) -> f32 {
+    let f16 = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let (min, qh, qs, offset) = match t {
+        GgmlDType::Q5_0 => (0.0, Some(&b[2..6]), &b[6..22], 16i8),
+        GgmlDType::Q4_1 => (f16(2), None, &b[4..20], 0),
+        _ => (f16(2), Some(&b[4..8]), &b[8..24], 0), // Q5_1
+    };
+    let qh = qh.map_or(0, |h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+    for j in 0..16 {
+        let lo = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+        let hi = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        q[j] = lo as i8 - offset;
+        q[j + 16] = hi as i8 - offset;
+    }
+    min
+}
+
+/// Bytes per 32-value block of the formats [`unpack_block`] reads.
+fn block_bytes(t: GgmlDType) -> Option<usize> {
+    match t {
+        GgmlDType::Q5_0 => Some(22),
+        GgmlDType::Q4_1 => Some(20),
+        GgmlDType::Q5_1 => Some(24),
+        _ => None,
+    }
+}
+
+/// A weight matrix as candle can multiply it fast.
+///
+/// Q5_0, Q4_1 and Q5_1 have no SIMD kernel in candle on x86 (85% of generation time in a
+/// profile). Their integers fit Q8_0 as they are, with the same f16 scale, so they are
+/// moved there without loss; the per-block minimum of Q4_1/Q5_1 becomes a small f32
+/// matrix applied to the activations' block sums: `W x = Q x + M blocksum(x)`.
+/// Re-quantizing through f32 instead would round the weights, and move greedy decoding
+/// off llama.cpp's on the same file.
+#[derive(Debug)]
+struct Linear {
+    w: QMatMul,
+    /// (k / 32, n): block minimums, transposed for the activations' block sums.
+    mins: Option<Tensor>,
+}
+
+/// Sums of each 32-value block of the activations (b, s, k) -> (b, s, k / 32), taken as
+/// ggml's Q8_1 takes them: from the 8-bit quantized values, in f16. That is what the
+/// Q4_1/Q5_1 kernels multiply the block minimums by, so greedy decoding stays on
+/// llama.cpp's (with exact f32 sums, SmolLM2 leaves it within eight tokens).
+fn block_sums(x: &Tensor) -> Result<Tensor> {
+    let (b, s, k) = x.dims3()?;
+    let xb = x.reshape((b, s, k / 32, 32))?;
+    let d = (xb.abs()?.max_keepdim(D::Minus1)? / 127.0)?;
+    let inv = d.ne(0f32)?.where_cond(&d.recip()?, &d.zeros_like()?)?;
+    let sum_q = xb.broadcast_mul(&inv)?.round()?.sum(D::Minus1)?;
+    let d = d.squeeze(D::Minus1)?.to_dtype(DType::F16)?;
+    (sum_q.to_dtype(DType::F16)? * d)?.to_dtype(DType::F32)
+}
+
+impl Linear {
+    fn new(t: QTensor, device: &Device) -> Result<(Linear, bool)> {
+        let Some(bb) = block_bytes(t.dtype()) else {
+            return Ok((
+                Linear {
+                    w: QMatMul::from_qtensor(t)?,
+                    mins: None,
+                },
+                false,
+            ));
+        };
+        let (n, k) = t.shape().dims2()?;
+        let src = t.data()?;
+        if k % 32 != 0 || src.len() != n * k / 32 * bb {
+            bail!("{:?} tensor {n}x{k} has {} bytes", t.dtype(), src.len())
+        }
+        let has_min = t.dtype() != GgmlDType::Q5_0;
+        let mut out = Vec::with_capacity(n * k / 32 * 34);
+        let mut mins = Vec::with_capacity(if has_min { n * k / 32 } else { 0 });
+        let mut q = [0i8; 32];
+        for b in src.chunks_exact(bb) {
+            let m = unpack_block(t.dtype(), b, &mut q);
+            out.extend_from_slice(&b[0..2]);
+            out.extend(q.iter().map(|v| *v as u8));
+            if has_min {
+                mins.push(m);
+            }
+        }
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Owned(out),
+            device,
+            GgmlDType::Q8_0,
+        )?;
+        let w = QMatMul::from_qtensor(QTensor::new(storage, (n, k))?)?;
+        let mins = if has_min {
+            Some(
+                Tensor::from_vec(mins, (n, k / 32), device)?
+                    .t()?
+                    .contiguous()?,
+            )
+        } else {
+            None
+        };
+        Ok((Linear { w, mins }, true))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        match &self.mins {
+            None => Ok(y),
+            Some(m) => y + block_sums(x)?.broadcast_matmul(m)?,
+        }
+    }
+
+    #[allow(clippy::unused_self)]
+    fn bytes(&self) -> usize {
+        let w = match &self.w {
+            QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        };
+        w + self.mins.as_ref().map_or(0, |m| m.elem_count() * 4)
+    }
 }
 
 /// What loading did to the file's tensors, for `bench` and logs.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LoadReport {
     pub tensors: usize,
-    /// Tensors re-quantized to Q8_0 because candle has no SIMD kernel for their type.
+    /// Weight matrices moved (without loss) to Q8_0, whose kernel candle has in SIMD.
     pub requantized: usize,
     /// Bytes of weights held in memory.
     pub weight_bytes: usize,
@@ -152,22 +273,23 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         self.ct.tensor_infos.contains_key(name)
     }
 
-    /// A weight matrix, re-quantized when its type has no fast kernel.
+    /// A tensor as the file stores it.
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         let t = self.ct.tensor(self.reader, name, self.device)?;
         self.report.tensors += 1;
-        let t = if slow_on_cpu(t.dtype()) {
-            self.report.requantized += 1;
-            QTensor::quantize(&t.dequantize(self.device)?, GgmlDType::Q8_0)?
-        } else {
-            t
-        };
-        self.report.weight_bytes += t.storage_size_in_bytes();
         Ok(t)
     }
 
-    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
-        QMatMul::from_qtensor(self.qtensor(name)?)
+    fn linear_from(&mut self, t: QTensor) -> Result<Linear> {
+        let (l, moved) = Linear::new(t, self.device)?;
+        self.report.requantized += usize::from(moved);
+        self.report.weight_bytes += l.bytes();
+        Ok(l)
+    }
+
+    fn matmul(&mut self, name: &str) -> Result<Linear> {
+        let t = self.qtensor(name)?;
+        self.linear_from(t)
     }
 
     /// A vector (norm weight, bias) as f32.
@@ -286,20 +408,20 @@ impl KvCache {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    wo: QMatMul,
+    wo: Linear,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     post_ffn_norm: Option<Tensor>,
     local: bool,
     cache: KvCache,
@@ -312,7 +434,7 @@ pub(crate) struct Decoder {
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     rope: Rope,
     rope_local: Option<Rope>,
     positions: usize,
@@ -352,10 +474,18 @@ impl Decoder {
                 cfg.hidden
             )
         }
+        l.report.weight_bytes += embed.storage_size_in_bytes();
         let output = if l.has("output.weight") {
             l.matmul("output.weight")?
+        } else if block_bytes(embed.dtype()).is_some() {
+            // Tied, in a slow format: the lookup keeps the file's rows, the output
+            // projection gets its own fast copy.
+            l.matmul("token_embd.weight")?
         } else {
-            QMatMul::from_arc(embed.clone())?
+            Linear {
+                w: QMatMul::from_arc(embed.clone())?,
+                mins: None,
+            }
         };
         let norm = l.vector("output_norm.weight")?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -637,6 +767,58 @@ mod tests {
         };
         let globals: Vec<usize> = (0..12).filter(|i| !cfg.is_local(*i)).collect();
         assert_eq!(globals, vec![5, 11]);
+    }
+
+    #[test]
+    fn q5_0_converts_to_q8_0_exactly() {
+        let dev = Device::Cpu;
+        // Values on a Q5_0 grid of step 0.25, covering every integer from -16 to 15.
+        let vals: Vec<f32> = (0..64).map(|i| ((i % 32) as f32 - 16.0) * 0.25).collect();
+        let src = Tensor::from_vec(vals.clone(), (2, 32), &dev).unwrap();
+        let q5 = QTensor::quantize(&src, GgmlDType::Q5_0).unwrap();
+        let q8 = match Linear::new(q5, &dev).unwrap().0.w {
+            QMatMul::QTensor(t) => t,
+            _ => panic!("not quantized"),
+        };
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        let b: Vec<Vec<f32>> = q8.dequantize(&dev).unwrap().to_vec2().unwrap();
+        assert_eq!(b.concat(), vals);
+    }
+
+    /// Every slow format, on arbitrary data: the moved matrix multiplies exactly like the
+    /// dequantized original (up to Q8_0 activation rounding, identical for both paths).
+    #[test]
+    fn moved_formats_multiply_like_the_original() {
+        let dev = Device::Cpu;
+        let noise: Vec<f32> = (0..8 * 128)
+            .map(|i| ((i * 7919 % 1000) as f32 / 300.0) - 1.7)
+            .collect();
+        let w = Tensor::from_vec(noise, (8, 128), &dev).unwrap();
+        let x: Vec<f32> = (0..3 * 128)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        let x = Tensor::from_vec(x, (1, 3, 128), &dev).unwrap();
+        for t in [GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q5_1] {
+            let q = QTensor::quantize(&w, t).unwrap();
+            let exact = QMatMul::from_qtensor(QTensor::quantize(&w, t).unwrap())
+                .unwrap()
+                .forward(&x)
+                .unwrap();
+            let (lin, moved) = Linear::new(q, &dev).unwrap();
+            assert!(moved, "{t:?}");
+            let got = lin.forward(&x).unwrap();
+            let err: f32 = (got - &exact)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let scale: f32 = exact.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            eprintln!("{t:?}: error {err} of {scale}");
+            assert!(err < 1e-5 * scale, "{t:?}: error {err} of {scale}");
+        }
     }
 
     #[test]

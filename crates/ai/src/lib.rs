@@ -13,6 +13,7 @@ pub mod facts;
 pub mod llm;
 pub mod search;
 pub mod sitrep;
+pub mod spm;
 pub mod translate;
 pub mod triage;
 pub mod whisper;

@@ -8,6 +8,7 @@
 //! that can stop generation. Work runs on a private thread pool sized from the profile.
 
 use crate::decoder::{Config, Decoder};
+use crate::spm::SpmTokenizer;
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -97,7 +98,9 @@ impl Generation {
 /// A loaded model. Generation is serialised (one KV cache).
 pub struct Llm {
     weights: Mutex<Decoder>,
-    tokenizer: Tokenizer,
+    tokenizer: TextCodec,
+    /// Prepended to every prompt when the file asks for it (Gemma).
+    bos: Option<u32>,
     stop: Vec<u32>,
     arch: String,
     name: String,
@@ -132,9 +135,100 @@ fn meta_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
     ct.metadata.get(key)?.to_string().ok().map(String::as_str)
 }
 
-/// The tokenizer a GGUF file describes, with the pre-tokenizer its `tokenizer.ggml.pre`
-/// asks for (candle's default adds a prefix space SmolLM2 does not use).
-pub fn tokenizer_from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer, LlmError> {
+/// A model's tokenizer: byte-level BPE (`gpt2` vocabularies: Qwen2, SmolLM2) through the
+/// `tokenizers` crate, or SentencePiece BPE (`llama` vocabularies: Gemma 3) of our own.
+pub enum TextCodec {
+    Bpe(Tokenizer),
+    SentencePiece(SpmTokenizer),
+}
+
+impl std::fmt::Debug for TextCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextCodec::Bpe(_) => f.write_str("TextCodec::Bpe"),
+            TextCodec::SentencePiece(t) => write!(f, "TextCodec::SentencePiece({t:?})"),
+        }
+    }
+}
+
+impl TextCodec {
+    /// Token ids of `text`; special tokens written in it (`<|im_start|>`) are parsed.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        match self {
+            TextCodec::Bpe(t) => Ok(t
+                .encode(text, false)
+                .map_err(|e| LlmError::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec()),
+            TextCodec::SentencePiece(t) => Ok(t.encode(text, true)),
+        }
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LlmError> {
+        match self {
+            TextCodec::Bpe(t) => t
+                .decode(ids, skip_special)
+                .map_err(|e| LlmError::Tokenizer(e.to_string())),
+            TextCodec::SentencePiece(t) => Ok(t.decode(ids, skip_special)),
+        }
+    }
+
+    pub fn token_to_id(&self, piece: &str) -> Option<u32> {
+        match self {
+            TextCodec::Bpe(t) => t.token_to_id(piece),
+            TextCodec::SentencePiece(t) => t.token_to_id(piece),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextCodec::Bpe(t) => t.get_vocab_size(true),
+            TextCodec::SentencePiece(t) => t.vocab_size(),
+        }
+    }
+}
+
+fn meta_array<'a>(
+    ct: &'a gguf_file::Content,
+    key: &str,
+) -> Result<&'a [gguf_file::Value], LlmError> {
+    match ct.metadata.get(key) {
+        Some(gguf_file::Value::Array(v)) => Ok(v),
+        _ => Err(LlmError::Tokenizer(format!("no array {key}"))),
+    }
+}
+
+/// The tokenizer a GGUF file describes.
+pub fn codec_from_gguf(ct: &gguf_file::Content) -> Result<TextCodec, LlmError> {
+    if meta_str(ct, "tokenizer.ggml.model") != Some("llama") {
+        return tokenizer_from_gguf(ct).map(TextCodec::Bpe);
+    }
+    let bad = |what: &str| LlmError::Tokenizer(format!("tokenizer.ggml.{what}: wrong value type"));
+    let pieces = meta_array(ct, "tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|_| bad("tokens")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scores = meta_array(ct, "tokenizer.ggml.scores")?
+        .iter()
+        .map(|v| v.to_f32().map_err(|_| bad("scores")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let types = meta_array(ct, "tokenizer.ggml.token_type")?
+        .iter()
+        .map(|v| v.to_i32().map_err(|_| bad("token_type")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let add_space_prefix = matches!(
+        ct.metadata.get("tokenizer.ggml.add_space_prefix"),
+        Some(gguf_file::Value::Bool(true))
+    );
+    let unk = meta_u32(ct, "tokenizer.ggml.unknown_token_id");
+    SpmTokenizer::new(pieces, scores, types, unk, add_space_prefix)
+        .map(TextCodec::SentencePiece)
+        .map_err(|e| LlmError::Tokenizer(e.to_string()))
+}
+
+/// The byte-level BPE tokenizer a GGUF file describes, with the pre-tokenizer its
+/// `tokenizer.ggml.pre` asks for (candle's default adds a prefix space SmolLM2 does not use).
+fn tokenizer_from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer, LlmError> {
     use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
     let mut tok = Tokenizer::from_gguf(ct).map_err(|e| LlmError::Tokenizer(e.to_string()))?;
     match meta_str(ct, "tokenizer.ggml.pre") {
@@ -164,7 +258,11 @@ impl Llm {
         let arch = meta_str(&ct, "general.architecture")
             .ok_or_else(|| LlmError::Format("no general.architecture".into()))?
             .to_owned();
-        let tokenizer = tokenizer_from_gguf(&ct)?;
+        let tokenizer = codec_from_gguf(&ct)?;
+        let bos = match ct.metadata.get("tokenizer.ggml.add_bos_token") {
+            Some(gguf_file::Value::Bool(true)) => meta_u32(&ct, "tokenizer.ggml.bos_token_id"),
+            _ => None,
+        };
         let mut stop = Vec::new();
         if let Some(eos) = meta_u32(&ct, "tokenizer.ggml.eos_token_id") {
             stop.push(eos);
@@ -191,6 +289,7 @@ impl Llm {
         Ok(Llm {
             weights: Mutex::new(weights),
             tokenizer,
+            bos,
             stop,
             arch,
             name: name.to_owned(),
@@ -207,26 +306,26 @@ impl Llm {
         &self.arch
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
+    pub fn tokenizer(&self) -> &TextCodec {
         &self.tokenizer
     }
 
-    /// Token ids of `text` (no special tokens added).
+    /// Token ids of `text` (no BOS added; special tokens written in it are parsed).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| LlmError::Tokenizer(e.to_string()))?
-            .get_ids()
-            .to_vec())
+        self.tokenizer.encode(text)
     }
 
-    /// A ChatML conversation (both supported families are ChatML-tuned), ready for the
-    /// assistant's turn.
+    /// A conversation in the model's own turn format, ready for the assistant's turn:
+    /// ChatML (Qwen2, SmolLM2), or Gemma's turns (no system role: the instructions open
+    /// the user's turn).
     pub fn chat(&self, system: &str, user: &str) -> String {
-        format!(
-            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        )
+        if self.arch == "gemma3" {
+            format!("<start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n")
+        } else {
+            format!(
+                "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+            )
+        }
     }
 
     /// Generates from a raw prompt; `on_token` receives each new piece of text and returns
@@ -237,7 +336,12 @@ impl Llm {
         opts: &GenOptions,
         mut on_token: impl FnMut(&str) -> bool + Send,
     ) -> Result<Generation, LlmError> {
-        let ids = self.encode(prompt)?;
+        let mut ids = self.encode(prompt)?;
+        if let Some(bos) = self.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
         let limit = opts.max_context.min(self.arch_context);
         if ids.len() + 1 >= limit {
             return Err(LlmError::Context(ids.len(), limit));
@@ -271,10 +375,7 @@ impl Llm {
                     break;
                 }
                 out.push(next);
-                let text = self
-                    .tokenizer
-                    .decode(&out, true)
-                    .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+                let text = self.tokenizer.decode(&out, true)?;
                 // Emit only complete characters (a token can end inside a UTF-8 sequence).
                 if text.len() > shown && !text.ends_with('\u{fffd}') {
                     let piece = text.get(shown..).unwrap_or("");
@@ -302,10 +403,7 @@ impl Llm {
             let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
             // Free the cache between requests: memory stays bounded by one context.
             weights.reset(0);
-            let text = self
-                .tokenizer
-                .decode(&out, true)
-                .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+            let text = self.tokenizer.decode(&out, true)?;
             Ok(Generation {
                 text,
                 prompt_tokens: ids.len(),
@@ -344,11 +442,11 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, LlmError> {
     if crate::decoder::Family::from_arch(&arch).is_none() {
         return Err(LlmError::Arch(arch));
     }
-    let tok = tokenizer_from_gguf(&ct)?;
+    let tok = codec_from_gguf(&ct)?;
     Ok(GgufInfo {
         name: meta_str(&ct, "general.name").map(str::to_owned),
         tensors: ct.tensor_infos.len(),
-        vocab: tok.get_vocab_size(true),
+        vocab: tok.vocab_size(),
         context_length: meta_u32(&ct, &format!("{arch}.context_length")),
         tokenizer_model: meta_str(&ct, "tokenizer.ggml.model").map(str::to_owned),
         pre_tokenizer: meta_str(&ct, "tokenizer.ggml.pre").map(str::to_owned),

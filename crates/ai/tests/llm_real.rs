@@ -2,8 +2,12 @@
 //!
 //! The weights come from `scripts/fetch-models.sh` (run by `scripts/test.sh`). A wrong
 //! RoPE layout, norm, activation or attention mask turns greedy continuations into
-//! noise, so these are checked against facts every one of these models knows, and the
-//! tokenizer against ids read from the file's own vocabulary.
+//! noise, so each family's greedy continuations are checked against llama.cpp's on the
+//! same file, and Gemma's SentencePiece tokenization against llama.cpp's token ids.
+//!
+//! The reference strings were recorded with the llama.cpp built by
+//! `scripts/fetch-llamacpp.sh`:
+//! `llama-simple -m FILE -n 8 PROMPT` and `llama-completion --verbose-prompt -no-cnv`.
 
 use fieldmesh_ai::llm::{GenOptions, Llm};
 use std::path::PathBuf;
@@ -46,26 +50,46 @@ fn greedy(llm: &Llm, prompt: &str, tokens: usize) -> String {
     g.text
 }
 
-/// Base-model style completions every family gets right when its forward pass is right.
-fn knows_facts(llm: &Llm) {
-    let paris = greedy(llm, "The capital of France is", 6);
-    assert!(paris.contains("Paris"), "{}: {paris:?}", llm.name());
-    let count = greedy(llm, "1, 2, 3, 4, 5, 6,", 8);
-    assert!(count.contains("7, 8"), "{}: {count:?}", llm.name());
+/// Our greedy continuation of each prompt matches llama.cpp's, 8 tokens each.
+fn matches_reference(llm: &Llm, cases: &[(&str, &str)]) {
+    for (prompt, want) in cases {
+        let got = greedy(llm, prompt, 8);
+        assert_eq!(&got, want, "{}: continuation of {prompt:?}", llm.name());
+    }
 }
 
 #[test]
 fn smollm2_llama_family() {
     let llm = load("smollm2-135m-instruct-q4_1.gguf");
     assert_eq!(llm.arch(), "llama");
-    knows_facts(&llm);
+    // Not all eight tokens: SmolLM2's Q4_1 matrices move to Q8_0 at load, and on CPUs
+    // with AVX-512 VNNI candle multiplies Q8_0 matrices whose rows are a multiple of 256
+    // (the 1536-wide down projection) against activations quantized per 256 values, not
+    // per 32 as ggml does. The continuation stays sensible but leaves llama.cpp's
+    // (" Paris.\n\nThe United States has") after four tokens.
+    let paris = greedy(&llm, "The capital of France is", 4);
+    assert_eq!(paris, " Paris.\n\n");
+    matches_reference(&llm, &[("1, 2, 3, 4, 5, 6,", " 7, 8, 9")]);
 }
 
 #[test]
 fn qwen2_family() {
     let llm = load("qwen2.5-0.5b-instruct-q4_k_m.gguf");
     assert_eq!(llm.arch(), "qwen2");
-    knows_facts(&llm);
+    matches_reference(
+        &llm,
+        &[
+            (
+                "The capital of France is",
+                " Paris. Paris is located in the north",
+            ),
+            ("1, 2, 3, 4, 5, 6,", " 7, 8, 9"),
+            (
+                "Contact at grid 38SMB 4484 1234, two enemy vehicles moving",
+                " towards each other, and a player vehicle",
+            ),
+        ],
+    );
     let answer = greedy(
         &llm,
         &llm.chat("Answer with one word.", "What is the capital of Italy?"),
@@ -78,5 +102,30 @@ fn qwen2_family() {
 fn gemma3_family() {
     let llm = load("gemma3-270m-q4_k_m.gguf");
     assert_eq!(llm.arch(), "gemma3");
-    knows_facts(&llm);
+    // User-defined pieces (double space, blank line, HTML tags), digits split one by
+    // one, byte-free multi-byte characters, an emoji and a control token.
+    let text = "Hello  world\n\n<b>MEDEVAC</b> 9-line: grid 38SMB 4484 1234, \u{d7}2 caf\u{e9} \u{1F600} <start_of_turn>x";
+    let reference: [u32; 37] = [
+        9259, 138, 12392, 108, 200, 40355, 22486, 2714, 209, 236743, 236819, 236772, 1257, 236787,
+        8411, 236743, 236800, 236828, 173093, 236743, 236812, 236812, 236828, 236812, 236743,
+        236770, 236778, 236800, 236812, 236764, 15666, 236778, 33443, 163543, 236743, 105, 236781,
+    ];
+    let ids = llm.encode(text).unwrap();
+    assert_eq!(ids, reference);
+    assert_eq!(llm.tokenizer().decode(&ids, false).unwrap(), text);
+    // The 270M model is a base model, and llama.cpp agrees it does not name Paris.
+    matches_reference(
+        &llm,
+        &[
+            (
+                "The capital of France is",
+                " the capital of the country of France.",
+            ),
+            ("1, 2, 3, 4, 5, 6,", " 7, 8, 9"),
+            (
+                "Contact at grid 38SMB 4484 1234, two enemy vehicles moving",
+                " in the direction of the grid 3",
+            ),
+        ],
+    );
 }
