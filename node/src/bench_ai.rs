@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct AiBench {
-    /// GGUF file (default: the Qwen2.5 0.5B in the model cache).
+    /// GGUF file; repeat for several (default: Qwen2.5 0.5B, Gemma 3 270M and SmolLM2
+    /// 135M from the model cache). The SITREP section uses the first.
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    pub model: Vec<PathBuf>,
+    /// Run only these sections (comma-separated: llm, transcription, sitrep, search).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Prompt tokens.
@@ -95,7 +99,7 @@ fn run_measured(mut cmd: Command) -> Result<(std::process::Output, u64)> {
 
 /// Our LLM alone: prompt of `prompt` tokens, then `tokens` greedy tokens. Prints JSON.
 fn child_llm(a: &AiBench) -> Result<()> {
-    let path = a.model.clone().unwrap_or_else(default_model);
+    let path = a.model.first().cloned().unwrap_or_else(default_model);
     let llm = fieldmesh_ai::llm::Llm::load(&path, "bench", a.threads)?;
     // A prompt of exactly the requested size: repeat a field report and cut.
     let base = "Contact at grid 38SMB 44840 12345, six fighters moving south, two technicals. ";
@@ -135,6 +139,18 @@ fn child_llm(a: &AiBench) -> Result<()> {
 
 fn default_model() -> PathBuf {
     crate::ai_cli::model_cache().join("qwen2.5-0.5b-instruct-q4_k_m.gguf")
+}
+
+fn default_models() -> Vec<PathBuf> {
+    let cache = crate::ai_cli::model_cache();
+    [
+        "qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "gemma3-270m-q4_k_m.gguf",
+        "smollm2-135m-instruct-q4_1.gguf",
+    ]
+    .iter()
+    .map(|f| cache.join(f))
+    .collect()
 }
 
 fn llama_bench(bin: &Path, model: &Path, threads: usize, p: usize, n: usize) -> Result<(f64, f64)> {
@@ -184,10 +200,43 @@ pub fn run(a: AiBench) -> Result<()> {
     if a.child_llm {
         return child_llm(&a);
     }
-    let model = a.model.clone().unwrap_or_else(default_model);
-    if !model.is_file() {
-        bail!("{} missing: run scripts/fetch-models.sh", model.display());
+    let models = if a.model.is_empty() {
+        default_models()
+    } else {
+        a.model.clone()
+    };
+    for m in &models {
+        if !m.is_file() {
+            bail!("{} missing: run scripts/fetch-models.sh", m.display());
+        }
     }
+    let wanted = |section: &str| a.only.is_empty() || a.only.iter().any(|s| s == section);
+    if let Some(bad) = a
+        .only
+        .iter()
+        .find(|s| !["llm", "transcription", "sitrep", "search"].contains(&s.as_str()))
+    {
+        bail!("unknown section {bad:?} (llm, transcription, sitrep, search)");
+    }
+    if wanted("llm") {
+        for model in &models {
+            llm_pair(&a, model)?;
+        }
+    }
+    if wanted("transcription") {
+        transcription_rtf(a.threads)?;
+    }
+    if wanted("sitrep") {
+        sitrep_time(&a, &models[0])?;
+    }
+    if wanted("search") {
+        search_latency(a.search_docs, a.threads)?;
+    }
+    Ok(())
+}
+
+/// Ours against llama.cpp on one GGUF file: prompt and generation tokens/s, peak RSS.
+fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
     println!(
         "== LLM: {} ({} threads, prompt {} tokens, generate {})",
         model.display(),
@@ -209,7 +258,7 @@ pub fn run(a: AiBench) -> Result<()> {
         &a.tokens.to_string(),
         "--model",
     ])
-    .arg(&model);
+    .arg(model);
     let (out, our_rss) = run_measured(cmd)?;
     if !out.status.success() {
         bail!(
@@ -252,7 +301,7 @@ pub fn run(a: AiBench) -> Result<()> {
             "json",
         ]);
         let (_, ref_rss) = run_measured(cmd)?;
-        let (ref_pp, ref_tg) = llama_bench(&bin, &model, a.threads, a.prompt, a.tokens)?;
+        let (ref_pp, ref_tg) = llama_bench(&bin, model, a.threads, a.prompt, a.tokens)?;
         println!(
             "  llama.cpp:          prompt {ref_pp:8.1} tok/s  generation {ref_tg:7.1} tok/s  peak RSS {:7.1} MiB",
             mb(ref_rss)
@@ -269,10 +318,6 @@ pub fn run(a: AiBench) -> Result<()> {
             bin.display()
         );
     }
-
-    transcription_rtf(a.threads)?;
-    sitrep_time(&a, &model)?;
-    search_latency(a.search_docs, a.threads)?;
     Ok(())
 }
 
