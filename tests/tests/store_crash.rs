@@ -51,8 +51,17 @@ fn sigkill_never_loses_acknowledged_envelopes() {
         reader.join().unwrap();
         acked.extend(got.lock().unwrap().iter().copied());
 
-        let store = SledStore::open(dir.path(), None)
-            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let store = match SledStore::open(dir.path(), None) {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep the crashed store for forensics (sled 0.34 crash-recovery bugs).
+                let kept = dir.keep();
+                panic!(
+                    "round {round}: reopen failed: {e}; the store is kept at {}",
+                    kept.display()
+                );
+            }
+        };
         for id in &acked {
             let env = store
                 .get(id)
