@@ -41,27 +41,83 @@ fn be_u64(v: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Snapshot files sled had not finished writing (`snap.<lsn>.generating`).
+fn unfinished_snapshots(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"))
+        })
+        .collect()
+}
+
+/// Works around a crash-recovery bug in sled 0.34.7: a process killed while writing a
+/// snapshot leaves `snap.<lsn>.generating`, and the next open picks that file as the
+/// newest snapshot (it sorts after the finished ones) and fails with "Read corrupted
+/// data". Such a file is never valid: sled renames it to `snap.<lsn>` only after writing
+/// and fsyncing it, and snapshots only speed up recovery (the log is replayed from the
+/// previous finished snapshot). The files are moved into `unfinished-snapshots/`, not
+/// deleted, and the open is retried once. Only called after sled refused the store with
+/// a corruption error, so no other process holds it.
+fn quarantine_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let keep = dir.join("unfinished-snapshots");
+    std::fs::create_dir_all(&keep)?;
+    for p in unfinished_snapshots(dir) {
+        let name = p.file_name().unwrap_or_default().to_owned();
+        let mut to = keep.join(&name);
+        let mut n = 1;
+        while to.exists() {
+            to = keep.join(format!("{}.{n}", name.to_string_lossy()));
+            n += 1;
+        }
+        tracing::warn!(
+            file = %p.display(),
+            kept = %to.display(),
+            "store: moving an unfinished sled snapshot aside (left by a crash) and reopening"
+        );
+        std::fs::rename(&p, &to)?;
+    }
+    Ok(())
+}
+
 impl SledStore {
-    /// Opens (or creates) the store at `path`, with an optional byte quota.
+    /// Opens (or creates) the store at `path`, with an optional byte quota. A store left by
+    /// a crash in the middle of a sled snapshot is repaired (see
+    /// [`quarantine_unfinished_snapshots`]); any other corruption is an error.
     pub fn open(path: &Path, quota: Option<u64>) -> Result<SledStore, OpenError> {
         let engine = |source| OpenError::Engine {
             path: path.to_owned(),
             source,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    OpenError::Locked(path.to_owned())
-                }
-                sled::Error::Io(io) if is_disk_full(&io) => OpenError::DiskFull {
-                    path: path.to_owned(),
-                    source: io,
-                },
-                other => engine(other),
-            })?;
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+        };
+        let db = match open() {
+            Err(sled::Error::Corruption { .. }) if !unfinished_snapshots(path).is_empty() => {
+                quarantine_unfinished_snapshots(path).map_err(|e| engine(e.into()))?;
+                open()
+            }
+            other => other,
+        };
+        let db = db.map_err(|e| match e {
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                OpenError::Locked(path.to_owned())
+            }
+            sled::Error::Io(io) if is_disk_full(&io) => OpenError::DiskFull {
+                path: path.to_owned(),
+                source: io,
+            },
+            other => engine(other),
+        })?;
         let format = db.get(meta_key("format")).map_err(engine)?;
         match format {
             Some(v) => {

@@ -144,3 +144,37 @@ fn mem_store_has_no_quota_by_default() {
     }
     assert_eq!(s.len().unwrap(), 50);
 }
+
+/// sled 0.34.7 picks a half-written `snap.<lsn>.generating` (left by a crash mid-snapshot)
+/// as the newest snapshot and refuses to open. The store moves such files aside and keeps
+/// everything; a damaged *finished* snapshot is still refused.
+#[test]
+fn sled_recovers_from_a_crash_mid_snapshot_and_refuses_real_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = NodeKey::from_seed([5; 32]);
+    let a = env(&k, 2, 1, Kind::CHANNEL_GENESIS, b"survives");
+    {
+        let s = SledStore::open(dir.path(), None).unwrap();
+        s.put(&a).unwrap();
+    }
+    // What a SIGKILL during snapshot writing leaves (as found after a crash test failure).
+    let half = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+    std::fs::write(&half, b"").unwrap();
+    {
+        let s = SledStore::open(dir.path(), None).unwrap();
+        assert_eq!(s.get(&a.id()).unwrap().unwrap(), a);
+    }
+    assert!(!half.exists());
+    assert!(
+        dir.path()
+            .join("unfinished-snapshots/snap.7FFFFFFFFFFFFFFF.generating")
+            .exists(),
+        "the unfinished snapshot is kept, not deleted"
+    );
+    // A finished snapshot that is damaged is real corruption: refused, nothing touched.
+    let bad = dir.path().join("snap.7FFFFFFFFFFFFFFF");
+    std::fs::write(&bad, b"torn").unwrap();
+    let err = SledStore::open(dir.path(), None).unwrap_err();
+    assert!(err.to_string().contains("orrupt"), "{err}");
+    assert!(bad.exists());
+}
