@@ -454,7 +454,14 @@ impl Node {
             None => match self.semantic_triage(text) {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(%e, "semantic triage unavailable; rules only");
+                    // Once per process: a node without a model posts many messages.
+                    static WARNED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(%e, "semantic triage unavailable; rules only");
+                    } else {
+                        tracing::warn!(%e, "semantic triage unavailable; rules only (said once)");
+                    }
                     None
                 }
             },

@@ -90,7 +90,7 @@ pub fn assemble(
             parts.len()
         ));
     }
-    let data: Vec<u8> = parts.into_values().flatten().collect();
+    let data: Vec<u8> = parts.into_values().collect::<Vec<_>>().concat();
     if data.len() as u64 != size || &sha256(&data) != hash {
         return Err("attachment chunks do not hash to the attachment id".into());
     }

@@ -21,8 +21,20 @@ use tokio::sync::{mpsc, oneshot};
 const ANNOUNCE_TOPIC: &str = "/fieldmesh/announce/1";
 /// Longest a received envelope waits for others to share its fsync.
 const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(2);
-/// Most envelopes in one group commit.
+/// Envelopes that start a group commit without waiting (more join it while one is
+/// already being written).
 const GROUP_COMMIT_MAX: usize = 64;
+
+/// Results of a group commit, in input order.
+type CommitResults = Vec<Result<(EnvelopeId, Meta), crate::IngestError>>;
+
+/// A group commit being written on a blocking thread, while the swarm keeps receiving:
+/// who sent each envelope, and the answers that wait for it to be durable.
+struct Commit {
+    peers: Vec<PeerId>,
+    responses: Vec<(u64, Vec<u8>)>,
+    done: tokio::task::JoinHandle<CommitResults>,
+}
 
 /// Network settings (from the CLI and the firmware profile).
 #[derive(Debug, Clone)]
@@ -281,6 +293,7 @@ pub async fn spawn(
         deferred_ingest: Vec::new(),
         deferred_responses: Vec::new(),
         flush_at: None,
+        commit: None,
     };
     tokio::spawn(async move { driver.run(rx, config.tick).await });
     Ok((NetHandle { tx }, bound))
@@ -309,6 +322,8 @@ struct Driver {
     deferred_ingest: Vec<(PeerId, Vec<u8>)>,
     deferred_responses: Vec<(u64, Vec<u8>)>,
     flush_at: Option<tokio::time::Instant>,
+    /// The group commit being written (at most one: later arrivals form the next).
+    commit: Option<Commit>,
 }
 
 impl Driver {
@@ -327,7 +342,13 @@ impl Driver {
                     self.redial();
                     self.feed(Input::Tick);
                 }
-                _ = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() => {
+                _ = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() && self.commit.is_none() => {
+                    self.flush_ingest();
+                }
+                results = async { (&mut self.commit.as_mut().expect("guarded").done).await }, if self.commit.is_some() => {
+                    self.commit_done(results);
+                    // What arrived during that write has waited at least as long as the
+                    // group-commit delay: write it now.
                     self.flush_ingest();
                 }
             }
@@ -335,7 +356,16 @@ impl Driver {
                 self.flush_ingest();
             }
         }
+        // Finish what is being written and write what is waiting, before stopping.
+        if let Some(c) = self.commit.as_mut() {
+            let results = (&mut c.done).await;
+            self.commit_done(results);
+        }
         self.flush_ingest();
+        if let Some(c) = self.commit.as_mut() {
+            let results = (&mut c.done).await;
+            self.commit_done(results);
+        }
         tracing::info!("network task stopped");
     }
 
@@ -515,18 +545,49 @@ impl Driver {
 
     /// Runs one input through the engine and performs its outputs (which may produce more
     /// inputs, handled in the same call).
-    /// Stores the envelopes received since the last flush with one durable write, tells
-    /// the engine, then sends their acknowledgements (never before they are durable).
+    /// Starts the durable write of the envelopes received since the last one, on a
+    /// blocking thread so the swarm keeps reading meanwhile. Does nothing while a write is
+    /// in progress: arrivals wait for it and form the next group.
     fn flush_ingest(&mut self) {
+        if self.commit.is_some() {
+            return;
+        }
         self.flush_at = None;
         if self.deferred_ingest.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.deferred_ingest);
+        let (peers, bytes): (Vec<PeerId>, Vec<Vec<u8>>) = std::mem::take(&mut self.deferred_ingest)
+            .into_iter()
+            .unzip();
         let responses = std::mem::take(&mut self.deferred_responses);
-        let bytes: Vec<Vec<u8>> = batch.iter().map(|(_, b)| b.clone()).collect();
-        let results = self.host.ingest_batch(&bytes);
-        for ((peer, _), result) in batch.into_iter().zip(results) {
+        let host = self.host.clone();
+        let done = tokio::task::spawn_blocking(move || host.ingest_batch(&bytes));
+        self.commit = Some(Commit {
+            peers,
+            responses,
+            done,
+        });
+    }
+
+    /// A group commit finished: tells the engine, then sends the acknowledgements (never
+    /// before the envelopes are durable). A write that panicked acknowledges nothing; the
+    /// senders time out and send again.
+    fn commit_done(&mut self, results: Result<CommitResults, tokio::task::JoinError>) {
+        let Some(commit) = self.commit.take() else {
+            return;
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%e, "group commit failed; nothing from it is acknowledged");
+                for (request, _) in commit.responses {
+                    self.inbound.remove(&request);
+                }
+                return;
+            }
+        };
+        let responses = commit.responses;
+        for (peer, result) in commit.peers.into_iter().zip(results) {
             match result {
                 Ok((id, meta)) => self.feed(Input::Inserted {
                     id,
