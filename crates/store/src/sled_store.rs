@@ -104,7 +104,20 @@ impl SledStore {
         let db = match open() {
             Err(sled::Error::Corruption { .. }) if !unfinished_snapshots(path).is_empty() => {
                 quarantine_unfinished_snapshots(path).map_err(|e| engine(e.into()))?;
-                open()
+                // The refused open's threads can hold sled's file lock for a moment
+                // after it returned: retry a lock failure briefly.
+                let mut tries = 0;
+                loop {
+                    match open() {
+                        Err(sled::Error::Io(io))
+                            if tries < 50 && io.to_string().contains("could not acquire lock") =>
+                        {
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        other => break other,
+                    }
+                }
             }
             other => other,
         };
