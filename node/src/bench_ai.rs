@@ -205,12 +205,14 @@ pub fn run(a: AiBench) -> Result<()> {
     } else {
         a.model.clone()
     };
-    for m in &models {
-        if !m.is_file() {
-            bail!("{} missing: run scripts/fetch-models.sh", m.display());
+    let wanted = |section: &str| a.only.is_empty() || a.only.iter().any(|s| s == section);
+    if wanted("llm") || wanted("sitrep") {
+        for m in &models {
+            if !m.is_file() {
+                bail!("{} missing: run scripts/fetch-models.sh", m.display());
+            }
         }
     }
-    let wanted = |section: &str| a.only.is_empty() || a.only.iter().any(|s| s == section);
     if let Some(bad) = a
         .only
         .iter()

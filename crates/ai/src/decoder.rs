@@ -68,9 +68,9 @@ impl Config {
 }
 
 fn md_u32(ct: &gguf_file::Content, key: &str) -> Result<usize> {
-    match ct.metadata.get(key) {
-        Some(v) => Ok(v.to_u32()? as usize),
-        None => bail!("GGUF metadata has no {key}"),
+    match crate::llm::meta_u32(ct, key) {
+        Some(v) => Ok(v as usize),
+        None => bail!("GGUF metadata has no integer {key}"),
     }
 }
 
@@ -86,16 +86,38 @@ impl Config {
         let hidden = md_u32(ct, &format!("{arch}.embedding_length"))?;
         let heads = md_u32(ct, &format!("{arch}.attention.head_count"))?;
         let kv_heads = md_u32(ct, &format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
+        if heads == 0 {
+            bail!("GGUF metadata: zero attention heads")
+        }
         let head_dim =
-            md_u32(ct, &format!("{arch}.attention.key_length")).unwrap_or(hidden / heads);
-        if heads == 0
-            || kv_heads == 0
+            md_u32(ct, &format!("{arch}.attention.key_length")).unwrap_or_else(|_| hidden / heads);
+        if kv_heads == 0
             || !heads.is_multiple_of(kv_heads)
+            || head_dim == 0
             || !head_dim.is_multiple_of(2)
         {
             bail!(
                 "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, head dim {head_dim}"
             )
+        }
+        // Sizes below (layers, RoPE tables) come from metadata: check them against the
+        // tensors the file actually holds before allocating anything by them.
+        let layers = md_u32(ct, &format!("{arch}.block_count"))?;
+        let q_rows = ct
+            .tensor_infos
+            .get("blk.0.attn_q.weight")
+            .map(|t| t.shape.dims().to_vec());
+        if q_rows.as_deref() != Some(&[heads * head_dim, hidden][..]) {
+            bail!(
+                "blk.0.attn_q.weight is {q_rows:?}, metadata says {heads} heads x {head_dim} by {hidden}"
+            )
+        }
+        if layers == 0
+            || !ct
+                .tensor_infos
+                .contains_key(&format!("blk.{}.ffn_down.weight", layers - 1))
+        {
+            bail!("metadata says {layers} blocks; the file does not hold them")
         }
         let window = match family {
             Family::Gemma3 => {
@@ -106,7 +128,7 @@ impl Config {
         Ok(Config {
             family,
             hidden,
-            layers: md_u32(ct, &format!("{arch}.block_count"))?,
+            layers,
             heads,
             kv_heads,
             head_dim,
@@ -488,7 +510,7 @@ impl Decoder {
             }
         };
         let norm = l.vector("output_norm.weight")?;
-        let mut layers = Vec::with_capacity(cfg.layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.layers {
             let p = format!("blk.{i}");
             layers.push(Layer {

@@ -118,7 +118,7 @@ impl std::fmt::Debug for Llm {
     }
 }
 
-fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
+pub(crate) fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     use gguf_file::Value as V;
     match ct.metadata.get(key)? {
         V::U8(v) => Some(u32::from(*v)),

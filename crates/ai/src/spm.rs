@@ -159,11 +159,18 @@ impl SpmTokenizer {
             if *control && !parse_control {
                 continue;
             }
-            for (at, _) in text.match_indices(p.as_str()) {
+            // Every occurrence in the unclaimed text: after one that overlaps a claimed
+            // span, search again from the next character, not from its end.
+            let mut from = 0;
+            while let Some(i) = text[from..].find(p.as_str()) {
+                let at = from + i;
                 let span = at..at + p.len();
-                if !claimed[span.clone()].iter().any(|c| *c) {
+                if claimed[span.clone()].iter().any(|c| *c) {
+                    from = at + text[at..].chars().next().map_or(1, char::len_utf8);
+                } else {
                     claimed[span].iter_mut().for_each(|c| *c = true);
                     hits.push((at, p.len(), *id));
+                    from = at + p.len();
                 }
             }
         }
@@ -171,20 +178,22 @@ impl SpmTokenizer {
         let mut out = Vec::new();
         let mut done = 0;
         for (at, len, id) in hits {
-            self.encode_plain(&text[done..at], done == 0, &mut out);
+            self.encode_plain(&text[done..at], &mut out);
             out.push(id);
             done = at + len;
         }
-        self.encode_plain(&text[done..], done == 0, &mut out);
+        self.encode_plain(&text[done..], &mut out);
         out
     }
 
-    fn encode_plain(&self, text: &str, first: bool, out: &mut Vec<u32>) {
+    /// BPE over text between special pieces; each such fragment gets the `▁` prefix when
+    /// the file asks for one (llama.cpp prefixes after every special token too).
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
         if text.is_empty() {
             return;
         }
         let mut s = String::with_capacity(text.len() + 3);
-        if self.add_space_prefix && first {
+        if self.add_space_prefix {
             s.push_str(SPACE);
         }
         s.push_str(&text.replace(' ', SPACE));
@@ -340,6 +349,29 @@ mod tests {
         let spelled = t.encode("<bos>\n", false);
         assert!(!spelled.contains(&1), "{spelled:?}");
         assert_eq!(spelled.last(), Some(&3));
+    }
+
+    /// A shorter special piece still matches in what a longer one left unclaimed, even
+    /// when an occurrence of it overlapped the longer one (llama.cpp's partition).
+    #[test]
+    fn shorter_specials_fill_the_gaps_longer_ones_leave() {
+        let vocab: &[(&str, f32, i32)] = &[
+            ("<unk>", 0.0, 2),
+            ("aaa", 0.0, USER_DEFINED),
+            ("aa", 0.0, USER_DEFINED),
+            ("a", -1.0, NORMAL),
+        ];
+        let t = SpmTokenizer::new(
+            vocab.iter().map(|v| v.0.to_owned()).collect(),
+            vocab.iter().map(|v| v.1).collect(),
+            vocab.iter().map(|v| v.2).collect(),
+            Some(0),
+            false,
+        )
+        .unwrap();
+        // "aaaaa": "aaa" claims 0..3; "aa" at 2..4 overlaps, but 3..5 is free.
+        assert_eq!(t.encode("aaaaa", true), vec![1, 2]);
+        assert_eq!(t.encode("aaaa", true), vec![1, 3]);
     }
 
     #[test]
