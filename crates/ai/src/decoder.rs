@@ -734,12 +734,6 @@ impl Layer {
     }
 }
 
-/// The decoder's logits as a Vec (for tests and sampling helpers).
-#[allow(dead_code)]
-pub(crate) fn to_vec(logits: &Tensor) -> Result<Vec<f32>> {
-    logits.to_dtype(DType::F32)?.to_vec1()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
