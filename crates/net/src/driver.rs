@@ -357,16 +357,18 @@ impl Driver {
             }
         }
         // Finish what is being written and write what is waiting, before stopping.
-        if let Some(c) = self.commit.as_mut() {
-            let results = (&mut c.done).await;
-            self.commit_done(results);
-        }
+        self.finish_commit().await;
         self.flush_ingest();
+        self.finish_commit().await;
+        tracing::info!("network task stopped");
+    }
+
+    /// Waits for the group commit being written, if any, and completes it.
+    async fn finish_commit(&mut self) {
         if let Some(c) = self.commit.as_mut() {
             let results = (&mut c.done).await;
             self.commit_done(results);
         }
-        tracing::info!("network task stopped");
     }
 
     fn status(&self) -> NetStatus {
@@ -543,8 +545,6 @@ impl Driver {
         }
     }
 
-    /// Runs one input through the engine and performs its outputs (which may produce more
-    /// inputs, handled in the same call).
     /// Starts the durable write of the envelopes received since the last one, on a
     /// blocking thread so the swarm keeps reading meanwhile. Does nothing while a write is
     /// in progress: arrivals wait for it and form the next group.
@@ -612,6 +612,8 @@ impl Driver {
         }
     }
 
+    /// Runs one input through the engine and performs its outputs (which may produce more
+    /// inputs, handled in the same call).
     fn feed(&mut self, input: Input<PeerId>) {
         let mut pending = vec![input];
         while let Some(input) = pending.pop() {
