@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub max_strikes: u32,
     /// Pushes per peer awaiting acknowledgement (transport streams are finite).
     pub max_inflight: usize,
+    /// Bytes of pushes per peer awaiting acknowledgement: enough to keep a fast link busy
+    /// while the receiver's group commit is on disk, small enough that a slow one is never
+    /// buried under data it cannot carry (the token bucket paces what leaves).
+    pub max_inflight_bytes: u64,
     /// New envelopes up to this size are pushed eagerly along the tree; larger ones are
     /// only announced.
     pub eager_push_max_bytes: u32,
@@ -59,7 +63,8 @@ impl Default for EngineConfig {
             link_burst_bytes: 1024 * 1024,
             resync_interval_ms: 30_000,
             max_strikes: 10,
-            max_inflight: 64,
+            max_inflight: 256,
+            max_inflight_bytes: 16 * 1024 * 1024,
             eager_push_max_bytes: 16 * 1024,
             lazy_want_delay_ms: 1_000,
         }
@@ -82,6 +87,14 @@ pub enum Input<P> {
         peer: P,
         /// For the answer.
         request: RequestId,
+        /// The frame bytes.
+        frame: Vec<u8>,
+    },
+    /// `P` sent a frame on its bulk stream (a long-lived stream that carries only
+    /// `Envelope` frames; the driver acknowledges them in order once they are handled).
+    Bulk {
+        /// From.
+        peer: P,
         /// The frame bytes.
         frame: Vec<u8>,
     },
@@ -201,8 +214,9 @@ struct PeerState {
     stats: PeerStats,
     next_resync_ms: u64,
     session_open: bool,
-    /// Pushes sent and not yet acknowledged.
+    /// Pushes sent and not yet acknowledged, and their bytes.
     inflight: BTreeSet<EnvelopeId>,
+    inflight_bytes: u64,
     /// Pushes the peer acknowledged on this connection.
     delivered: BTreeSet<EnvelopeId>,
     /// New envelopes go to this peer at once (true) or by announce only (pruned).
@@ -227,6 +241,7 @@ impl PeerState {
             next_resync_ms,
             session_open: false,
             inflight: BTreeSet::new(),
+            inflight_bytes: 0,
             delivered: BTreeSet::new(),
             eager: true,
             session_sent_ms: None,
@@ -300,6 +315,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             } => {
                 self.on_request(now_ms, peer, request, frame, &mut out);
             }
+            Input::Bulk { peer, frame } => self.on_bulk(now_ms, peer, frame, &mut out),
             Input::Response { peer, frame } => self.on_response(now_ms, peer, frame, &mut out),
             Input::Announce { peer, frame } => self.on_announce(now_ms, peer, frame, &mut out),
             Input::Inserted { id, meta, from } => {
@@ -347,7 +363,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 delivered,
             } => {
                 if let Some(st) = self.peers.get_mut(&peer) {
-                    st.inflight.remove(&id);
+                    if st.inflight.remove(&id) {
+                        let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
+                        st.inflight_bytes = st.inflight_bytes.saturating_sub(size);
+                    }
                     if delivered {
                         st.delivered.insert(id);
                     }
@@ -526,6 +545,22 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             .insert(peer.clone(), PeerState::new(&self.config, now_ms, now_ms));
     }
 
+    /// A frame from the peer's bulk stream: an envelope to store, or a strike (nothing
+    /// else travels there, and nothing is answered on it but the driver's acks).
+    fn on_bulk(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
+        if !self.peers.contains_key(&peer) {
+            self.handle_peer_up_silently(now_ms, &peer);
+        }
+        match self.decode(now_ms, &peer, &frame, out) {
+            Some(Frame::Envelope(bytes)) => out.push(Output::Ingest {
+                peer,
+                envelope: bytes,
+            }),
+            Some(_) => self.strike(&peer, "a frame other than an envelope on the bulk stream", out),
+            None => {}
+        }
+    }
+
     fn on_response(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
         if let Some(st) = self.peers.get_mut(&peer)
             && let Some(sent) = st.session_sent_ms.take()
@@ -649,17 +684,24 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             if st.queue.is_empty() {
                 continue;
             }
-            let budget = st.bucket.available(now_ms);
+            let window = self
+                .config
+                .max_inflight_bytes
+                .saturating_sub(st.inflight_bytes);
+            let budget = st.bucket.available(now_ms).min(window);
             let room = self.config.max_inflight.saturating_sub(st.inflight.len());
             let mut ids = st.queue.take(budget, room);
-            // An envelope larger than the whole burst still goes, when the bucket is full.
+            // An envelope larger than the whole burst still goes when the bucket is full
+            // (and fits the window, unless nothing else is in flight).
             if ids.is_empty() && room > 0 && st.bucket.is_full() {
-                ids = st.queue.take(u64::MAX, 1);
+                let cap = if st.inflight.is_empty() { u64::MAX } else { window };
+                ids = st.queue.take(cap, 1);
             }
             st.inflight.extend(ids.iter().copied());
             for id in ids {
                 let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
                 st.bucket.spend(size);
+                st.inflight_bytes += size;
                 st.stats.envelopes_sent += 1;
                 st.stats.bytes_sent += size;
                 out.push(Output::Push {
@@ -677,7 +719,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             next = next.min(st.next_resync_ms.max(now_ms));
             // With every push slot taken, the next acknowledgement (an input) is what
             // frees the queue, not time.
-            if !st.queue.is_empty() && st.inflight.len() < self.config.max_inflight {
+            if !st.queue.is_empty()
+                && st.inflight.len() < self.config.max_inflight
+                && st.inflight_bytes < self.config.max_inflight_bytes
+            {
                 next = next.min(now_ms + st.bucket.wait_ms(1500).max(1));
             }
         }

@@ -272,3 +272,88 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     );
     assert_eq!(n.engine.peer_stats()[0].1.strikes, 3);
 }
+
+#[test]
+fn bulk_stream_carries_only_envelopes() {
+    let cfg = EngineConfig {
+        max_strikes: 2,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &[]);
+    n.engine.handle(0, Input::PeerUp(7));
+    let env = envelope(1, Precedence::Routine).2;
+    let o = n.engine.handle(
+        1,
+        Input::Bulk {
+            peer: 7,
+            frame: Frame::Envelope(env.clone()).encode(),
+        },
+    );
+    assert_eq!(
+        o,
+        vec![Output::Ingest {
+            peer: 7,
+            envelope: env
+        }]
+    );
+    // A well-formed frame of another kind is a protocol violation there, and garbage is
+    // garbage: two strikes disconnect.
+    let o = n
+        .engine
+        .handle(2, Input::Bulk { peer: 7, frame: Frame::Prune(vec![]).encode() });
+    assert!(o.is_empty(), "{o:?}");
+    let o = n.engine.handle(
+        3,
+        Input::Bulk {
+            peer: 7,
+            frame: vec![0xde, 0xad],
+        },
+    );
+    assert!(
+        o.iter().any(|x| matches!(x, Output::Disconnect { peer: 7, .. })),
+        "{o:?}"
+    );
+    assert_eq!(n.engine.peer_stats()[0].1.strikes, 2);
+}
+
+#[test]
+fn pushes_stay_within_the_byte_window() {
+    // Room for two 500-byte envelopes in flight, whatever the count limit says.
+    let cfg = EngineConfig {
+        max_inflight_bytes: 1_200,
+        ..EngineConfig::default()
+    };
+    let items: Vec<_> = (0..5).map(|n| envelope(n, Precedence::Routine)).collect();
+    let mut n = node(cfg, &[]);
+    n.engine.handle(0, Input::PeerUp(1));
+    let mut pushed = Vec::new();
+    for (id, meta, _) in &items {
+        for o in n.engine.handle(
+            1,
+            Input::Inserted {
+                id: *id,
+                meta: *meta,
+                from: None,
+            },
+        ) {
+            if let Output::Push { id, .. } = o {
+                pushed.push(id);
+            }
+        }
+    }
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    // One acknowledgement frees room for exactly one more.
+    let o = n.engine.handle(
+        2,
+        Input::PushDone {
+            peer: 1,
+            id: pushed[0],
+            delivered: true,
+        },
+    );
+    let more: Vec<_> = o
+        .iter()
+        .filter(|x| matches!(x, Output::Push { .. }))
+        .collect();
+    assert_eq!(more.len(), 1, "{o:?}");
+}
