@@ -1,8 +1,9 @@
 //! The swarm task.
 
 use crate::Host;
+use crate::bulk::{self, LinkId};
 use crate::protocol::{FrameCodec, PROTOCOL};
-use fieldmesh_core::EnvelopeId;
+use fieldmesh_core::{EnvelopeId, Precedence};
 use fieldmesh_sync::engine::{Engine, EngineConfig, Input, Output, PeerStats};
 use fieldmesh_sync::frame::Frame;
 use fieldmesh_sync::{Index, Meta};
@@ -12,11 +13,11 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, request_response, tcp, yamux,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const ANNOUNCE_TOPIC: &str = "/fieldmesh/announce/1";
 /// Longest a received envelope waits for others to share its fsync.
@@ -24,6 +25,11 @@ const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(2);
 /// Envelopes that start a group commit without waiting (more join it while one is
 /// already being written).
 const GROUP_COMMIT_MAX: usize = 64;
+
+/// Ids per announce frame (32 bytes each: well under gossip's 64 KiB message cap).
+const ANNOUNCE_IDS_PER_FRAME: usize = 1024;
+/// Wait before reopening a bulk link that failed.
+const BULK_RETRY: Duration = Duration::from_secs(2);
 
 /// Results of a group commit, in input order.
 type CommitResults = Vec<Result<(EnvelopeId, Meta), crate::IngestError>>;
@@ -161,6 +167,7 @@ impl NetHandle {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     sync: request_response::Behaviour<FrameCodec>,
+    bulk: libp2p_stream::Behaviour,
     gossip: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -219,8 +226,12 @@ pub async fn spawn(
                     codec,
                     [(PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60)),
+                        .with_request_timeout(Duration::from_secs(60))
+                        // Every push in the engine's window may travel this way (urgent
+                        // ones, or all of them to a peer without the bulk protocol).
+                        .with_max_concurrent_streams(4 * config.engine.max_inflight + 64),
                 ),
+                bulk: libp2p_stream::Behaviour::new(),
                 gossip,
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/fieldmesh/1.0.0".into(),
@@ -264,6 +275,19 @@ pub async fn spawn(
             Err(_) => break,
         }
     }
+    // Bulk links report to the swarm task on one bounded queue: when it is full, inbound
+    // links stop reading and QUIC flow control holds their senders back.
+    let (bulk_tx, bulk_rx) = mpsc::channel(256);
+    let mut bulk_control = swarm.behaviour().bulk.new_control();
+    let incoming = bulk_control
+        .accept(bulk::PROTOCOL)
+        .map_err(|e| build(&e))?;
+    tokio::spawn(bulk::accept(
+        incoming,
+        bulk_tx.clone(),
+        config.engine.max_frame_bytes,
+        oversized.clone(),
+    ));
     let (tx, rx) = mpsc::channel(1024);
     let mut driver = Driver {
         swarm,
@@ -294,9 +318,51 @@ pub async fn spawn(
         deferred_responses: Vec::new(),
         flush_at: None,
         commit: None,
+        announce: Vec::new(),
+        bulk_control,
+        bulk_tx,
+        out_links: HashMap::new(),
+        in_links: HashMap::new(),
     };
-    tokio::spawn(async move { driver.run(rx, config.tick).await });
+    tokio::spawn(async move { driver.run(rx, bulk_rx, config.tick).await });
     Ok((NetHandle { tx }, bound))
+}
+
+/// Where the answer to an inbound frame goes.
+enum Reply {
+    /// A request-response answer.
+    Stream(request_response::ResponseChannel<Vec<u8>>),
+    /// The `seq`th frame of an inbound bulk link (acknowledged in order).
+    Bulk { link: LinkId, seq: u64 },
+}
+
+/// Our bulk link to a peer.
+enum OutLink {
+    /// Being opened; pushes go by request-response meanwhile.
+    Opening(LinkId),
+    /// Open: frames numbered from 0 in sending order, and those not yet acknowledged.
+    Open {
+        link: LinkId,
+        frames: mpsc::UnboundedSender<Vec<u8>>,
+        sent: u64,
+        inflight: VecDeque<(u64, EnvelopeId)>,
+    },
+    /// The peer does not speak the protocol (request-response only on this connection).
+    Unsupported,
+    /// Failed; try again after this.
+    Failed(Instant),
+}
+
+/// A peer's bulk link to us.
+struct InLink {
+    peer: PeerId,
+    acks: watch::Sender<u64>,
+    /// Frames received, and how many from the start have been handled.
+    received: u64,
+    handled: u64,
+    /// Handled out of order (a refused frame can be done before an earlier envelope is
+    /// durable).
+    done: BTreeSet<u64>,
 }
 
 struct Redial {
@@ -310,7 +376,7 @@ struct Driver {
     engine: Engine<PeerId>,
     host: Arc<dyn Host>,
     topic: gossipsub::IdentTopic,
-    inbound: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    inbound: HashMap<u64, Reply>,
     next_request: u64,
     statics: Vec<(Multiaddr, Redial)>,
     addresses: BTreeMap<PeerId, Vec<Multiaddr>>,
@@ -324,10 +390,21 @@ struct Driver {
     flush_at: Option<tokio::time::Instant>,
     /// The group commit being written (at most one: later arrivals form the next).
     commit: Option<Commit>,
+    /// New envelopes to announce, published together once per event.
+    announce: Vec<EnvelopeId>,
+    bulk_control: libp2p_stream::Control,
+    bulk_tx: mpsc::Sender<bulk::Event>,
+    out_links: HashMap<PeerId, OutLink>,
+    in_links: HashMap<LinkId, InLink>,
 }
 
 impl Driver {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Command>, tick: Duration) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut bulk_rx: mpsc::Receiver<bulk::Event>,
+        tick: Duration,
+    ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -338,6 +415,7 @@ impl Driver {
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
                     Some(Command::Shutdown) | None => break,
                 },
+                Some(ev) = bulk_rx.recv() => self.on_bulk(ev),
                 _ = ticker.tick() => {
                     self.redial();
                     self.feed(Input::Tick);
@@ -355,6 +433,7 @@ impl Driver {
             if self.deferred_ingest.len() >= GROUP_COMMIT_MAX {
                 self.flush_ingest();
             }
+            self.publish_announces();
         }
         // Finish what is being written and write what is waiting, before stopping.
         self.finish_commit().await;
@@ -434,6 +513,7 @@ impl Driver {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, "peer connected");
                     self.feed(Input::PeerUp(peer_id));
+                    self.open_bulk(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -452,6 +532,9 @@ impl Driver {
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.addresses.remove(&peer_id);
+                    // Dropping the senders ends the link tasks.
+                    self.out_links.remove(&peer_id);
+                    self.in_links.retain(|_, l| l.peer != peer_id);
                     self.feed(Input::PeerDown(peer_id));
                 }
             }
@@ -498,7 +581,7 @@ impl Driver {
                 } => {
                     let id = self.next_request;
                     self.next_request += 1;
-                    self.inbound.insert(id, channel);
+                    self.inbound.insert(id, Reply::Stream(channel));
                     self.feed(Input::Request {
                         peer,
                         request: id,
@@ -581,7 +664,11 @@ impl Driver {
             Err(e) => {
                 tracing::error!(%e, "group commit failed; nothing from it is acknowledged");
                 for (request, _) in commit.responses {
-                    self.inbound.remove(&request);
+                    // A bulk link acknowledges in order and cannot skip a frame: end it,
+                    // and its sender queues everything unacknowledged again.
+                    if let Some(Reply::Bulk { link, .. }) = self.inbound.remove(&request) {
+                        self.in_links.remove(&link);
+                    }
                 }
                 return;
             }
@@ -607,8 +694,23 @@ impl Driver {
     }
 
     fn respond(&mut self, request: u64, frame: Vec<u8>) {
-        if let Some(ch) = self.inbound.remove(&request) {
-            let _ = self.swarm.behaviour_mut().sync.send_response(ch, frame);
+        match self.inbound.remove(&request) {
+            Some(Reply::Stream(ch)) => {
+                let _ = self.swarm.behaviour_mut().sync.send_response(ch, frame);
+            }
+            Some(Reply::Bulk { link, seq }) => {
+                if let Some(l) = self.in_links.get_mut(&link) {
+                    l.done.insert(seq);
+                    let before = l.handled;
+                    while l.done.remove(&l.handled) {
+                        l.handled += 1;
+                    }
+                    if l.handled > before {
+                        l.acks.send_replace(l.handled);
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -630,14 +732,7 @@ impl Driver {
                     }
                     Output::Respond { request, frame } => self.respond(request, frame),
                     Output::Push { peer, id } => match self.host.load(&id) {
-                        Some(bytes) => {
-                            let req = self
-                                .swarm
-                                .behaviour_mut()
-                                .sync
-                                .send_request(&peer, Frame::Envelope(bytes).encode());
-                            self.pushes.insert(req, (peer, id));
-                        }
+                        Some(bytes) => self.push(peer, id, Frame::Envelope(bytes).encode()),
                         None => {
                             tracing::warn!(%id, "queued envelope is no longer stored");
                             pending.push(Input::PushDone {
@@ -652,17 +747,209 @@ impl Driver {
                         self.flush_at
                             .get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT_WAIT);
                     }
-                    Output::Announce { frame } => {
-                        let topic = self.topic.clone();
-                        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, frame) {
-                            tracing::debug!(%e, "announce not published (reconciliation will carry it)");
-                        }
-                    }
+                    Output::Announce { frame } => match Frame::decode(&frame, usize::MAX) {
+                        // Announced together at the end of this event: one signed gossip
+                        // message per group commit, not one per envelope.
+                        Ok(Frame::Announce(ids)) => self.announce.extend(ids),
+                        _ => tracing::error!("the engine produced a malformed announce"),
+                    },
                     Output::Disconnect { peer, reason } => {
                         tracing::warn!(%peer, %reason, "disconnecting misbehaving peer");
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
+            }
+        }
+    }
+
+    /// Sends a pushed envelope: on the peer's bulk link if it is open and the envelope
+    /// is not urgent, otherwise on a request-response stream of its own.
+    fn push(&mut self, peer: PeerId, id: EnvelopeId, frame: Vec<u8>) {
+        let urgent = self
+            .engine
+            .index()
+            .meta(&id)
+            .is_some_and(|m| m.precedence >= Precedence::Immediate);
+        let frame = match self.out_links.get_mut(&peer) {
+            Some(OutLink::Open {
+                frames,
+                sent,
+                inflight,
+                ..
+            }) if !urgent => match frames.send(frame) {
+                Ok(()) => {
+                    inflight.push_back((*sent, id));
+                    *sent += 1;
+                    return;
+                }
+                // The link task has ended; its `Closed` event is on the way.
+                Err(mpsc::error::SendError(frame)) => frame,
+            },
+            Some(OutLink::Failed(at)) if Instant::now() >= *at => {
+                self.open_bulk(peer);
+                frame
+            }
+            _ => frame,
+        };
+        let req = self.swarm.behaviour_mut().sync.send_request(&peer, frame);
+        self.pushes.insert(req, (peer, id));
+    }
+
+    /// Starts opening a bulk link to a connected peer.
+    fn open_bulk(&mut self, peer: PeerId) {
+        let link = bulk::next_link();
+        self.out_links.insert(peer, OutLink::Opening(link));
+        tokio::spawn(bulk::open(
+            self.bulk_control.clone(),
+            peer,
+            link,
+            self.bulk_tx.clone(),
+        ));
+    }
+
+    /// The peer whose current outbound link is `link`.
+    fn out_link_peer(&self, link: LinkId) -> Option<PeerId> {
+        self.out_links.iter().find_map(|(p, l)| match l {
+            OutLink::Opening(l) | OutLink::Open { link: l, .. } if *l == link => Some(*p),
+            _ => None,
+        })
+    }
+
+    fn on_bulk(&mut self, ev: bulk::Event) {
+        match ev {
+            bulk::Event::Opened { peer, link, frames } => {
+                if matches!(self.out_links.get(&peer), Some(OutLink::Opening(l)) if *l == link) {
+                    tracing::debug!(%peer, link, "bulk link open");
+                    self.out_links.insert(
+                        peer,
+                        OutLink::Open {
+                            link,
+                            frames,
+                            sent: 0,
+                            inflight: VecDeque::new(),
+                        },
+                    );
+                }
+                // Otherwise the peer left meanwhile: dropping `frames` ends the task.
+            }
+            bulk::Event::OpenFailed {
+                peer,
+                link,
+                unsupported,
+                why,
+            } => {
+                if matches!(self.out_links.get(&peer), Some(OutLink::Opening(l)) if *l == link) {
+                    tracing::debug!(%peer, %why, "no bulk link; pushes go by request-response");
+                    let next = if unsupported {
+                        OutLink::Unsupported
+                    } else {
+                        OutLink::Failed(Instant::now() + BULK_RETRY)
+                    };
+                    self.out_links.insert(peer, next);
+                }
+            }
+            bulk::Event::Acked { link, handled } => {
+                let Some(peer) = self.out_link_peer(link) else {
+                    return;
+                };
+                let Some(OutLink::Open { sent, inflight, .. }) = self.out_links.get_mut(&peer)
+                else {
+                    return;
+                };
+                if handled > *sent {
+                    tracing::warn!(%peer, handled, sent = *sent, "bulk link acknowledged frames never sent; closing it");
+                    self.bulk_closed(peer);
+                    return;
+                }
+                let mut done = Vec::new();
+                while inflight.front().is_some_and(|(seq, _)| *seq < handled) {
+                    done.extend(inflight.pop_front().map(|(_, id)| id));
+                }
+                for id in done {
+                    self.feed(Input::PushDone {
+                        peer,
+                        id,
+                        delivered: true,
+                    });
+                }
+            }
+            bulk::Event::Accepted { peer, link, acks } => {
+                // One inbound link per peer: a new one replaces the old (whose sender
+                // has given up on it).
+                self.in_links.retain(|_, l| l.peer != peer);
+                if self.swarm.is_connected(&peer) {
+                    self.in_links.insert(
+                        link,
+                        InLink {
+                            peer,
+                            acks,
+                            received: 0,
+                            handled: 0,
+                            done: BTreeSet::new(),
+                        },
+                    );
+                }
+            }
+            bulk::Event::Frame { link, frame } => {
+                let Some(l) = self.in_links.get_mut(&link) else {
+                    return;
+                };
+                let peer = l.peer;
+                let seq = l.received;
+                l.received += 1;
+                let request = self.next_request;
+                self.next_request += 1;
+                self.inbound.insert(request, Reply::Bulk { link, seq });
+                let waiting = self.deferred_ingest.len();
+                self.feed(Input::Bulk { peer, frame });
+                // An envelope is handled once durable; anything else (refused) at once.
+                if self.deferred_ingest.len() > waiting {
+                    self.deferred_responses.push((request, Vec::new()));
+                } else {
+                    self.respond(request, Vec::new());
+                }
+            }
+            bulk::Event::Closed { link, why } => {
+                if self.in_links.remove(&link).is_some() {
+                    tracing::debug!(link, %why, "inbound bulk link ended");
+                } else if let Some(peer) = self.out_link_peer(link) {
+                    tracing::debug!(%peer, %why, "bulk link ended");
+                    self.bulk_closed(peer);
+                }
+            }
+        }
+    }
+
+    /// Our bulk link to `peer` is gone: what it had not delivered goes back in the queue,
+    /// and a new link is tried later (request-response meanwhile).
+    fn bulk_closed(&mut self, peer: PeerId) {
+        let Some(OutLink::Open { inflight, .. }) = self
+            .out_links
+            .insert(peer, OutLink::Failed(Instant::now() + BULK_RETRY))
+        else {
+            return;
+        };
+        for (_, id) in inflight {
+            self.feed(Input::PushDone {
+                peer,
+                id,
+                delivered: false,
+            });
+        }
+    }
+
+    /// Publishes the envelopes that became durable during this event, as few announce
+    /// messages as fit.
+    fn publish_announces(&mut self) {
+        if self.announce.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.announce);
+        for ids in ids.chunks(ANNOUNCE_IDS_PER_FRAME) {
+            let frame = Frame::Announce(ids.to_vec()).encode();
+            let topic = self.topic.clone();
+            if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, frame) {
+                tracing::debug!(%e, "announce not published (reconciliation will carry it)");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Fieldmesh networking: a libp2p swarm (QUIC, and TCP with noise + yamux; identify,
-//! ping, gossipsub announces, request-response sync, optional mDNS) that drives the
+//! ping, gossipsub announces, request-response sync, a bulk stream per peer for pushed
+//! envelopes (`/fieldmesh/bulk/1`), optional mDNS) that drives the
 //! sans-IO [`fieldmesh_sync::engine::Engine`].
 //!
 //! One task owns the swarm and the engine and does all I/O in a single `select!` loop;
@@ -10,6 +11,7 @@
 //! bytes that arrived. Static peers are redialled with exponential backoff; a peer that
 //! keeps sending garbage or forgeries is disconnected by the engine's strike rule.
 
+mod bulk;
 mod driver;
 pub mod protocol;
 

@@ -1,0 +1,246 @@
+//! `/fieldmesh/bulk/1`: one long-lived stream per peer and direction that carries pushed
+//! envelopes back to back, acknowledged cumulatively.
+//!
+//! ```text
+//! sender -> receiver:  (len u32 BE | sync frame of type Envelope)*
+//! receiver -> sender:  (handled u64 BE)*   frames handled so far, in order; never shrinks
+//! ```
+//!
+//! A request-response exchange per envelope costs a QUIC stream, a protocol negotiation
+//! and a timer; at attachment-chunk sizes that was most of the cost of a bulk transfer.
+//! Here the sender keeps the engine's whole window in flight on one stream, and the
+//! receiver counts a frame as handled only once the envelope in it is durable (or was
+//! refused), so an acknowledgement means exactly what a request-response answer means.
+//!
+//! FLASH and IMMEDIATE envelopes never queue behind bulk data: the driver sends them on
+//! request-response streams of their own, which QUIC multiplexes alongside this one.
+//! A peer that does not speak this protocol gets every push by request-response.
+
+use futures_util::io::{ReadHalf, WriteHalf};
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, watch};
+
+/// The protocol name, negotiated by multistream-select.
+pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/bulk/1");
+
+/// Names one stream (either direction) for the life of the process.
+pub(crate) type LinkId = u64;
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh link id.
+pub(crate) fn next_link() -> LinkId {
+    NEXT_LINK.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the link tasks tell the swarm task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// An outbound link is open: frames sent on `frames` go out in order. Dropping the
+    /// sender ends the link once what was queued has been written.
+    Opened {
+        peer: PeerId,
+        link: LinkId,
+        frames: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    /// An outbound link could not be opened; `unsupported`: the peer does not speak the
+    /// protocol (it gets request-response only).
+    OpenFailed {
+        peer: PeerId,
+        link: LinkId,
+        unsupported: bool,
+        why: String,
+    },
+    /// The receiver has handled this many frames of an outbound link.
+    Acked { link: LinkId, handled: u64 },
+    /// A peer opened an inbound link; report progress on `acks` (dropping it ends the link).
+    Accepted {
+        peer: PeerId,
+        link: LinkId,
+        acks: watch::Sender<u64>,
+    },
+    /// A frame arrived on an inbound link.
+    Frame { link: LinkId, frame: Vec<u8> },
+    /// A link ended (either direction).
+    Closed { link: LinkId, why: String },
+}
+
+/// Opens an outbound link to `peer` and runs it until it ends.
+pub(crate) async fn open(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    link: LinkId,
+    events: mpsc::Sender<Event>,
+) {
+    let stream = match control.open_stream(peer, PROTOCOL).await {
+        Ok(s) => s,
+        Err(e) => {
+            let unsupported = matches!(e, libp2p_stream::OpenStreamError::UnsupportedProtocol(_));
+            let _ = events
+                .send(Event::OpenFailed {
+                    peer,
+                    link,
+                    unsupported,
+                    why: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    if events
+        .send(Event::Opened {
+            peer,
+            link,
+            frames: tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (r, w) = stream.split();
+    // Whichever half ends first ends the link (the other is dropped with the stream).
+    let why = tokio::select! {
+        r = write_frames(w, rx) => r,
+        r = read_acks(r, link, &events) => r,
+    };
+    let _ = events
+        .send(Event::Closed {
+            link,
+            why: why.map_or_else(|e| e.to_string(), |()| "closed".into()),
+        })
+        .await;
+}
+
+async fn write_frames(
+    mut w: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> io::Result<()> {
+    while let Some(frame) = rx.recv().await {
+        write_frame(&mut w, &frame).await?;
+        // Write whatever else is queued before flushing once.
+        while let Ok(frame) = rx.try_recv() {
+            write_frame(&mut w, &frame).await?;
+        }
+        w.flush().await?;
+    }
+    w.close().await
+}
+
+async fn write_frame(w: &mut WriteHalf<Stream>, frame: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(frame).await
+}
+
+async fn read_acks(
+    mut r: ReadHalf<Stream>,
+    link: LinkId,
+    events: &mpsc::Sender<Event>,
+) -> io::Result<()> {
+    let mut buf = [0u8; 8];
+    loop {
+        r.read_exact(&mut buf).await?;
+        let handled = u64::from_be_bytes(buf);
+        if events.send(Event::Acked { link, handled }).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Accepts inbound links and serves each on its own task.
+pub(crate) async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    events: mpsc::Sender<Event>,
+    max_frame_bytes: usize,
+    oversized: Arc<AtomicU64>,
+) {
+    use futures_util::StreamExt;
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(serve(
+            peer,
+            stream,
+            events.clone(),
+            max_frame_bytes,
+            oversized.clone(),
+        ));
+    }
+}
+
+async fn serve(
+    peer: PeerId,
+    stream: Stream,
+    events: mpsc::Sender<Event>,
+    max_frame_bytes: usize,
+    oversized: Arc<AtomicU64>,
+) {
+    let link = next_link();
+    let (acks, acks_rx) = watch::channel(0);
+    if events
+        .send(Event::Accepted { peer, link, acks })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (r, w) = stream.split();
+    let why = tokio::select! {
+        r = read_frames(r, link, &events, max_frame_bytes, &oversized) => r,
+        r = write_acks(w, acks_rx) => r,
+    };
+    let _ = events
+        .send(Event::Closed {
+            link,
+            why: why.map_or_else(|e| e.to_string(), |()| "closed".into()),
+        })
+        .await;
+}
+
+/// Reads frames and hands them to the swarm task; a full event queue stops the reading,
+/// and QUIC flow control then stops the sender.
+async fn read_frames(
+    mut r: ReadHalf<Stream>,
+    link: LinkId,
+    events: &mpsc::Sender<Event>,
+    cap: usize,
+    oversized: &AtomicU64,
+) -> io::Result<()> {
+    let mut len = [0u8; 4];
+    loop {
+        match r.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > cap {
+            // The stream cannot be resynchronised after a bad length: count it, end it.
+            oversized.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bulk frame of {n} bytes exceeds the cap of {cap}"),
+            ));
+        }
+        let mut frame = vec![0u8; n];
+        r.read_exact(&mut frame).await?;
+        if events.send(Event::Frame { link, frame }).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_acks(mut w: WriteHalf<Stream>, mut acks: watch::Receiver<u64>) -> io::Result<()> {
+    // Ends when the swarm task drops the sender (the link is no longer wanted).
+    while acks.changed().await.is_ok() {
+        let handled = *acks.borrow_and_update();
+        w.write_all(&handled.to_be_bytes()).await?;
+        w.flush().await?;
+    }
+    w.close().await
+}
