@@ -22,14 +22,6 @@ pub fn now_ms() -> u64 {
 }
 
 /// Sync metadata of an envelope.
-pub fn meta_of(env: &Envelope) -> fieldmesh_sync::Meta {
-    fieldmesh_sync::Meta {
-        precedence: env.header().precedence,
-        size: env.encoded_len() as u32,
-        hlc: env.header().hlc,
-    }
-}
-
 /// A running node.
 pub struct Node {
     pub(crate) key: NodeKey,
@@ -160,7 +152,7 @@ impl Node {
         let mut ix = fieldmesh_sync::Index::default();
         for id in self.store.ids()? {
             if let Some(env) = self.store.get(&id)? {
-                ix.insert(id, meta_of(&env));
+                ix.insert(id, fieldmesh_sync::Meta::of(&env));
             }
         }
         Ok(ix)
@@ -168,7 +160,7 @@ impl Node {
 
     pub(crate) fn announce(&self, env: &Envelope) {
         if let Some(net) = self.net.get() {
-            net.inserted(env.id(), meta_of(env));
+            net.inserted(env.id(), fieldmesh_sync::Meta::of(env));
         }
     }
 
@@ -745,7 +737,7 @@ impl Node {
     }
 }
 
-/// The node as the network sees it: load bytes, verify and store bytes.
+/// The node as the network sees it: load bytes, store verified envelopes.
 #[derive(Debug)]
 pub struct NodeHost(pub Arc<Node>);
 
@@ -760,45 +752,15 @@ impl fieldmesh_net::Host for NodeHost {
     }
 
     /// One durable write for the whole batch (the driver's group commit).
-    fn ingest_batch(
-        &self,
-        envelopes: &[Vec<u8>],
-    ) -> Vec<Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), fieldmesh_net::IngestError>>
-    {
-        use fieldmesh_net::IngestError;
-        let decoded: Vec<Result<Envelope, IngestError>> = envelopes
-            .iter()
-            .map(|b| Envelope::decode(b).map_err(|e| IngestError::Refused(e.to_string())))
-            .collect();
-        let valid: Vec<Envelope> = decoded
-            .iter()
-            .filter_map(|r| r.as_ref().ok().cloned())
-            .collect();
-        match self.0.ingest(valid, false) {
-            Ok((_, _, rejects)) => {
-                for r in rejects {
-                    tracing::warn!(reason = %r, "stored envelope refused by channel rules");
-                }
-            }
-            Err(e) => {
-                let e = IngestError::Storage(e.to_string());
-                return envelopes.iter().map(|_| Err(e.clone())).collect();
-            }
+    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<(), fieldmesh_net::IngestError> {
+        let (_, _, rejects) = self
+            .0
+            .ingest(envelopes, false)
+            .map_err(|e| fieldmesh_net::IngestError::Storage(e.to_string()))?;
+        for r in rejects {
+            tracing::warn!(reason = %r, "stored envelope refused by channel rules");
         }
-        decoded
-            .into_iter()
-            .map(|r| r.map(|env| (env.id(), meta_of(&env))))
-            .collect()
-    }
-
-    fn ingest(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(fieldmesh_core::EnvelopeId, fieldmesh_sync::Meta), fieldmesh_net::IngestError>
-    {
-        self.ingest_batch(&[bytes.to_vec()])
-            .pop()
-            .expect("one result per envelope")
+        Ok(())
     }
 }
 

@@ -134,16 +134,42 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
         vec![1, 1, 0xff, 0xff],
         vec![7; 100],
         Frame::Announce(vec![]).encode()[..1].to_vec(),
-        Frame::Envelope(bad_sig).encode(),
-        Frame::Envelope(other_author).encode(),
+        Frame::Envelope(bad_sig.clone()).encode(),
+        Frame::Envelope(other_author.clone()).encode(),
         vec![0u8; 2 * 1024 * 1024],
     ];
     let n_bad = frames.len() as u64;
     let target: fieldmesh_net::Multiaddr = db.addr("tcp").parse().unwrap();
-    let report = fieldmesh_tests::hostile::attack(target, frames, 20);
+    let report = fieldmesh_tests::hostile::attack(target.clone(), frames, 20);
     assert_eq!(report.sent as u64, n_bad);
-
     wait_until(10, "every bad frame counted", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
+        status["rejected"].as_u64().unwrap() >= n_bad
+    });
+
+    // The same on the bulk stream, where envelopes travel back to back: a frame that is
+    // not an envelope, garbage, forgeries. Each is handled (acknowledged, so the stream
+    // keeps flowing), rejected and counted.
+    let bulk_frames = vec![
+        Frame::Prune(vec![]).encode(),
+        vec![0xde, 0xad, 0xbe, 0xef],
+        Frame::Envelope(bad_sig.clone()).encode(),
+        Frame::Envelope(other_author.clone()).encode(),
+    ];
+    let n_bulk = bulk_frames.len();
+    let report = fieldmesh_tests::hostile::attack_bulk(target.clone(), bulk_frames, 20);
+    assert_eq!(report.sent, n_bulk, "{report:?}");
+    assert_eq!(
+        report.answered, n_bulk,
+        "every bulk frame acknowledged: {report:?}"
+    );
+    // An oversized length prefix ends that stream (it cannot be resynchronised).
+    let report =
+        fieldmesh_tests::hostile::attack_bulk(target, vec![vec![0u8; 2 * 1024 * 1024]], 20);
+    assert_eq!(report.answered, 0, "{report:?}");
+    let n_bad = n_bad + n_bulk as u64 + 1;
+    wait_until(10, "every bad bulk frame counted", || {
         let status: serde_json::Value =
             serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
         status["rejected"].as_u64().unwrap() >= n_bad

@@ -224,14 +224,6 @@ fn open_key() -> PayloadKey {
     PayloadKey::open_compartment()
 }
 
-fn meta_of(env: &Envelope) -> Meta {
-    Meta {
-        precedence: env.header().precedence,
-        size: env.encoded_len() as u32,
-        hlc: env.header().hlc,
-    }
-}
-
 /// Rebuilds a channel replica from a store (as a node does on first use).
 pub fn materialise(store: &dyn Store, id: &ChannelId) -> Channel {
     let envs = store.channel_envelopes(id).unwrap_or_default();
@@ -358,7 +350,7 @@ impl World {
             node.store.put_batch(&geneses).expect("memory store");
             let mut index = Index::default();
             for g in &geneses {
-                index.insert(g.id(), meta_of(g));
+                index.insert(g.id(), Meta::of(g));
             }
             node.engine = Some(Engine::new(cfg, index));
         }
@@ -652,7 +644,7 @@ impl World {
         for id in node.store.ids().expect("memory store") {
             let env = node.store.get(&id).expect("memory store").expect("listed");
             clock.observe(env.header().hlc, wall);
-            index.insert(id, meta_of(&env));
+            index.insert(id, Meta::of(&env));
         }
         node.clock = clock;
         node.engine = Some(Engine::new(self.cfg, index));
@@ -716,7 +708,7 @@ impl World {
             n,
             Input::Inserted {
                 id: env.id(),
-                meta: meta_of(&env),
+                meta: Meta::of(&env),
                 from: None,
             },
         );
@@ -985,7 +977,7 @@ impl World {
                     n,
                     Input::Inserted {
                         id: env.id(),
-                        meta: meta_of(&env),
+                        meta: Meta::of(&env),
                         from: Some(peer),
                     },
                 ),

@@ -87,3 +87,91 @@ pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackRepor
         report
     })
 }
+
+/// Opens a bulk stream (`/fieldmesh/bulk/1`) to `target` and writes each of `frames` on
+/// it, length-prefixed, with no cap (an oversized frame ends the stream, so put it last).
+/// `answered` is the last cumulative acknowledgement read back: how many frames the
+/// target handled.
+pub fn attack_bulk(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_quic()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .expect("behaviour")
+            .build();
+        let mut control = swarm.behaviour().new_control();
+        swarm.dial(target).expect("dial");
+        let mut report = AttackReport::default();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        // Drive the swarm until connected, then keep driving it in the background.
+        let peer = loop {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(SwarmEvent::ConnectionEstablished { peer_id, .. }) => break peer_id,
+                Ok(_) => {}
+                Err(_) => return report,
+            }
+        };
+        let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut closed_tx = Some(closed_tx);
+            loop {
+                if let SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } = swarm.select_next_some().await
+                    && let Some(tx) = closed_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let Ok(Ok(stream)) = tokio::time::timeout_at(
+            deadline,
+            control.open_stream(peer, fieldmesh_net::BULK_PROTOCOL),
+        )
+        .await
+        else {
+            return report;
+        };
+        let (mut r, mut w) = stream.split();
+        for f in frames {
+            let mut buf = (f.len() as u32).to_be_bytes().to_vec();
+            buf.extend_from_slice(&f);
+            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                report.failed += 1;
+                break;
+            }
+            report.sent += 1;
+        }
+        let mut ack = [0u8; 8];
+        loop {
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, r.read_exact(&mut ack)) => match read {
+                    Ok(Ok(())) => {
+                        report.answered = u64::from_be_bytes(ack) as usize;
+                        if report.answered >= report.sent {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                _ = &mut closed_rx => {
+                    report.disconnected = true;
+                    break;
+                }
+            }
+        }
+        report
+    })
+}

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 
 /// The protocol name, negotiated by multistream-select.
-pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/bulk/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/bulk/1");
 
 /// Names one stream (either direction) for the life of the process.
 pub(crate) type LinkId = u64;
@@ -45,7 +45,7 @@ pub(crate) enum Event {
     Opened {
         peer: PeerId,
         link: LinkId,
-        frames: mpsc::UnboundedSender<Vec<u8>>,
+        frames: mpsc::Sender<Vec<u8>>,
     },
     /// An outbound link could not be opened; `unsupported`: the peer does not speak the
     /// protocol (it gets request-response only).
@@ -69,11 +69,13 @@ pub(crate) enum Event {
     Closed { link: LinkId, why: String },
 }
 
-/// Opens an outbound link to `peer` and runs it until it ends.
+/// Opens an outbound link to `peer` and runs it until it ends. `queue` frames can wait to
+/// be written (the engine's window: never more are unacknowledged).
 pub(crate) async fn open(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     link: LinkId,
+    queue: usize,
     events: mpsc::Sender<Event>,
 ) {
     let stream = match control.open_stream(peer, PROTOCOL).await {
@@ -91,7 +93,7 @@ pub(crate) async fn open(
             return;
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(queue.max(1));
     if events
         .send(Event::Opened {
             peer,
@@ -117,10 +119,7 @@ pub(crate) async fn open(
         .await;
 }
 
-async fn write_frames(
-    mut w: WriteHalf<Stream>,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> io::Result<()> {
+async fn write_frames(mut w: WriteHalf<Stream>, mut rx: mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
     while let Some(frame) = rx.recv().await {
         write_frame(&mut w, &frame).await?;
         // Write whatever else is queued before flushing once.

@@ -3,7 +3,7 @@
 use crate::Host;
 use crate::bulk::{self, LinkId};
 use crate::protocol::{FrameCodec, PROTOCOL};
-use fieldmesh_core::{EnvelopeId, Precedence};
+use fieldmesh_core::{Envelope, EnvelopeId, Precedence};
 use fieldmesh_sync::engine::{Engine, EngineConfig, Input, Output, PeerStats};
 use fieldmesh_sync::frame::Frame;
 use fieldmesh_sync::{Index, Meta};
@@ -22,24 +22,39 @@ use tokio::sync::{mpsc, oneshot, watch};
 const ANNOUNCE_TOPIC: &str = "/fieldmesh/announce/1";
 /// Longest a received envelope waits for others to share its fsync.
 const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(2);
-/// Envelopes that start a group commit without waiting (more join it while one is
-/// already being written).
-const GROUP_COMMIT_MAX: usize = 64;
-
 /// Ids per announce frame (32 bytes each: well under gossip's 64 KiB message cap).
 const ANNOUNCE_IDS_PER_FRAME: usize = 1024;
 /// Wait before reopening a bulk link that failed.
 const BULK_RETRY: Duration = Duration::from_secs(2);
+/// Envelopes that are verified together without waiting for the delay.
+const GROUP_COMMIT_MAX: usize = 64;
+/// Batches verified at once (on blocking threads). More arrivals keep forming the next
+/// batch meanwhile.
+const MAX_VERIFYING: usize = 2;
 
-/// Results of a group commit, in input order.
-type CommitResults = Vec<Result<(EnvelopeId, Meta), crate::IngestError>>;
+/// A received envelope after verification.
+type Checked = Result<Envelope, crate::IngestError>;
+/// A verified envelope's id and metadata, once written (or why it was not).
+type Stored = Result<(EnvelopeId, Meta), crate::IngestError>;
 
-/// A group commit being written on a blocking thread, while the swarm keeps receiving:
-/// who sent each envelope, and the answers that wait for it to be durable.
-struct Commit {
+/// Envelopes received together (within the group-commit delay): who sent each, and the
+/// answers that wait until they are durable.
+struct Batch {
     peers: Vec<PeerId>,
     responses: Vec<(u64, Vec<u8>)>,
-    done: tokio::task::JoinHandle<CommitResults>,
+}
+
+/// A batch whose signatures are being checked on a blocking thread.
+struct Verifying {
+    batch: Batch,
+    done: tokio::task::JoinHandle<Vec<Checked>>,
+}
+
+/// Verified batches being written with one fsync on a blocking thread, while the swarm
+/// keeps receiving and later batches are verified.
+struct Commit {
+    batches: Vec<(Batch, Vec<Stored>)>,
+    done: tokio::task::JoinHandle<Result<(), crate::IngestError>>,
 }
 
 /// Network settings (from the CLI and the firmware profile).
@@ -279,9 +294,7 @@ pub async fn spawn(
     // links stop reading and QUIC flow control holds their senders back.
     let (bulk_tx, bulk_rx) = mpsc::channel(256);
     let mut bulk_control = swarm.behaviour().bulk.new_control();
-    let incoming = bulk_control
-        .accept(bulk::PROTOCOL)
-        .map_err(|e| build(&e))?;
+    let incoming = bulk_control.accept(bulk::PROTOCOL).map_err(|e| build(&e))?;
     tokio::spawn(bulk::accept(
         incoming,
         bulk_tx.clone(),
@@ -317,9 +330,12 @@ pub async fn spawn(
         deferred_ingest: Vec::new(),
         deferred_responses: Vec::new(),
         flush_at: None,
+        verifying: VecDeque::new(),
+        verified: Vec::new(),
         commit: None,
         announce: Vec::new(),
         bulk_control,
+        max_inflight: config.engine.max_inflight,
         bulk_tx,
         out_links: HashMap::new(),
         in_links: HashMap::new(),
@@ -343,7 +359,7 @@ enum OutLink {
     /// Open: frames numbered from 0 in sending order, and those not yet acknowledged.
     Open {
         link: LinkId,
-        frames: mpsc::UnboundedSender<Vec<u8>>,
+        frames: mpsc::Sender<Vec<u8>>,
         sent: u64,
         inflight: VecDeque<(u64, EnvelopeId)>,
     },
@@ -388,11 +404,16 @@ struct Driver {
     deferred_ingest: Vec<(PeerId, Vec<u8>)>,
     deferred_responses: Vec<(u64, Vec<u8>)>,
     flush_at: Option<tokio::time::Instant>,
-    /// The group commit being written (at most one: later arrivals form the next).
+    /// Batches being verified, oldest first; verified ones waiting for the next write.
+    verifying: VecDeque<Verifying>,
+    verified: Vec<(Batch, Vec<Checked>)>,
+    /// The group commit being written (at most one: later batches form the next).
     commit: Option<Commit>,
     /// New envelopes to announce, published together once per event.
     announce: Vec<EnvelopeId>,
     bulk_control: libp2p_stream::Control,
+    /// The engine's count window (a bulk link's queue never needs more).
+    max_inflight: usize,
     bulk_tx: mpsc::Sender<bulk::Event>,
     out_links: HashMap<PeerId, OutLink>,
     in_links: HashMap<LinkId, InLink>,
@@ -420,14 +441,18 @@ impl Driver {
                     self.redial();
                     self.feed(Input::Tick);
                 }
-                _ = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() && self.commit.is_none() => {
+                _ = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() && self.verifying.len() < MAX_VERIFYING => {
                     self.flush_ingest();
                 }
-                results = async { (&mut self.commit.as_mut().expect("guarded").done).await }, if self.commit.is_some() => {
-                    self.commit_done(results);
-                    // What arrived during that write has waited at least as long as the
-                    // group-commit delay: write it now.
+                checked = async { (&mut self.verifying.front_mut().expect("guarded").done).await }, if !self.verifying.is_empty() => {
+                    self.verified_batch(checked);
+                    // A verification slot is free: what waited for it goes now.
                     self.flush_ingest();
+                    self.start_commit();
+                }
+                written = async { (&mut self.commit.as_mut().expect("guarded").done).await }, if self.commit.is_some() => {
+                    self.commit_done(written);
+                    self.start_commit();
                 }
             }
             if self.deferred_ingest.len() >= GROUP_COMMIT_MAX {
@@ -435,19 +460,26 @@ impl Driver {
             }
             self.publish_announces();
         }
-        // Finish what is being written and write what is waiting, before stopping.
-        self.finish_commit().await;
-        self.flush_ingest();
-        self.finish_commit().await;
-        tracing::info!("network task stopped");
-    }
-
-    /// Waits for the group commit being written, if any, and completes it.
-    async fn finish_commit(&mut self) {
-        if let Some(c) = self.commit.as_mut() {
-            let results = (&mut c.done).await;
-            self.commit_done(results);
+        // Verify and write what has arrived, before stopping.
+        loop {
+            self.flush_at = Some(tokio::time::Instant::now());
+            self.flush_ingest();
+            if let Some(v) = self.verifying.front_mut() {
+                let checked = (&mut v.done).await;
+                self.verified_batch(checked);
+                continue;
+            }
+            if let Some(c) = self.commit.as_mut() {
+                let written = (&mut c.done).await;
+                self.commit_done(written);
+                continue;
+            }
+            if self.verified.is_empty() && self.deferred_ingest.is_empty() {
+                break;
+            }
+            self.start_commit();
         }
+        tracing::info!("network task stopped");
     }
 
     fn status(&self) -> NetStatus {
@@ -628,11 +660,11 @@ impl Driver {
         }
     }
 
-    /// Starts the durable write of the envelopes received since the last one, on a
-    /// blocking thread so the swarm keeps reading meanwhile. Does nothing while a write is
-    /// in progress: arrivals wait for it and form the next group.
+    /// Sends the envelopes received since the last batch to be verified on a blocking
+    /// thread, unless enough batches are being verified already (arrivals then keep
+    /// joining this one).
     fn flush_ingest(&mut self) {
-        if self.commit.is_some() {
+        if self.verifying.len() >= MAX_VERIFYING {
             return;
         }
         self.flush_at = None;
@@ -644,52 +676,111 @@ impl Driver {
             .unzip();
         let responses = std::mem::take(&mut self.deferred_responses);
         let host = self.host.clone();
-        let done = tokio::task::spawn_blocking(move || host.ingest_batch(&bytes));
-        self.commit = Some(Commit {
-            peers,
-            responses,
+        let done =
+            tokio::task::spawn_blocking(move || bytes.iter().map(|b| host.verify(b)).collect());
+        self.verifying.push_back(Verifying {
+            batch: Batch { peers, responses },
             done,
         });
     }
 
+    /// The oldest batch being verified is done: it waits for the next write.
+    fn verified_batch(&mut self, checked: Result<Vec<Checked>, tokio::task::JoinError>) {
+        let Some(v) = self.verifying.pop_front() else {
+            return;
+        };
+        match checked {
+            Ok(results) => self.verified.push((v.batch, results)),
+            Err(e) => {
+                tracing::error!(%e, "verification failed; nothing from its batch is acknowledged");
+                self.abandon(v.batch);
+            }
+        }
+    }
+
+    /// Writes every verified batch with one durable write, unless a write is in progress.
+    fn start_commit(&mut self) {
+        if self.commit.is_some() || self.verified.is_empty() {
+            return;
+        }
+        let mut envelopes = Vec::new();
+        let batches = std::mem::take(&mut self.verified)
+            .into_iter()
+            .map(|(batch, results)| {
+                let results = results
+                    .into_iter()
+                    .map(|r| {
+                        r.map(|env| {
+                            let found = (env.id(), Meta::of(&env));
+                            envelopes.push(env);
+                            found
+                        })
+                    })
+                    .collect();
+                (batch, results)
+            })
+            .collect();
+        let host = self.host.clone();
+        let done = tokio::task::spawn_blocking(move || host.store_batch(envelopes));
+        self.commit = Some(Commit { batches, done });
+    }
+
+    /// A batch that can no longer be acknowledged: its request-response answers are
+    /// dropped (the senders time out and send again), and bulk links it came by end
+    /// (acknowledgements there are in order and cannot skip it); their senders queue
+    /// everything unacknowledged again.
+    fn abandon(&mut self, batch: Batch) {
+        for (request, _) in batch.responses {
+            if let Some(Reply::Bulk { link, .. }) = self.inbound.remove(&request) {
+                self.in_links.remove(&link);
+            }
+        }
+    }
+
     /// A group commit finished: tells the engine, then sends the acknowledgements (never
-    /// before the envelopes are durable). A write that panicked acknowledges nothing; the
-    /// senders time out and send again.
-    fn commit_done(&mut self, results: Result<CommitResults, tokio::task::JoinError>) {
+    /// before the envelopes are durable). A write that panicked acknowledges nothing. A
+    /// write that failed (disk full) acknowledges what it handled, as answered: the
+    /// envelopes are not in the index, so the next reconciliation asks for them again.
+    fn commit_done(
+        &mut self,
+        written: Result<Result<(), crate::IngestError>, tokio::task::JoinError>,
+    ) {
         let Some(commit) = self.commit.take() else {
             return;
         };
-        let results = match results {
-            Ok(r) => r,
+        let stored = match written {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(%e, "could not store envelopes from peers");
+                false
+            }
             Err(e) => {
                 tracing::error!(%e, "group commit failed; nothing from it is acknowledged");
-                for (request, _) in commit.responses {
-                    // A bulk link acknowledges in order and cannot skip a frame: end it,
-                    // and its sender queues everything unacknowledged again.
-                    if let Some(Reply::Bulk { link, .. }) = self.inbound.remove(&request) {
-                        self.in_links.remove(&link);
-                    }
+                for (batch, _) in commit.batches {
+                    self.abandon(batch);
                 }
                 return;
             }
         };
-        let responses = commit.responses;
-        for (peer, result) in commit.peers.into_iter().zip(results) {
-            match result {
-                Ok((id, meta)) => self.feed(Input::Inserted {
-                    id,
-                    meta,
-                    from: Some(peer),
-                }),
-                Err(crate::IngestError::Refused(reason)) => {
-                    tracing::warn!(%peer, %reason, "refused an envelope");
-                    self.feed(Input::Refused { peer });
+        for (batch, results) in commit.batches {
+            for (peer, result) in batch.peers.into_iter().zip(results) {
+                match result {
+                    Ok((id, meta)) if stored => self.feed(Input::Inserted {
+                        id,
+                        meta,
+                        from: Some(peer),
+                    }),
+                    Ok(_) => {}
+                    Err(crate::IngestError::Refused(reason)) => {
+                        tracing::warn!(%peer, %reason, "refused an envelope");
+                        self.feed(Input::Refused { peer });
+                    }
+                    Err(e) => tracing::error!(%peer, %e, "could not store an envelope from a peer"),
                 }
-                Err(e) => tracing::error!(%peer, %e, "could not store an envelope from a peer"),
             }
-        }
-        for (request, frame) in responses {
-            self.respond(request, frame);
+            for (request, frame) in batch.responses {
+                self.respond(request, frame);
+            }
         }
     }
 
@@ -776,14 +867,18 @@ impl Driver {
                 sent,
                 inflight,
                 ..
-            }) if !urgent => match frames.send(frame) {
+            }) if !urgent => match frames.try_send(frame) {
                 Ok(()) => {
                     inflight.push_back((*sent, id));
                     *sent += 1;
                     return;
                 }
-                // The link task has ended; its `Closed` event is on the way.
-                Err(mpsc::error::SendError(frame)) => frame,
+                // The link task has ended (its `Closed` event is on the way), or its queue
+                // is full, which the window rules out.
+                Err(
+                    mpsc::error::TrySendError::Closed(frame)
+                    | mpsc::error::TrySendError::Full(frame),
+                ) => frame,
             },
             Some(OutLink::Failed(at)) if Instant::now() >= *at => {
                 self.open_bulk(peer);
@@ -803,6 +898,7 @@ impl Driver {
             self.bulk_control.clone(),
             peer,
             link,
+            self.max_inflight,
             self.bulk_tx.clone(),
         ));
     }

@@ -7,34 +7,36 @@
 //! the node talks to it through a bounded command channel ([`NetHandle`]). libp2p types
 //! stay in this crate: the engine only sees `PeerId` as an opaque ordered key.
 //!
-//! The node provides a [`Host`]: load an envelope's bytes, and verify + durably store
-//! bytes that arrived. Static peers are redialled with exponential backoff; a peer that
+//! The node provides a [`Host`]: load an envelope's bytes, verify bytes that arrived, and
+//! durably store verified envelopes. Static peers are redialled with exponential backoff; a peer that
 //! keeps sending garbage or forgeries is disconnected by the engine's strike rule.
 
 mod bulk;
 mod driver;
 pub mod protocol;
 
+pub use bulk::PROTOCOL as BULK_PROTOCOL;
 pub use driver::{NetConfig, NetError, NetHandle, NetStatus, PeerStatus, spawn};
 pub use libp2p::{Multiaddr, PeerId};
 
-use fieldmesh_core::EnvelopeId;
-use fieldmesh_sync::Meta;
+use fieldmesh_core::{Envelope, EnvelopeId};
 
 /// What the network needs from the node. Calls may block briefly (a store read, an
-/// fsync); the driver makes them from its own task.
+/// fsync); the driver makes them on blocking threads or from its own task.
 pub trait Host: Send + Sync + 'static {
     /// The canonical bytes of a stored envelope.
     fn load(&self, id: &EnvelopeId) -> Option<Vec<u8>>;
-    /// Verifies and durably stores bytes from a peer; returns the id and metadata, or why
-    /// not.
-    fn ingest(&self, bytes: &[u8]) -> Result<(EnvelopeId, Meta), IngestError>;
 
-    /// Verifies and stores several envelopes with one durable write (group commit).
-    /// Results are in input order.
-    fn ingest_batch(&self, envelopes: &[Vec<u8>]) -> Vec<Result<(EnvelopeId, Meta), IngestError>> {
-        envelopes.iter().map(|b| self.ingest(b)).collect()
+    /// Checks bytes from a peer: a well-formed envelope, its id, its author's signature.
+    /// CPU only: the driver calls it on blocking threads, several batches at once, while
+    /// earlier envelopes are being written.
+    fn verify(&self, bytes: &[u8]) -> Result<Envelope, IngestError> {
+        Envelope::decode(bytes).map_err(|e| IngestError::Refused(e.to_string()))
     }
+
+    /// Durably stores verified envelopes with one write (group commit). An error means
+    /// none of them is durable.
+    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<(), IngestError>;
 }
 
 /// Why an envelope from a peer was not stored.

@@ -556,7 +556,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 peer,
                 envelope: bytes,
             }),
-            Some(_) => self.strike(&peer, "a frame other than an envelope on the bulk stream", out),
+            Some(_) => self.strike(
+                &peer,
+                "a frame other than an envelope on the bulk stream",
+                out,
+            ),
             None => {}
         }
     }
@@ -694,7 +698,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             // An envelope larger than the whole burst still goes when the bucket is full
             // (and fits the window, unless nothing else is in flight).
             if ids.is_empty() && room > 0 && st.bucket.is_full() {
-                let cap = if st.inflight.is_empty() { u64::MAX } else { window };
+                let cap = if st.inflight.is_empty() {
+                    u64::MAX
+                } else {
+                    window
+                };
                 ids = st.queue.take(cap, 1);
             }
             st.inflight.extend(ids.iter().copied());

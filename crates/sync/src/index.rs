@@ -15,6 +15,17 @@ pub struct Meta {
     pub hlc: Hlc,
 }
 
+impl Meta {
+    /// The scheduling metadata of an envelope.
+    pub fn of(env: &fieldmesh_core::Envelope) -> Meta {
+        Meta {
+            precedence: env.header().precedence,
+            size: u32::try_from(env.encoded_len()).unwrap_or(u32::MAX),
+            hlc: env.header().hlc,
+        }
+    }
+}
+
 /// A range fingerprint: 16 bytes of SHA-256 over the sum (mod 2^256) of the ids in the
 /// range and their count. Equal sets give equal fingerprints; different sets collide
 /// with negligible probability unless ids are chosen adversarially (ids are SHA-256

@@ -298,9 +298,13 @@ fn bulk_stream_carries_only_envelopes() {
     );
     // A well-formed frame of another kind is a protocol violation there, and garbage is
     // garbage: two strikes disconnect.
-    let o = n
-        .engine
-        .handle(2, Input::Bulk { peer: 7, frame: Frame::Prune(vec![]).encode() });
+    let o = n.engine.handle(
+        2,
+        Input::Bulk {
+            peer: 7,
+            frame: Frame::Prune(vec![]).encode(),
+        },
+    );
     assert!(o.is_empty(), "{o:?}");
     let o = n.engine.handle(
         3,
@@ -310,7 +314,8 @@ fn bulk_stream_carries_only_envelopes() {
         },
     );
     assert!(
-        o.iter().any(|x| matches!(x, Output::Disconnect { peer: 7, .. })),
+        o.iter()
+            .any(|x| matches!(x, Output::Disconnect { peer: 7, .. })),
         "{o:?}"
     );
     assert_eq!(n.engine.peer_stats()[0].1.strikes, 2);
