@@ -7,18 +7,21 @@
 //! * candle's CPU kernels have SIMD paths for Q4_0, Q8_0 and the K-quants only. GGUF files
 //!   whose rows are not a multiple of 256 (Qwen2.5-0.5B's 896, SmolLM2's 576, Gemma 3
 //!   270M's 640) fall back to Q4_1 / Q5_0 / Q5_1, which candle multiplies with scalar
-//!   code (85% of generation time in a profile). Those tensors are re-quantized to Q8_0
-//!   at load: near-lossless (8-bit steps inside a 4/5-bit grid), several times faster.
-//! * The token embedding stays quantized and is looked up row by row; candle's models
-//!   dequantize it to f32 (545 MB for Qwen2.5's 151,936-token vocabulary).
+//!   code (85% of generation time in a profile). Those, and Q8_0, are multiplied by our
+//!   own kernels ([`crate::qmm`]) in the format the file stores.
+//! * The token embedding stays quantized and is looked up row by row (and is the output
+//!   projection when tied); candle's models dequantize it to f32 (545 MB for Qwen2.5's
+//!   151,936-token vocabulary).
 //! * Gemma 3 needs GELU (tanh) in its MLP, per-head Q/K norms, sandwich norms, scaled
 //!   embeddings, and sliding-window layers with their own RoPE base; candle 0.11.1's
 //!   `quantized_gemma3` uses SiLU and builds a rotary table per layer.
 //! * One bounded, preallocated KV cache per layer instead of concatenating every step.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor, bail};
+use candle_core::quantized::{QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, bail};
 use std::sync::Arc;
+
+use crate::qmm::{Format, QMatrix};
 
 /// The architectures this decoder runs, with what differs between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,128 +151,76 @@ impl Config {
     }
 }
 
-/// A block of a format candle multiplies without SIMD on x86, read as Q8_0 integers:
-/// every value is `d * q + m` with `q` a small integer, `d` the block's f16 scale and `m`
-/// its f16 minimum (zero for Q5_0).
-fn unpack_block(t: GgmlDType, b: &[u8], q: &mut [i8; 32]) -> f32 {
-    let f16 = |i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-    let (min, qh, qs, offset) = match t {
-        GgmlDType::Q5_0 => (0.0, Some(&b[2..6]), &b[6..22], 16i8),
-        GgmlDType::Q4_1 => (f16(2), None, &b[4..20], 0),
-        _ => (f16(2), Some(&b[4..8]), &b[8..24], 0), // Q5_1
-    };
-    let qh = qh.map_or(0, |h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
-    for j in 0..16 {
-        let lo = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
-        let hi = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        q[j] = lo as i8 - offset;
-        q[j + 16] = hi as i8 - offset;
-    }
-    min
-}
-
-/// Bytes per 32-value block of the formats [`unpack_block`] reads.
-fn block_bytes(t: GgmlDType) -> Option<usize> {
-    match t {
-        GgmlDType::Q5_0 => Some(22),
-        GgmlDType::Q4_1 => Some(20),
-        GgmlDType::Q5_1 => Some(24),
-        _ => None,
-    }
-}
-
-/// A weight matrix as candle can multiply it fast.
-///
-/// Q5_0, Q4_1 and Q5_1 have no SIMD kernel in candle on x86 (85% of generation time in a
-/// profile). Their integers fit Q8_0 as they are, with the same f16 scale, so they are
-/// moved there without loss; the per-block minimum of Q4_1/Q5_1 becomes a small f32
-/// matrix applied to the activations' block sums: `W x = Q x + M blocksum(x)`.
-/// Re-quantizing through f32 instead would round the weights, and move greedy decoding
-/// off llama.cpp's on the same file.
-#[derive(Debug)]
-struct Linear {
-    w: QMatMul,
-    /// (k / 32, n): block minimums, transposed for the activations' block sums.
-    mins: Option<Tensor>,
-}
-
-/// Sums of each 32-value block of the activations (b, s, k) -> (b, s, k / 32), taken as
-/// ggml's Q8_1 takes them: from the 8-bit quantized values, in f16. That is what the
-/// Q4_1/Q5_1 kernels multiply the block minimums by, so greedy decoding stays on
-/// llama.cpp's (with exact f32 sums, SmolLM2 leaves it within eight tokens).
-fn block_sums(x: &Tensor) -> Result<Tensor> {
-    let (b, s, k) = x.dims3()?;
-    let xb = x.reshape((b, s, k / 32, 32))?;
-    let d = (xb.abs()?.max_keepdim(D::Minus1)? / 127.0)?;
-    let inv = d.ne(0f32)?.where_cond(&d.recip()?, &d.zeros_like()?)?;
-    let sum_q = xb.broadcast_mul(&inv)?.round()?.sum(D::Minus1)?;
-    let d = d.squeeze(D::Minus1)?.to_dtype(DType::F16)?;
-    (sum_q.to_dtype(DType::F16)? * d)?.to_dtype(DType::F32)
+/// A weight matrix: ours ([`QMatrix`]) for the block formats we multiply as stored,
+/// candle's for the K-quants (which candle has in SIMD) and anything else.
+#[derive(Debug, Clone)]
+enum Linear {
+    Ours(Arc<QMatrix>),
+    Candle(QMatMul),
 }
 
 impl Linear {
-    fn new(t: QTensor, device: &Device) -> Result<(Linear, bool)> {
-        let Some(bb) = block_bytes(t.dtype()) else {
-            return Ok((
-                Linear {
-                    w: QMatMul::from_qtensor(t)?,
-                    mins: None,
-                },
-                false,
-            ));
+    /// The matrix, and whether our kernels multiply it.
+    fn new(t: QTensor) -> Result<(Linear, bool)> {
+        let Some(format) = Format::of(t.dtype()) else {
+            return Ok((Linear::Candle(QMatMul::from_qtensor(t)?), false));
         };
         let (n, k) = t.shape().dims2()?;
-        let src = t.data()?;
-        if k % 32 != 0 || src.len() != n * k / 32 * bb {
-            bail!("{:?} tensor {n}x{k} has {} bytes", t.dtype(), src.len())
-        }
-        let has_min = t.dtype() != GgmlDType::Q5_0;
-        let mut out = Vec::with_capacity(n * k / 32 * 34);
-        let mut mins = Vec::with_capacity(if has_min { n * k / 32 } else { 0 });
-        let mut q = [0i8; 32];
-        for b in src.chunks_exact(bb) {
-            let m = unpack_block(t.dtype(), b, &mut q);
-            out.extend_from_slice(&b[0..2]);
-            out.extend(q.iter().map(|v| *v as u8));
-            if has_min {
-                mins.push(m);
-            }
-        }
-        let storage = candle_core::quantized::QStorage::from_data(
-            std::borrow::Cow::Owned(out),
-            device,
-            GgmlDType::Q8_0,
-        )?;
-        let w = QMatMul::from_qtensor(QTensor::new(storage, (n, k))?)?;
-        let mins = if has_min {
-            Some(
-                Tensor::from_vec(mins, (n, k / 32), device)?
-                    .t()?
-                    .contiguous()?,
-            )
-        } else {
-            None
-        };
-        Ok((Linear { w, mins }, true))
+        let data = t.data()?.into_owned();
+        Ok((Linear::Ours(Arc::new(QMatrix::new(format, n, k, data)?)), true))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
-        match &self.mins {
-            None => Ok(y),
-            Some(m) => y + block_sums(x)?.broadcast_matmul(m)?,
+        match self {
+            Linear::Candle(w) => w.forward(x),
+            Linear::Ours(w) => {
+                let mut dims = x.dims().to_vec();
+                let (n, k) = w.dims();
+                if dims.last() != Some(&k) {
+                    bail!("activations {dims:?} do not end in {k}")
+                }
+                let m = x.elem_count() / k;
+                let out = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
+                *dims.last_mut().expect("checked") = n;
+                Tensor::from_vec(out, dims, x.device())
+            }
         }
     }
 
-    #[allow(clippy::unused_self)]
     fn bytes(&self) -> usize {
-        let w = match &self.w {
-            QMatMul::QTensor(t) => t.storage_size_in_bytes(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+        match self {
+            Linear::Ours(w) => w.bytes(),
+            Linear::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
-        };
-        w + self.mins.as_ref().map_or(0, |m| m.elem_count() * 4)
+        }
+    }
+}
+
+/// The token embedding, looked up row by row in its stored format.
+enum Embed {
+    Ours(Arc<QMatrix>),
+    Candle(Arc<QTensor>),
+}
+
+impl Embed {
+    fn lookup(&self, ids: &[u32], dev: &Device) -> Result<Tensor> {
+        match self {
+            Embed::Candle(t) => t.embedding(&Tensor::new(ids, dev)?),
+            Embed::Ours(m) => {
+                let (vocab, hidden) = m.dims();
+                let mut out = vec![0f32; ids.len() * hidden];
+                for (id, row) in ids.iter().zip(out.chunks_exact_mut(hidden)) {
+                    let id = *id as usize;
+                    if id >= vocab {
+                        bail!("token id {id} is outside the vocabulary of {vocab}")
+                    }
+                    m.dequantize_row(id, row);
+                }
+                Tensor::from_vec(out, (ids.len(), hidden), dev)
+            }
+        }
     }
 }
 
@@ -277,8 +228,8 @@ impl Linear {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LoadReport {
     pub tensors: usize,
-    /// Weight matrices moved (without loss) to Q8_0, whose kernel candle has in SIMD.
-    pub requantized: usize,
+    /// Weight matrices multiplied by our kernels, in their stored format.
+    pub ours: usize,
     /// Bytes of weights held in memory.
     pub weight_bytes: usize,
 }
@@ -303,8 +254,8 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
     }
 
     fn linear_from(&mut self, t: QTensor) -> Result<Linear> {
-        let (l, moved) = Linear::new(t, self.device)?;
-        self.report.requantized += usize::from(moved);
+        let (l, ours) = Linear::new(t)?;
+        self.report.ours += usize::from(ours);
         self.report.weight_bytes += l.bytes();
         Ok(l)
     }
@@ -452,7 +403,7 @@ struct Layer {
 /// A loaded model with its KV cache.
 pub(crate) struct Decoder {
     cfg: Config,
-    embed: Arc<QTensor>,
+    embed: Embed,
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -488,26 +439,36 @@ impl Decoder {
             device,
             report: LoadReport::default(),
         };
-        let embed = Arc::new(l.qtensor("token_embd.weight")?);
-        let (vocab, hidden) = embed.shape().dims2()?;
+        let table = l.qtensor("token_embd.weight")?;
+        let (vocab, hidden) = table.shape().dims2()?;
         if hidden != cfg.hidden {
             bail!(
                 "token_embd is {vocab}x{hidden}, metadata says hidden {}",
                 cfg.hidden
             )
         }
-        l.report.weight_bytes += embed.storage_size_in_bytes();
+        l.report.weight_bytes += table.storage_size_in_bytes();
+        // Tied output projection: the same bytes as the lookup table.
+        let (embed, tied) = match Format::of(table.dtype()) {
+            Some(format) => {
+                let m = Arc::new(QMatrix::new(
+                    format,
+                    vocab,
+                    hidden,
+                    table.data()?.into_owned(),
+                )?);
+                l.report.ours += 1;
+                (Embed::Ours(m.clone()), Linear::Ours(m))
+            }
+            None => {
+                let t = Arc::new(table);
+                (Embed::Candle(t.clone()), Linear::Candle(QMatMul::from_arc(t)?))
+            }
+        };
         let output = if l.has("output.weight") {
             l.matmul("output.weight")?
-        } else if block_bytes(embed.dtype()).is_some() {
-            // Tied, in a slow format: the lookup keeps the file's rows, the output
-            // projection gets its own fast copy.
-            l.matmul("token_embd.weight")?
         } else {
-            Linear {
-                w: QMatMul::from_arc(embed.clone())?,
-                mins: None,
-            }
+            tied
         };
         let norm = l.vector("output_norm.weight")?;
         let mut layers = Vec::new();
@@ -595,8 +556,7 @@ impl Decoder {
             bail!("no tokens to run")
         }
         let dev = self.norm.device().clone();
-        let ids_t = Tensor::new(ids, &dev)?;
-        let mut x = self.embed.embedding(&ids_t)?.unsqueeze(0)?;
+        let mut x = self.embed.lookup(ids, &dev)?.unsqueeze(0)?;
         if let Some(s) = self.embed_scale {
             x = (x * s)?;
         }
@@ -783,58 +743,6 @@ mod tests {
         };
         let globals: Vec<usize> = (0..12).filter(|i| !cfg.is_local(*i)).collect();
         assert_eq!(globals, vec![5, 11]);
-    }
-
-    #[test]
-    fn q5_0_converts_to_q8_0_exactly() {
-        let dev = Device::Cpu;
-        // Values on a Q5_0 grid of step 0.25, covering every integer from -16 to 15.
-        let vals: Vec<f32> = (0..64).map(|i| ((i % 32) as f32 - 16.0) * 0.25).collect();
-        let src = Tensor::from_vec(vals.clone(), (2, 32), &dev).unwrap();
-        let q5 = QTensor::quantize(&src, GgmlDType::Q5_0).unwrap();
-        let q8 = match Linear::new(q5, &dev).unwrap().0.w {
-            QMatMul::QTensor(t) => t,
-            _ => panic!("not quantized"),
-        };
-        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
-        let b: Vec<Vec<f32>> = q8.dequantize(&dev).unwrap().to_vec2().unwrap();
-        assert_eq!(b.concat(), vals);
-    }
-
-    /// Every slow format, on arbitrary data: the moved matrix multiplies exactly like the
-    /// dequantized original (up to Q8_0 activation rounding, identical for both paths).
-    #[test]
-    fn moved_formats_multiply_like_the_original() {
-        let dev = Device::Cpu;
-        let noise: Vec<f32> = (0..8 * 128)
-            .map(|i| ((i * 7919 % 1000) as f32 / 300.0) - 1.7)
-            .collect();
-        let w = Tensor::from_vec(noise, (8, 128), &dev).unwrap();
-        let x: Vec<f32> = (0..3 * 128)
-            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
-            .collect();
-        let x = Tensor::from_vec(x, (1, 3, 128), &dev).unwrap();
-        for t in [GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q5_1] {
-            let q = QTensor::quantize(&w, t).unwrap();
-            let exact = QMatMul::from_qtensor(QTensor::quantize(&w, t).unwrap())
-                .unwrap()
-                .forward(&x)
-                .unwrap();
-            let (lin, moved) = Linear::new(q, &dev).unwrap();
-            assert!(moved, "{t:?}");
-            let got = lin.forward(&x).unwrap();
-            let err: f32 = (got - &exact)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            let scale: f32 = exact.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            eprintln!("{t:?}: error {err} of {scale}");
-            assert!(err < 1e-5 * scale, "{t:?}: error {err} of {scale}");
-        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod decoder;
 pub mod embed;
 pub mod facts;
 pub mod llm;
+mod qmm;
 pub mod search;
 pub mod sitrep;
 pub mod spm;
