@@ -18,7 +18,7 @@
 //! * One bounded, preallocated KV cache per layer instead of concatenating every step.
 
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, bail};
+use candle_core::{Device, IndexOp, Module, Result, Tensor, bail};
 use std::sync::Arc;
 
 use crate::qmm::{Format, QMatrix};
@@ -167,7 +167,10 @@ impl Linear {
         };
         let (n, k) = t.shape().dims2()?;
         let data = t.data()?.into_owned();
-        Ok((Linear::Ours(Arc::new(QMatrix::new(format, n, k, data)?)), true))
+        Ok((
+            Linear::Ours(Arc::new(QMatrix::new(format, n, k, data)?)),
+            true,
+        ))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -462,7 +465,10 @@ impl Decoder {
             }
             None => {
                 let t = Arc::new(table);
-                (Embed::Candle(t.clone()), Linear::Candle(QMatMul::from_arc(t)?))
+                (
+                    Embed::Candle(t.clone()),
+                    Linear::Candle(QMatMul::from_arc(t)?),
+                )
             }
         };
         let output = if l.has("output.weight") {
@@ -749,7 +755,7 @@ mod tests {
     fn kv_cache_is_bounded() {
         let dev = Device::Cpu;
         let mut c = KvCache::new(3);
-        let t = Tensor::zeros((1, 1, 2, 4), DType::F32, &dev).unwrap();
+        let t = Tensor::zeros((1, 1, 2, 4), candle_core::DType::F32, &dev).unwrap();
         let (k, _) = c.append(&t, &t).unwrap();
         assert_eq!(k.dims(), &[1, 1, 2, 4]);
         let err = c.append(&t, &t).unwrap_err().to_string();

@@ -54,6 +54,7 @@ impl Format {
         }
     }
 
+    #[cfg(test)]
     fn has_min(self) -> bool {
         matches!(self, Format::Q4_1 | Format::Q5_1)
     }
@@ -93,6 +94,34 @@ struct Acts {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Sums of each block's integers.
+    isum: Vec<i32>,
+}
+
+/// Activations laid out for the AVX-512 kernels, which take two blocks (64 values) at a
+/// time: per pair of blocks, the values offset to unsigned (`q + 128`), the two scales
+/// each repeated over the eight lanes their block sums into, and the Q5_0 correction
+/// (`-16 * sum` spread over those lanes).
+struct Pairs {
+    qu: Vec<u8>,
+    d: Vec<f32>,
+    corr: Vec<i32>,
+}
+
+impl Pairs {
+    fn new(a: &Acts) -> Pairs {
+        let blocks = a.d.len();
+        let mut p = Pairs {
+            qu: a.q.iter().map(|v| (*v as u8) ^ 0x80).collect(),
+            d: Vec::with_capacity(blocks * 8),
+            corr: Vec::with_capacity(blocks * 8),
+        };
+        for b in 0..blocks {
+            p.d.extend(std::iter::repeat_n(a.d[b], 8));
+            p.corr.extend(std::iter::repeat_n(2 * a.isum[b], 8));
+        }
+        p
+    }
 }
 
 /// Quantizes `m` rows of `k` values (`k` a multiple of 32), as ggml's Q8_0 and Q8_1 do:
@@ -103,6 +132,7 @@ fn quantize(x: &[f32]) -> Acts {
         q: vec![0; x.len()],
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
+        isum: Vec::with_capacity(blocks),
     };
     for (xb, qb) in x.chunks_exact(32).zip(a.q.chunks_exact_mut(32)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -116,6 +146,7 @@ fn quantize(x: &[f32]) -> Acts {
         }
         a.d.push(half::f16::from_f32(d).to_f32());
         a.s.push(half::f16::from_f32(d * sum as f32).to_f32());
+        a.isum.push(sum);
     }
     a
 }
@@ -145,9 +176,9 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn f16(lo: u8, hi: u8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([
-            lo, hi,
-        ])))))
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+            u16::from_le_bytes([lo, hi]),
+        ))))
     }
 
     #[inline]
@@ -271,6 +302,194 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Format;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn load64(b: &[u8]) -> __m512i {
+        assert!(b.len() >= 64);
+        // SAFETY: 64 readable bytes (checked above); unaligned load.
+        unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn load64_f32(b: &[f32]) -> __m512 {
+        assert!(b.len() >= 16);
+        // SAFETY: 16 readable floats (checked above); unaligned load.
+        unsafe { _mm512_loadu_ps(b.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn load64_i32(b: &[i32]) -> __m512i {
+        assert!(b.len() >= 16);
+        // SAFETY: 16 readable integers (checked above); unaligned load.
+        unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn load32(b: &[u8]) -> __m256i {
+        assert!(b.len() >= 32);
+        // SAFETY: 32 readable bytes (checked above); unaligned load.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn load16(b: &[u8]) -> __m128i {
+        assert!(b.len() >= 16);
+        // SAFETY: 16 readable bytes (checked above); unaligned load.
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+    }
+
+    /// Bytes ahead of the current pair of blocks to prefetch.
+    const PREFETCH: usize = 1024;
+
+    fn u16_at(b: &[u8], i: usize) -> u32 {
+        u32::from(u16::from_le_bytes([b[i], b[i + 1]]))
+    }
+
+    fn u32_at(b: &[u8], i: usize) -> u32 {
+        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    }
+
+    /// Two f16 values -> each over eight lanes: [a x 8, b x 8].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn two_halves(a: u32, b: u32) -> __m512 {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128((a | (b << 16)) as i32));
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+    }
+
+    /// The nibbles of two blocks (16 bytes each) -> 64 bytes: block 0's low nibbles, its
+    /// high nibbles, then block 1's.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn nibbles2(qs0: &[u8], qs1: &[u8]) -> __m512i {
+        let v = _mm256_set_m128i(load16(qs1), load16(qs0));
+        let m = _mm256_set1_epi8(0x0f);
+        let lo = _mm256_and_si256(v, m);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+        // [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]
+        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+    }
+
+    /// Bit `i` of `qh` -> 0x10 in byte `i`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn high_bits2(qh: u64) -> __m512i {
+        _mm512_maskz_mov_epi8(_cvtu64_mask64(qh), _mm512_set1_epi8(0x10))
+    }
+
+    /// One weight row against one activation row, two blocks at a time (an even number
+    /// of blocks): see [`super::dot_scalar`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn dot(
+        format: Format,
+        w: &[u8],
+        qu: &[u8],
+        q: &[i8],
+        d: &[f32],
+        corr: &[i32],
+        s: &[f32],
+    ) -> f32 {
+        let bb = format.block_bytes();
+        let nb = s.len();
+        assert!(
+            nb % 2 == 0
+                && w.len() == nb * bb
+                && qu.len() == nb * 32
+                && q.len() == nb * 32
+                && d.len() == nb * 8
+                && corr.len() == nb * 8
+        );
+        // SAFETY: i8 and u8 have the same size and alignment.
+        let q: &[u8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
+        let zero = _mm512_setzero_si512();
+        let mut acc = _mm512_setzero_ps();
+        let mut mins = _mm_setzero_ps();
+        for (i, pair) in w.chunks_exact(2 * bb).enumerate() {
+            // The rows are read once, in order: ask for the bytes a few pairs ahead (the
+            // next row's when this one ends; it is contiguous) before they are needed.
+            // SAFETY: a prefetch never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast()) };
+            let (b0, b1) = pair.split_at(bb);
+            let scale = _mm512_mul_ps(
+                two_halves(u16_at(b0, 0), u16_at(b1, 0)),
+                load64_f32(&d[i * 16..]),
+            );
+            let p = match format {
+                Format::Q8_0 => {
+                    // (q + 128) . w - 128 . w: dpbusd wants its first operand unsigned.
+                    let x = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(load32(&b0[2..])),
+                        load32(&b1[2..]),
+                        1,
+                    );
+                    let p = _mm512_dpbusd_epi32(zero, load64(&qu[i * 64..]), x);
+                    _mm512_sub_epi32(p, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), x))
+                }
+                Format::Q5_0 => {
+                    let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
+                    let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
+                    let p = _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]));
+                    _mm512_sub_epi32(p, load64_i32(&corr[i * 16..]))
+                }
+                Format::Q4_1 | Format::Q5_1 => {
+                    let (nib, qh) = if format == Format::Q4_1 {
+                        (nibbles2(&b0[4..20], &b1[4..20]), zero)
+                    } else {
+                        let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
+                        (nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
+                    };
+                    let m = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                        (u16_at(b0, 2) | (u16_at(b1, 2) << 16)) as i32,
+                    ));
+                    let sv = _mm_set_ps(0.0, 0.0, s[2 * i + 1], s[2 * i]);
+                    mins = _mm_fmadd_ps(m, sv, mins);
+                    _mm512_dpbusd_epi32(zero, _mm512_or_si512(nib, qh), load64(&q[i * 64..]))
+                }
+            };
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc);
+        }
+        let mins = _mm_add_ps(mins, _mm_movehdup_ps(mins));
+        _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(mins)
+    }
+}
+
+/// Which kernels this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+fn kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if have_avx2()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+        {
+            return Kernel::Avx512;
+        }
+    }
+    if have_avx2() {
+        Kernel::Avx2
+    } else {
+        Kernel::Scalar
+    }
+}
+
 /// Whether this CPU runs the AVX2 kernels.
 fn have_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -285,13 +504,38 @@ fn have_avx2() -> bool {
     }
 }
 
-fn dot(simd: bool, format: Format, w: &[u8], q: &[i8], d: &[f32], s: &[f32]) -> f32 {
+/// One weight row against activation row `t`, with the best kernel this CPU has.
+fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, pairs: Option<&Pairs>, t: usize) -> f32 {
+    let k = w.len() / format.block_bytes() * 32;
+    let blocks = t * k / 32..(t + 1) * k / 32;
+    let (q, d, s) = (
+        &a.q[t * k..(t + 1) * k],
+        &a.d[blocks.clone()],
+        &a.s[blocks.clone()],
+    );
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is true only when `have_avx2` saw AVX2, FMA and F16C.
-        return unsafe { avx2::dot(format, w, q, d, s) };
+    match (kernel, pairs) {
+        (Kernel::Avx512, Some(p)) => {
+            let lanes = blocks.start * 8..blocks.end * 8;
+            // SAFETY: `Kernel::Avx512` is chosen only when the CPU has AVX-512 F, BW and
+            // VNNI, AVX2, FMA and F16C; `pairs` exist only for an even number of blocks.
+            return unsafe {
+                avx512::dot(
+                    format,
+                    w,
+                    &p.qu[t * k..(t + 1) * k],
+                    q,
+                    &p.d[lanes.clone()],
+                    &p.corr[lanes],
+                    s,
+                )
+            };
+        }
+        // SAFETY: `Kernel::Avx2` or better is chosen only when the CPU has AVX2, FMA and F16C.
+        (Kernel::Avx512 | Kernel::Avx2, _) => return unsafe { avx2::dot(format, w, q, d, s) },
+        (Kernel::Scalar, _) => {}
     }
-    let _ = simd;
+    let _ = (kernel, pairs);
     dot_scalar(format, w, q, d, s)
 }
 
@@ -302,24 +546,26 @@ pub(crate) struct QMatrix {
     n: usize,
     k: usize,
     data: Vec<u8>,
-    simd: bool,
+    kernel: Kernel,
 }
 
 impl QMatrix {
     /// Takes the stored bytes of an `n` x `k` matrix; checks the size.
-    pub(crate) fn new(format: Format, n: usize, k: usize, data: Vec<u8>) -> candle_core::Result<Self> {
+    pub(crate) fn new(
+        format: Format,
+        n: usize,
+        k: usize,
+        data: Vec<u8>,
+    ) -> candle_core::Result<Self> {
         if k % 32 != 0 || n == 0 || data.len() != n * k / 32 * format.block_bytes() {
-            candle_core::bail!(
-                "{format:?} matrix {n}x{k} cannot have {} bytes",
-                data.len()
-            );
+            candle_core::bail!("{format:?} matrix {n}x{k} cannot have {} bytes", data.len());
         }
         Ok(QMatrix {
             format,
             n,
             k,
             data,
-            simd: have_avx2(),
+            kernel: kernel(),
         })
     }
 
@@ -356,9 +602,15 @@ impl QMatrix {
     /// `m` rows of `k` activations (row-major) times the transpose of this matrix: `m`
     /// rows of `n` outputs. Runs on the current rayon pool.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.k, "activations are {m} rows of {}", self.k);
+        assert_eq!(
+            x.len(),
+            m * self.k,
+            "activations are {m} rows of {}",
+            self.k
+        );
         let a = quantize(x);
-        let kb = self.k / 32;
+        let pairs =
+            (self.kernel == Kernel::Avx512 && (self.k / 32) % 2 == 0).then(|| Pairs::new(&a));
         // Enough chunks to balance the threads, few enough that scheduling is noise.
         let threads = rayon::current_num_threads().max(1);
         let rows = self.n.div_ceil(threads * 8).max(16);
@@ -370,15 +622,7 @@ impl QMatrix {
                 for (i, o) in chunk.chunks_mut(m).enumerate() {
                     let w = self.row(c * rows + i);
                     for (t, o) in o.iter_mut().enumerate() {
-                        let blocks = t * kb..(t + 1) * kb;
-                        *o = dot(
-                            self.simd,
-                            self.format,
-                            w,
-                            &a.q[t * self.k..(t + 1) * self.k],
-                            &a.d[blocks.clone()],
-                            &a.s[blocks],
-                        );
+                        *o = dot(self.kernel, self.format, w, &a, pairs.as_ref(), t);
                     }
                 }
             });
@@ -445,7 +689,7 @@ mod tests {
         let (n, k) = (48, 192);
         for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
             let data = random_blocks(format, n, k, 7);
-            let ours = QMatrix::new(format, n, k, data.clone()).unwrap();
+            let mut ours = QMatrix::new(format, n, k, data.clone()).unwrap();
             let storage =
                 QStorage::from_data(std::borrow::Cow::Owned(data), &dev, ggml(format)).unwrap();
             let theirs = QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap();
@@ -453,7 +697,6 @@ mod tests {
                 let x: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.9)
                     .collect();
-                let got = ours.matmul(&x, m);
                 let want = theirs
                     .forward(&Tensor::from_vec(x.clone(), (m, k), &dev).unwrap())
                     .unwrap()
@@ -462,25 +705,36 @@ mod tests {
                     .to_vec1::<f32>()
                     .unwrap();
                 let a = quantize(&x);
-                for t in 0..m {
-                    for r in 0..n {
-                        let (g, w) = (got[t * n + r], want[t * n + r]);
-                        assert!(
-                            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                            "{format:?} m={m} [{t},{r}]: ours {g}, candle {w}"
-                        );
-                        let kb = k / 32;
-                        let plain = dot_scalar(
-                            format,
-                            ours.row(r),
-                            &a.q[t * k..(t + 1) * k],
-                            &a.d[t * kb..(t + 1) * kb],
-                            &a.s[t * kb..(t + 1) * kb],
-                        );
-                        assert!(
-                            (g - plain).abs() <= 1e-5 * plain.abs().max(1.0),
-                            "{format:?}: simd {g}, scalar {plain}"
-                        );
+                // Every kernel this CPU can run (the best one is what `new` picks).
+                let best = kernel();
+                let kernels = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
+                    .into_iter()
+                    .filter(|k| {
+                        *k == Kernel::Scalar || *k == Kernel::Avx2 && have_avx2() || *k == best
+                    });
+                for kern in kernels {
+                    ours.kernel = kern;
+                    let got = ours.matmul(&x, m);
+                    for t in 0..m {
+                        for r in 0..n {
+                            let (g, w) = (got[t * n + r], want[t * n + r]);
+                            assert!(
+                                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                                "{format:?} {kern:?} m={m} [{t},{r}]: ours {g}, candle {w}"
+                            );
+                            let kb = k / 32;
+                            let plain = dot_scalar(
+                                format,
+                                ours.row(r),
+                                &a.q[t * k..(t + 1) * k],
+                                &a.d[t * kb..(t + 1) * kb],
+                                &a.s[t * kb..(t + 1) * kb],
+                            );
+                            assert!(
+                                (g - plain).abs() <= 1e-5 * plain.abs().max(1.0),
+                                "{format:?} {kern:?}: {g}, scalar {plain}"
+                            );
+                        }
                     }
                 }
             }
@@ -514,5 +768,81 @@ mod tests {
     fn a_malformed_matrix_is_refused() {
         assert!(QMatrix::new(Format::Q5_0, 2, 64, vec![0; 10]).is_err());
         assert!(QMatrix::new(Format::Q8_0, 2, 40, vec![0; 68]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// Not a test: `cargo test --release -p fieldmesh-ai --lib qmm::speed -- --ignored
+    /// --nocapture` prints each kernel's speed on a matrix larger than the caches.
+    #[test]
+    #[ignore = "timing probe"]
+    fn gemv_bandwidth() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (format, n, k) in [
+                (Format::Q8_0, 65536, 640),
+                (Format::Q5_0, 65536, 640),
+                (Format::Q4_1, 65536, 640),
+            ] {
+                let data: Vec<u8> = (0..n * k / 32 * format.block_bytes())
+                    .map(|i| (i * 7 % 251) as u8 & 0x3f)
+                    .collect();
+                let mut w = QMatrix::new(format, n, k, data.clone()).unwrap();
+                let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
+                if threads == 2 {
+                    use candle_core::Module;
+                    let dev = candle_core::Device::Cpu;
+                    let ggml = match format {
+                        Format::Q8_0 => GgmlDType::Q8_0,
+                        Format::Q5_0 => GgmlDType::Q5_0,
+                        Format::Q4_1 => GgmlDType::Q4_1,
+                        Format::Q5_1 => GgmlDType::Q5_1,
+                    };
+                    let st = candle_core::quantized::QStorage::from_data(
+                        std::borrow::Cow::Owned(data),
+                        &dev,
+                        ggml,
+                    )
+                    .unwrap();
+                    let mm = candle_core::quantized::QMatMul::from_qtensor(
+                        candle_core::quantized::QTensor::new(st, (n, k)).unwrap(),
+                    )
+                    .unwrap();
+                    let xt = candle_core::Tensor::from_vec(x.clone(), (1, k), &dev).unwrap();
+                    let _ = mm.forward(&xt).unwrap();
+                    let t = std::time::Instant::now();
+                    for _ in 0..20 {
+                        std::hint::black_box(mm.forward(&xt).unwrap());
+                    }
+                    let dt = t.elapsed().as_secs_f64() / 20.0;
+                    eprintln!("candle's own pool {format:?}: {:.2} ms", dt * 1e3);
+                }
+                for kern in [Kernel::Avx2, Kernel::Avx512] {
+                    if kern == Kernel::Avx512 && kernel() != Kernel::Avx512 {
+                        continue;
+                    }
+                    w.kernel = kern;
+                    pool.install(|| {
+                        let _ = w.matmul(&x, 1);
+                        let t = std::time::Instant::now();
+                        for _ in 0..20 {
+                            std::hint::black_box(w.matmul(&x, 1));
+                        }
+                        let dt = t.elapsed().as_secs_f64() / 20.0;
+                        eprintln!(
+                            "{threads} threads {kern:?} {format:?} {n}x{k}: {:.2} ms, {:.1} GB/s",
+                            dt * 1e3,
+                            w.bytes() as f64 / dt / 1e9
+                        );
+                    });
+                }
+            }
+        }
     }
 }
