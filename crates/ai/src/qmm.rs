@@ -54,7 +54,6 @@ impl Format {
         }
     }
 
-    #[cfg(test)]
     fn has_min(self) -> bool {
         matches!(self, Format::Q4_1 | Format::Q5_1)
     }
@@ -418,8 +417,7 @@ mod avx512 {
         for (i, pair) in w.chunks_exact(2 * bb).enumerate() {
             // The rows are read once, in order: ask for the bytes a few pairs ahead (the
             // next row's when this one ends; it is contiguous) before they are needed.
-            // SAFETY: a prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast()) };
+            _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
             let (b0, b1) = pair.split_at(bb);
             let scale = _mm512_mul_ps(
                 two_halves(u16_at(b0, 0), u16_at(b1, 0)),
@@ -461,6 +459,76 @@ mod avx512 {
         }
         let mins = _mm_add_ps(mins, _mm_movehdup_ps(mins));
         _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(mins)
+    }
+
+    /// One unpacked weight row (see [`super::Unpacked`]) against `T` activation rows at
+    /// once: each pair of weight blocks is loaded once for all of them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn dot_unpacked<const T: usize>(
+        w: &super::Unpacked,
+        qu: [&[u8]; T],
+        d: [&[f32]; T],
+    ) -> [f32; T] {
+        let pairs = w.q.len() / 64;
+        assert!(w.c.len() == pairs * 16 && w.d.len() == pairs * 16);
+        for t in 0..T {
+            assert!(qu[t].len() == pairs * 64 && d[t].len() == pairs * 16);
+        }
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for i in 0..pairs {
+            let x = load64(&w.q[i * 64..]);
+            let c = load64_i32(&w.c[i * 16..]);
+            let dw = load64_f32(&w.d[i * 16..]);
+            for t in 0..T {
+                let p = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, load64(&qu[t][i * 64..]), x), c);
+                let scale = _mm512_mul_ps(dw, load64_f32(&d[t][i * 16..]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[t]);
+            }
+        }
+        let mut out = [0f32; T];
+        for t in 0..T {
+            out[t] = _mm512_reduce_add_ps(acc[t]);
+        }
+        out
+    }
+}
+
+/// A weight row unpacked once for a prompt's many tokens: its values as i8 (the stored
+/// integers, Q5_0's offset removed), per lane of each block the block's scale and
+/// `128 * sum` of the lane's four values (what the activations' `+ 128` adds to a lane),
+/// and each block's minimum.
+struct Unpacked {
+    q: Vec<u8>,
+    c: Vec<i32>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl Unpacked {
+    fn new(k: usize) -> Unpacked {
+        Unpacked {
+            q: vec![0; k],
+            c: vec![0; k / 4],
+            d: vec![0.0; k / 4],
+            m: vec![0.0; k / 32],
+        }
+    }
+
+    fn fill(&mut self, format: Format, row: &[u8]) {
+        let mut q = [0i8; 32];
+        for (b, blk) in row.chunks_exact(format.block_bytes()).enumerate() {
+            let (d, m) = unpack(format, blk, &mut q);
+            for (o, v) in self.q[b * 32..b * 32 + 32].iter_mut().zip(q) {
+                *o = v as u8;
+            }
+            for j in 0..8 {
+                let lane: i32 = q[4 * j..4 * j + 4].iter().map(|v| i32::from(*v)).sum();
+                self.c[b * 8 + j] = 128 * lane;
+                self.d[b * 8 + j] = d;
+            }
+            self.m[b] = m;
+        }
     }
 }
 
@@ -599,6 +667,41 @@ impl QMatrix {
         }
     }
 
+    /// One unpacked row against every activation row; `pairs` exist only with AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    fn dot_prompt(&self, u: &Unpacked, a: &Acts, p: &Pairs, out: &mut [f32]) {
+        let (k, kb) = (self.k, self.k / 32);
+        let qu = |t: usize| &p.qu[t * k..(t + 1) * k];
+        let d = |t: usize| &p.d[t * kb * 8..(t + 1) * kb * 8];
+        let mut t = 0;
+        while t + 4 <= out.len() {
+            // SAFETY: `pairs` exist only for `Kernel::Avx512` (see `dot`).
+            let v = unsafe {
+                avx512::dot_unpacked::<4>(
+                    u,
+                    [qu(t), qu(t + 1), qu(t + 2), qu(t + 3)],
+                    [d(t), d(t + 1), d(t + 2), d(t + 3)],
+                )
+            };
+            out[t..t + 4].copy_from_slice(&v);
+            t += 4;
+        }
+        while t < out.len() {
+            // SAFETY: as above.
+            out[t] = unsafe { avx512::dot_unpacked::<1>(u, [qu(t)], [d(t)]) }[0];
+            t += 1;
+        }
+        if self.format.has_min() {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o +=
+                    u.m.iter()
+                        .zip(&a.s[t * kb..(t + 1) * kb])
+                        .map(|(m, s)| m * s)
+                        .sum::<f32>();
+            }
+        }
+    }
+
     /// `m` rows of `k` activations (row-major) times the transpose of this matrix: `m`
     /// rows of `n` outputs. Runs on the current rayon pool.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -619,6 +722,18 @@ impl QMatrix {
             .par_chunks_mut(rows * m)
             .enumerate()
             .for_each(|(c, chunk)| {
+                // A prompt: unpack each row once, then take the tokens four at a time.
+                #[cfg(target_arch = "x86_64")]
+                if m > 1
+                    && let Some(p) = pairs.as_ref()
+                {
+                    let mut u = Unpacked::new(self.k);
+                    for (i, o) in chunk.chunks_mut(m).enumerate() {
+                        u.fill(self.format, self.row(c * rows + i));
+                        self.dot_prompt(&u, &a, p, o);
+                    }
+                    return;
+                }
                 for (i, o) in chunk.chunks_mut(m).enumerate() {
                     let w = self.row(c * rows + i);
                     for (t, o) in o.iter_mut().enumerate() {
