@@ -17,7 +17,6 @@
 #![allow(unsafe_code)]
 
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 
 /// A block format we multiply ourselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -607,6 +606,41 @@ fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, pairs: Option<&Pairs>
     dot_scalar(format, w, q, d, s)
 }
 
+/// An output buffer of rows of `m` values that several threads fill, each its own rows.
+struct Rows<'a> {
+    ptr: *mut f32,
+    len: usize,
+    m: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Rows` only hands out disjoint row ranges (see `rows`), like `chunks_mut`.
+unsafe impl Sync for Rows<'_> {}
+
+impl<'a> Rows<'a> {
+    fn new(buf: &'a mut [f32], m: usize) -> Rows<'a> {
+        Rows {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            m,
+            _buf: std::marker::PhantomData,
+        }
+    }
+
+    /// Rows `r` of the buffer.
+    ///
+    /// # Safety
+    /// No two calls may ask for overlapping ranges while the slices live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, r: std::ops::Range<usize>) -> &mut [f32] {
+        let (start, end) = (r.start * self.m, r.end * self.m);
+        assert!(start <= end && end <= self.len, "rows out of range");
+        // SAFETY: in bounds (checked above); disjoint from every other live slice (the
+        // caller's promise); the buffer outlives `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
+    }
+}
+
 /// A weight matrix of `n` rows of `k` values, in a block format, as the file stores it.
 #[derive(Debug)]
 pub(crate) struct QMatrix {
@@ -703,7 +737,7 @@ impl QMatrix {
     }
 
     /// `m` rows of `k` activations (row-major) times the transpose of this matrix: `m`
-    /// rows of `n` outputs. Runs on the current rayon pool.
+    /// rows of `n` outputs. Runs on candle's thread pool.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(
             x.len(),
@@ -714,33 +748,32 @@ impl QMatrix {
         let a = quantize(x);
         let pairs =
             (self.kernel == Kernel::Avx512 && (self.k / 32) % 2 == 0).then(|| Pairs::new(&a));
-        // Enough chunks to balance the threads, few enough that scheduling is noise.
-        let threads = rayon::current_num_threads().max(1);
-        let rows = self.n.div_ceil(threads * 8).max(16);
         let mut out_t = vec![0f32; self.n * m];
-        out_t
-            .par_chunks_mut(rows * m)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                // A prompt: unpack each row once, then take the tokens four at a time.
-                #[cfg(target_arch = "x86_64")]
-                if m > 1
-                    && let Some(p) = pairs.as_ref()
-                {
-                    let mut u = Unpacked::new(self.k);
-                    for (i, o) in chunk.chunks_mut(m).enumerate() {
-                        u.fill(self.format, self.row(c * rows + i));
-                        self.dot_prompt(&u, &a, p, o);
-                    }
-                    return;
+        let out = Rows::new(&mut out_t, m);
+        // candle's pool: the one its own operations between ours run on, so the two never
+        // compete for the cores (a second pool would, while candle's workers spin).
+        candle_core::utils::barrier_pool().execute_chunked(self.n, |rows| {
+            // SAFETY: `execute_chunked` hands out every row index exactly once.
+            let chunk = unsafe { out.rows(rows.clone()) };
+            // A prompt: unpack each row once, then take the tokens four at a time.
+            #[cfg(target_arch = "x86_64")]
+            if m > 1
+                && let Some(p) = pairs.as_ref()
+            {
+                let mut u = Unpacked::new(self.k);
+                for (r, o) in rows.zip(chunk.chunks_mut(m)) {
+                    u.fill(self.format, self.row(r));
+                    self.dot_prompt(&u, &a, p, o);
                 }
-                for (i, o) in chunk.chunks_mut(m).enumerate() {
-                    let w = self.row(c * rows + i);
-                    for (t, o) in o.iter_mut().enumerate() {
-                        *o = dot(self.kernel, self.format, w, &a, pairs.as_ref(), t);
-                    }
+                return;
+            }
+            for (r, o) in rows.zip(chunk.chunks_mut(m)) {
+                let w = self.row(r);
+                for (t, o) in o.iter_mut().enumerate() {
+                    *o = dot(self.kernel, self.format, w, &a, pairs.as_ref(), t);
                 }
-            });
+            }
+        });
         if m == 1 {
             return out_t;
         }
