@@ -401,7 +401,7 @@ mod avx512 {
         let bb = format.block_bytes();
         let nb = s.len();
         assert!(
-            nb % 2 == 0
+            nb.is_multiple_of(2)
                 && w.len() == nb * bb
                 && qu.len() == nb * 32
                 && q.len() == nb * 32
@@ -659,7 +659,7 @@ impl QMatrix {
         k: usize,
         data: Vec<u8>,
     ) -> candle_core::Result<Self> {
-        if k % 32 != 0 || n == 0 || data.len() != n * k / 32 * format.block_bytes() {
+        if !k.is_multiple_of(32) || n == 0 || data.len() != n * k / 32 * format.block_bytes() {
             candle_core::bail!("{format:?} matrix {n}x{k} cannot have {} bytes", data.len());
         }
         Ok(QMatrix {
@@ -746,8 +746,8 @@ impl QMatrix {
             self.k
         );
         let a = quantize(x);
-        let pairs =
-            (self.kernel == Kernel::Avx512 && (self.k / 32) % 2 == 0).then(|| Pairs::new(&a));
+        let pairs = (self.kernel == Kernel::Avx512 && (self.k / 32).is_multiple_of(2))
+            .then(|| Pairs::new(&a));
         let mut out_t = vec![0f32; self.n * m];
         let out = Rows::new(&mut out_t, m);
         // candle's pool: the one its own operations between ours run on, so the two never
@@ -922,74 +922,67 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use super::*;
+    use candle_core::Module;
 
     /// Not a test: `cargo test --release -p fieldmesh-ai --lib qmm::speed -- --ignored
-    /// --nocapture` prints each kernel's speed on a matrix larger than the caches.
+    /// --nocapture` prints each kernel's speed on a matrix larger than the caches, next to
+    /// candle's kernel for the same format, on candle's thread pool.
     #[test]
     #[ignore = "timing probe"]
     fn gemv_bandwidth() {
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            for (format, n, k) in [
-                (Format::Q8_0, 65536, 640),
-                (Format::Q5_0, 65536, 640),
-                (Format::Q4_1, 65536, 640),
-            ] {
-                let data: Vec<u8> = (0..n * k / 32 * format.block_bytes())
-                    .map(|i| (i * 7 % 251) as u8 & 0x3f)
-                    .collect();
-                let mut w = QMatrix::new(format, n, k, data.clone()).unwrap();
-                let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
-                if threads == 2 {
-                    use candle_core::Module;
-                    let dev = candle_core::Device::Cpu;
-                    let ggml = match format {
-                        Format::Q8_0 => GgmlDType::Q8_0,
-                        Format::Q5_0 => GgmlDType::Q5_0,
-                        Format::Q4_1 => GgmlDType::Q4_1,
-                        Format::Q5_1 => GgmlDType::Q5_1,
-                    };
-                    let st = candle_core::quantized::QStorage::from_data(
-                        std::borrow::Cow::Owned(data),
-                        &dev,
-                        ggml,
-                    )
-                    .unwrap();
-                    let mm = candle_core::quantized::QMatMul::from_qtensor(
-                        candle_core::quantized::QTensor::new(st, (n, k)).unwrap(),
-                    )
-                    .unwrap();
-                    let xt = candle_core::Tensor::from_vec(x.clone(), (1, k), &dev).unwrap();
-                    let _ = mm.forward(&xt).unwrap();
-                    let t = std::time::Instant::now();
-                    for _ in 0..20 {
-                        std::hint::black_box(mm.forward(&xt).unwrap());
-                    }
-                    let dt = t.elapsed().as_secs_f64() / 20.0;
-                    eprintln!("candle's own pool {format:?}: {:.2} ms", dt * 1e3);
+        let time = |f: &dyn Fn()| {
+            f();
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            t.elapsed().as_secs_f64() / 20.0
+        };
+        let (n, k) = (65536, 640);
+        for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1] {
+            let data: Vec<u8> = (0..n * k / 32 * format.block_bytes())
+                .map(|i| (i * 7 % 251) as u8 & 0x3f)
+                .collect();
+            let mut w = QMatrix::new(format, n, k, data.clone()).unwrap();
+            let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
+            let dev = candle_core::Device::Cpu;
+            let ggml = match format {
+                Format::Q8_0 => GgmlDType::Q8_0,
+                Format::Q5_0 => GgmlDType::Q5_0,
+                Format::Q4_1 => GgmlDType::Q4_1,
+                Format::Q5_1 => GgmlDType::Q5_1,
+            };
+            let st = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Owned(data),
+                &dev,
+                ggml,
+            )
+            .unwrap();
+            let mm = candle_core::quantized::QMatMul::from_qtensor(
+                candle_core::quantized::QTensor::new(st, (n, k)).unwrap(),
+            )
+            .unwrap();
+            let xt = candle_core::Tensor::from_vec(x.clone(), (1, k), &dev).unwrap();
+            let theirs = time(&|| {
+                std::hint::black_box(mm.forward(&xt).unwrap());
+            });
+            eprintln!("{format:?} {n}x{k}: candle {:.2} ms", theirs * 1e3);
+            for kern in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512] {
+                if kern == Kernel::Avx512 && kernel() != Kernel::Avx512
+                    || kern == Kernel::Avx2 && !have_avx2()
+                {
+                    continue;
                 }
-                for kern in [Kernel::Avx2, Kernel::Avx512] {
-                    if kern == Kernel::Avx512 && kernel() != Kernel::Avx512 {
-                        continue;
-                    }
-                    w.kernel = kern;
-                    pool.install(|| {
-                        let _ = w.matmul(&x, 1);
-                        let t = std::time::Instant::now();
-                        for _ in 0..20 {
-                            std::hint::black_box(w.matmul(&x, 1));
-                        }
-                        let dt = t.elapsed().as_secs_f64() / 20.0;
-                        eprintln!(
-                            "{threads} threads {kern:?} {format:?} {n}x{k}: {:.2} ms, {:.1} GB/s",
-                            dt * 1e3,
-                            w.bytes() as f64 / dt / 1e9
-                        );
-                    });
-                }
+                w.kernel = kern;
+                let ours = time(&|| {
+                    std::hint::black_box(w.matmul(&x, 1));
+                });
+                eprintln!(
+                    "  {kern:?}: {:.2} ms ({:.1} GB/s), {:.2}x candle",
+                    ours * 1e3,
+                    w.bytes() as f64 / ours / 1e9,
+                    theirs / ours
+                );
             }
         }
     }
