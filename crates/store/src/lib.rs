@@ -25,6 +25,7 @@ mod error;
 mod keys;
 mod mem;
 mod sled_store;
+mod vlog;
 
 pub use error::{OpenError, ReadError, WriteError};
 pub use mem::MemStore;

@@ -2,7 +2,9 @@
 //!
 //! One tree holds everything (see `keys.rs`), so that every write is a single atomic
 //! `Batch`, followed by `flush` (fsync) before the call returns. Counters live in the same
-//! batch, so they can never disagree with the data after a crash.
+//! batch, so they can never disagree with the data after a crash. Envelopes of 8 KiB and
+//! more (attachment chunks) are written to the value log (`vlog.rs`) first, made durable
+//! there, and sled holds a pointer to them.
 
 use crate::error::is_disk_full;
 use crate::keys::{
@@ -10,14 +12,16 @@ use crate::keys::{
     meta_key,
 };
 use crate::mem::hex_key;
+use crate::vlog::{self, Pointer, ValueLog};
 use crate::{OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
 use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The store format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The store format this build writes and the newest it reads. 2: large envelopes live in
+/// the value log (a format-1 store opens and is marked 2 from then on).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A durable store in a directory.
 #[derive(Debug)]
@@ -32,6 +36,8 @@ pub struct SledStore {
     /// written in every batch). Its lock also serialises writers, so that the duplicate
     /// check and the counters are exact.
     counters: Mutex<StoreStats>,
+    /// Large envelopes' bytes.
+    vlog: ValueLog,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -148,6 +154,13 @@ impl SledStore {
                         supported: FORMAT_VERSION,
                     });
                 }
+                if found < FORMAT_VERSION {
+                    // Older stores read as they are; what is written from now on may use
+                    // the value log, which older builds must refuse rather than misread.
+                    db.insert(meta_key("format"), &u64::from(FORMAT_VERSION).to_be_bytes())
+                        .map_err(engine)?;
+                    db.flush().map_err(engine)?;
+                }
             }
             None if db.is_empty() => {
                 db.insert(meta_key("format"), &u64::from(FORMAT_VERSION).to_be_bytes())
@@ -172,12 +185,20 @@ impl SledStore {
             envelopes: read("count")?,
             bytes: read("bytes")?,
         };
+        let vlog = ValueLog::open(&path.join("vlog")).map_err(|e| match e {
+            e if is_disk_full(&e) => OpenError::DiskFull {
+                path: path.to_owned(),
+                source: e,
+            },
+            e => engine(sled::Error::Io(e)),
+        })?;
         Ok(SledStore {
             db,
             path: path.to_owned(),
             quota,
             poisoned: AtomicBool::new(false),
             counters: Mutex::new(counters),
+            vlog,
         })
     }
 
@@ -196,8 +217,19 @@ impl SledStore {
         Ok(())
     }
 
-    fn decode(&self, id: &EnvelopeId, bytes: &[u8]) -> Result<Envelope, ReadError> {
-        Envelope::decode_stored(bytes, id).map_err(|source| ReadError::Corrupt { id: *id, source })
+    /// The envelope under `id`, from its sled value: the bytes themselves, or a pointer
+    /// into the value log.
+    fn decode(&self, id: &EnvelopeId, value: &[u8]) -> Result<Envelope, ReadError> {
+        let corrupt = |source| ReadError::Corrupt { id: *id, source };
+        match Pointer::decode(value) {
+            None => Envelope::decode_stored(value, id).map_err(corrupt),
+            Some(p) => {
+                let bytes = self.vlog.read(&p).map_err(|e| {
+                    ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
+                })?;
+                Envelope::decode_stored(&bytes, id).map_err(corrupt)
+            }
+        }
     }
 }
 
@@ -235,12 +267,37 @@ impl Store for SledStore {
             });
         }
         let count = counters.envelopes;
+        // Large envelopes first go to the value log, durably, so that sled never points
+        // at bytes that are not on disk.
+        let large: Vec<&[u8]> = envs
+            .iter()
+            .zip(&outcomes)
+            .filter(|(e, o)| **o == PutOutcome::Inserted && e.encoded_len() >= vlog::MIN_BYTES)
+            .map(|(e, _)| e.as_bytes())
+            .collect();
+        let mut pointers = if large.is_empty() {
+            Vec::new()
+        } else {
+            self.vlog.append(&large).map_err(|e| {
+                if is_disk_full(&e) {
+                    WriteError::DiskFull(e)
+                } else {
+                    WriteError::Engine(sled::Error::Io(e))
+                }
+            })?
+        }
+        .into_iter();
         let mut batch = sled::Batch::default();
         for (e, o) in envs.iter().zip(&outcomes) {
             if *o != PutOutcome::Inserted {
                 continue;
             }
-            batch.insert(&envelope_key(&e.id())[..], e.as_bytes());
+            if e.encoded_len() >= vlog::MIN_BYTES {
+                let p = pointers.next().expect("one pointer per large envelope");
+                batch.insert(&envelope_key(&e.id())[..], &p.encode()[..]);
+            } else {
+                batch.insert(&envelope_key(&e.id())[..], e.as_bytes());
+            }
             batch.insert(&channel_key(e)[..], &[][..]);
             if is_genesis(e) {
                 let gk = genesis_key(&e.header().channel);

@@ -1,0 +1,194 @@
+//! The value log: large envelopes (attachment chunks) live in append-only segment files
+//! beside sled, which keeps a 20-byte pointer under the envelope's key.
+//!
+//! sled writes a whole leaf page again whenever one of its (up to 17) values changes
+//! neighbourhood, and writes any log item over a quarter of its 512 KiB segments to a
+//! file of its own: a leaf of 48 KiB chunks was rewritten, as a new file, again and again
+//! (about 650 files created a second while receiving an attachment). Here a chunk is
+//! written once, sequentially, and made durable with one `fdatasync` per group commit.
+//!
+//! Crash safety: values are durable before sled's batch that points at them is written,
+//! so sled never names bytes that are not on disk. A crash between the two leaves bytes
+//! nothing points at (never read); a torn append leaves a tail that the next open skips
+//! (appends start at the file's end). Every read is checked by the caller against the
+//! envelope's id (its SHA-256), so a damaged segment reads as a corrupt envelope, never
+//! as a different one. Nothing is deleted from the store yet, so segments are never
+//! compacted; when retention deletes envelopes, a segment whose values are all gone can
+//! simply be removed.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Envelopes at least this large go to the value log; smaller ones stay in sled.
+pub(crate) const MIN_BYTES: usize = 8 * 1024;
+/// A segment is closed once it holds this much.
+const SEGMENT_BYTES: u64 = 256 << 20;
+const MAGIC: &[u8; 4] = b"FMVL";
+/// Bytes of a pointer record in sled.
+pub(crate) const POINTER_BYTES: usize = 20;
+
+/// Where a value lives: segment, offset, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pointer {
+    seg: u32,
+    offset: u64,
+    len: u32,
+}
+
+impl Pointer {
+    pub(crate) fn encode(&self) -> [u8; POINTER_BYTES] {
+        let mut b = [0u8; POINTER_BYTES];
+        b[..4].copy_from_slice(MAGIC);
+        b[4..8].copy_from_slice(&self.seg.to_be_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_be_bytes());
+        b[16..20].copy_from_slice(&self.len.to_be_bytes());
+        b
+    }
+
+    /// A pointer record, or `None` for anything else (an envelope stored inline starts
+    /// with its own magic, `FMEV`).
+    pub(crate) fn decode(v: &[u8]) -> Option<Pointer> {
+        if v.len() != POINTER_BYTES || &v[..4] != MAGIC {
+            return None;
+        }
+        Some(Pointer {
+            seg: u32::from_be_bytes(v[4..8].try_into().ok()?),
+            offset: u64::from_be_bytes(v[8..16].try_into().ok()?),
+            len: u32::from_be_bytes(v[16..20].try_into().ok()?),
+        })
+    }
+}
+
+struct Active {
+    seg: u32,
+    file: File,
+    len: u64,
+}
+
+/// The segment files of one store.
+pub(crate) struct ValueLog {
+    dir: PathBuf,
+    active: Mutex<Active>,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl std::fmt::Debug for ValueLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueLog")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn segment_path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:08}.seg"))
+}
+
+/// Makes a new directory entry durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl ValueLog {
+    /// Opens the log in `dir` (created if missing), appending to its newest segment.
+    pub(crate) fn open(dir: &Path) -> io::Result<ValueLog> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let mut newest = None;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(seg) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            newest = newest.max(Some(seg));
+        }
+        let seg = newest.unwrap_or(0);
+        let path = segment_path(dir, seg);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(false)
+            .write(true)
+            .read(true)
+            .open(&path)?;
+        if newest.is_none() {
+            sync_dir(dir)?;
+        }
+        let len = file.metadata()?.len();
+        Ok(ValueLog {
+            dir: dir.to_owned(),
+            active: Mutex::new(Active { seg, file, len }),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Appends `values` and makes them durable; returns where each went. On failure
+    /// nothing is returned and the segment is cut back to where it was.
+    pub(crate) fn append(&self, values: &[&[u8]]) -> io::Result<Vec<Pointer>> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = values.iter().map(|v| v.len() as u64).sum();
+        if a.len > 0 && a.len + total > SEGMENT_BYTES {
+            let seg = a.seg + 1;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .read(true)
+                .open(segment_path(&self.dir, seg))?;
+            sync_dir(&self.dir)?;
+            *a = Active { seg, file, len: 0 };
+        }
+        let start = a.len;
+        let mut buf = Vec::with_capacity(total as usize);
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            let len = u32::try_from(v.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "value over 4 GiB"))?;
+            out.push(Pointer {
+                seg: a.seg,
+                offset: start + buf.len() as u64,
+                len,
+            });
+            buf.extend_from_slice(v);
+        }
+        let written = a
+            .file
+            .write_all_at(&buf, start)
+            .and_then(|()| a.file.sync_data());
+        if let Err(e) = written {
+            // Best effort: the torn tail is never pointed at either way.
+            let _ = a.file.set_len(start);
+            return Err(e);
+        }
+        a.len = start + total;
+        Ok(out)
+    }
+
+    /// The bytes a pointer names (`UnexpectedEof` if the segment is shorter: damage).
+    pub(crate) fn read(&self, p: &Pointer) -> io::Result<Vec<u8>> {
+        let file = {
+            let mut r = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            match r.get(&p.seg) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(segment_path(&self.dir, p.seg))?);
+                    r.insert(p.seg, f.clone());
+                    f
+                }
+            }
+        };
+        let mut buf = vec![0u8; p.len as usize];
+        file.read_exact_at(&mut buf, p.offset)?;
+        Ok(buf)
+    }
+}
