@@ -232,11 +232,13 @@ fn store_from_a_newer_release_is_refused() {
     a.ok(&["channel", "create", "ops"]);
     {
         let s = fieldmesh_store::SledStore::open(&a.home().join("store"), None).unwrap();
-        s.force_format_version(2).unwrap();
+        s.force_format_version(fieldmesh_store::FORMAT_VERSION + 1)
+            .unwrap();
     }
     let err = a.fails(&["channel", "list"], 1);
+    let newer = format!("format version {}", fieldmesh_store::FORMAT_VERSION + 1);
     assert!(
-        err.contains("format version 2") && err.contains("upgrade fieldmesh"),
+        err.contains(&newer) && err.contains("upgrade fieldmesh"),
         "{err}"
     );
 }
