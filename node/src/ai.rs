@@ -315,7 +315,7 @@ impl Node {
                         max_context: task.max_context_tokens as usize,
                         ..GenOptions::default()
                     };
-                    match llm.generate(&prompt, &opts, |_| true) {
+                    match prompt.and_then(|ids| llm.generate_ids(ids, &opts, |_| true)) {
                         Err(e) => notes.push(format!("generation failed: {e}")),
                         Ok(g) => {
                             prov["model"] =
@@ -485,7 +485,7 @@ fn sitrep_prompt(
     rep: &sitrep::Sitrep,
     sources: &[Source],
     max_context: usize,
-) -> String {
+) -> Result<Vec<u32>, fieldmesh_ai::llm::LlmError> {
     let system = "You write short military situation report summaries. Use only the facts given. \
                   Do not invent numbers, grid references, times or unit names. Two to four sentences.";
     let mut facts = format!("Unit: {}\n", rep.unit);
@@ -517,7 +517,8 @@ fn sitrep_prompt(
         "Facts:\n{facts}\nMessages:\n{}\nWrite the summary.",
         msgs.concat()
     );
-    llm.chat(system, &user)
+    // Field messages are text: a special token spelled in one stays text.
+    llm.chat_ids(system, &user)
 }
 
 /// Prompt template id for model translations.
@@ -642,7 +643,8 @@ impl Node {
                         repeat_penalty: 1.0,
                         ..GenOptions::default()
                     };
-                    match llm.generate(&llm.chat(&system, &user), &opts, |_| true) {
+                    let prompt = llm.chat_ids(&system, &user);
+                    match prompt.and_then(|ids| llm.generate_ids(ids, &opts, |_| true)) {
                         Err(e) => notes.push(format!("model translation failed: {e}")),
                         Ok(g) => match tr::check_model_output(&m.text, &g.text, to) {
                             Ok(()) => {

@@ -138,7 +138,9 @@ fn meta_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
 /// A model's tokenizer: byte-level BPE (`gpt2` vocabularies: Qwen2, SmolLM2) through the
 /// `tokenizers` crate, or SentencePiece BPE (`llama` vocabularies: Gemma 3) of our own.
 pub enum TextCodec {
-    Bpe(Tokenizer),
+    /// Behind a lock: encoding text whose special-token strings must stay text flips a
+    /// setting of the tokenizer for the call.
+    Bpe(Mutex<Tokenizer>),
     SentencePiece(SpmTokenizer),
 }
 
@@ -154,19 +156,32 @@ impl std::fmt::Debug for TextCodec {
 impl TextCodec {
     /// Token ids of `text`; special tokens written in it (`<|im_start|>`) are parsed.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`, parsing the special tokens written in it only if `specials`:
+    /// text from users and the field is encoded without, so that a message cannot close
+    /// its turn and speak as the system.
+    pub fn encode_with(&self, text: &str, specials: bool) -> Result<Vec<u32>, LlmError> {
         match self {
-            TextCodec::Bpe(t) => Ok(t
-                .encode(text, false)
-                .map_err(|e| LlmError::Tokenizer(e.to_string()))?
-                .get_ids()
-                .to_vec()),
-            TextCodec::SentencePiece(t) => Ok(t.encode(text, true)),
+            TextCodec::Bpe(t) => {
+                let mut t = t
+                    .lock()
+                    .map_err(|_| LlmError::Tokenizer("tokenizer lock poisoned".into()))?;
+                t.set_encode_special_tokens(!specials);
+                let ids = t.encode(text, false).map(|e| e.get_ids().to_vec());
+                t.set_encode_special_tokens(false);
+                ids.map_err(|e| LlmError::Tokenizer(e.to_string()))
+            }
+            TextCodec::SentencePiece(t) => Ok(t.encode(text, specials)),
         }
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LlmError> {
         match self {
             TextCodec::Bpe(t) => t
+                .lock()
+                .map_err(|_| LlmError::Tokenizer("tokenizer lock poisoned".into()))?
                 .decode(ids, skip_special)
                 .map_err(|e| LlmError::Tokenizer(e.to_string())),
             TextCodec::SentencePiece(t) => Ok(t.decode(ids, skip_special)),
@@ -175,14 +190,14 @@ impl TextCodec {
 
     pub fn token_to_id(&self, piece: &str) -> Option<u32> {
         match self {
-            TextCodec::Bpe(t) => t.token_to_id(piece),
+            TextCodec::Bpe(t) => t.lock().ok()?.token_to_id(piece),
             TextCodec::SentencePiece(t) => t.token_to_id(piece),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
-            TextCodec::Bpe(t) => t.get_vocab_size(true),
+            TextCodec::Bpe(t) => t.lock().map_or(0, |t| t.get_vocab_size(true)),
             TextCodec::SentencePiece(t) => t.vocab_size(),
         }
     }
@@ -201,7 +216,7 @@ fn meta_array<'a>(
 /// The tokenizer a GGUF file describes.
 pub fn codec_from_gguf(ct: &gguf_file::Content) -> Result<TextCodec, LlmError> {
     if meta_str(ct, "tokenizer.ggml.model") != Some("llama") {
-        return tokenizer_from_gguf(ct).map(TextCodec::Bpe);
+        return tokenizer_from_gguf(ct).map(|t| TextCodec::Bpe(Mutex::new(t)));
     }
     let bad = |what: &str| LlmError::Tokenizer(format!("tokenizer.ggml.{what}: wrong value type"));
     let pieces = meta_array(ct, "tokenizer.ggml.tokens")?
@@ -315,28 +330,68 @@ impl Llm {
         self.tokenizer.encode(text)
     }
 
-    /// A conversation in the model's own turn format, ready for the assistant's turn:
+    /// A conversation in the model's own turn format, ready for the assistant's turn, as
+    /// pieces of text and whether each is the template's own (its special tokens parsed):
     /// ChatML (Qwen2, SmolLM2), or Gemma's turns (no system role: the instructions open
-    /// the user's turn).
-    pub fn chat(&self, system: &str, user: &str) -> String {
+    /// the user's turn). The pieces split where the template's special tokens are, so
+    /// encoding them one by one gives the ids of the whole text, unless the instructions
+    /// or the user's text spell a special token, which then stays text.
+    pub fn chat_pieces(&self, system: &str, user: &str) -> Vec<(String, bool)> {
+        let t = |s: &str| (s.to_owned(), true);
         if self.arch == "gemma3" {
-            format!("<start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n")
+            vec![
+                t("<start_of_turn>"),
+                (format!("user\n{system}\n\n{user}"), false),
+                t("<end_of_turn>\n<start_of_turn>model\n"),
+            ]
         } else {
-            format!(
-                "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-            )
+            vec![
+                t("<|im_start|>"),
+                (format!("system\n{system}"), false),
+                t("<|im_end|>\n<|im_start|>"),
+                (format!("user\n{user}"), false),
+                t("<|im_end|>\n<|im_start|>assistant\n"),
+            ]
         }
     }
 
-    /// Generates from a raw prompt; `on_token` receives each new piece of text and returns
-    /// `false` to stop.
+    /// [`Llm::chat_pieces`] as one text (for display and raw prompts).
+    pub fn chat(&self, system: &str, user: &str) -> String {
+        self.chat_pieces(system, user)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// The token ids of [`Llm::chat_pieces`]: special tokens only where the template
+    /// puts them.
+    pub fn chat_ids(&self, system: &str, user: &str) -> Result<Vec<u32>, LlmError> {
+        let mut ids = Vec::new();
+        for (text, template) in self.chat_pieces(system, user) {
+            ids.extend(self.tokenizer.encode_with(&text, template)?);
+        }
+        Ok(ids)
+    }
+
+    /// Generates from a raw prompt (special tokens written in it are parsed); `on_token`
+    /// receives each new piece of text and returns `false` to stop.
     pub fn generate(
         &self,
         prompt: &str,
         opts: &GenOptions,
+        on_token: impl FnMut(&str) -> bool + Send,
+    ) -> Result<Generation, LlmError> {
+        self.generate_ids(self.encode(prompt)?, opts, on_token)
+    }
+
+    /// Generates from prompt token ids (see [`Llm::chat_ids`]); a BOS is added when the
+    /// model wants one.
+    pub fn generate_ids(
+        &self,
+        mut ids: Vec<u32>,
+        opts: &GenOptions,
         mut on_token: impl FnMut(&str) -> bool + Send,
     ) -> Result<Generation, LlmError> {
-        let mut ids = self.encode(prompt)?;
         if let Some(bos) = self.bos
             && ids.first() != Some(&bos)
         {
