@@ -116,9 +116,10 @@ impl ValueLog {
         }
         let seg = newest.unwrap_or(0);
         let path = segment_path(dir, seg);
+        // Kept as it is: appends go after whatever it holds (a torn tail included).
         let file = OpenOptions::new()
             .create(true)
-            .append(false)
+            .truncate(false)
             .write(true)
             .read(true)
             .open(&path)?;
