@@ -743,12 +743,13 @@ pub struct NodeHost(pub Arc<Node>);
 
 impl fieldmesh_net::Host for NodeHost {
     fn load(&self, id: &fieldmesh_core::EnvelopeId) -> Option<Vec<u8>> {
-        self.0
-            .store
-            .get(id)
-            .ok()
-            .flatten()
-            .map(|e| e.as_bytes().to_vec())
+        match self.0.store.get_bytes(id) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(%id, %e, "cannot load a stored envelope to send");
+                None
+            }
+        }
     }
 
     /// One durable write for the whole batch (the driver's group commit).

@@ -61,6 +61,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError>;
     /// One envelope by id.
     fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError>;
+    /// One envelope's canonical bytes, to send as they are. Checked against storage
+    /// damage (by a checksum where the backend keeps one, else by decoding), not
+    /// re-verified: the receiver verifies.
+    fn get_bytes(&self, id: &EnvelopeId) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.get(id)?.map(|e| e.as_bytes().to_vec()))
+    }
     /// Whether an envelope is stored.
     fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError>;
     /// Every envelope of a channel, in (HLC, id) order.

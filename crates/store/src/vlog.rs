@@ -29,14 +29,17 @@ pub(crate) const MIN_BYTES: usize = 8 * 1024;
 const SEGMENT_BYTES: u64 = 256 << 20;
 const MAGIC: &[u8; 4] = b"FMVL";
 /// Bytes of a pointer record in sled.
-pub(crate) const POINTER_BYTES: usize = 20;
+pub(crate) const POINTER_BYTES: usize = 24;
 
-/// Where a value lives: segment, offset, length.
+/// Where a value lives: segment, offset, length, and the value's CRC-32C, so that a
+/// read can be checked without hashing the envelope again (sending a chunk from the
+/// store costs a CRC instead of a SHA-256).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pointer {
     seg: u32,
     offset: u64,
     len: u32,
+    crc: u32,
 }
 
 impl Pointer {
@@ -46,6 +49,7 @@ impl Pointer {
         b[4..8].copy_from_slice(&self.seg.to_be_bytes());
         b[8..16].copy_from_slice(&self.offset.to_be_bytes());
         b[16..20].copy_from_slice(&self.len.to_be_bytes());
+        b[20..24].copy_from_slice(&self.crc.to_be_bytes());
         b
     }
 
@@ -59,6 +63,7 @@ impl Pointer {
             seg: u32::from_be_bytes(v[4..8].try_into().ok()?),
             offset: u64::from_be_bytes(v[8..16].try_into().ok()?),
             len: u32::from_be_bytes(v[16..20].try_into().ok()?),
+            crc: u32::from_be_bytes(v[20..24].try_into().ok()?),
         })
     }
 }
@@ -159,6 +164,7 @@ impl ValueLog {
                 seg: a.seg,
                 offset: start + buf.len() as u64,
                 len,
+                crc: crc32fast::hash(v),
             });
             buf.extend_from_slice(v);
         }
@@ -175,7 +181,8 @@ impl ValueLog {
         Ok(out)
     }
 
-    /// The bytes a pointer names (`UnexpectedEof` if the segment is shorter: damage).
+    /// The bytes a pointer names, checked against its CRC (`InvalidData` if they differ,
+    /// `UnexpectedEof` if the segment is shorter: damage either way).
     pub(crate) fn read(&self, p: &Pointer) -> io::Result<Vec<u8>> {
         let file = {
             let mut r = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +197,12 @@ impl ValueLog {
         };
         let mut buf = vec![0u8; p.len as usize];
         file.read_exact_at(&mut buf, p.offset)?;
+        if crc32fast::hash(&buf) != p.crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {} at {}: checksum mismatch", p.seg, p.offset),
+            ));
+        }
         Ok(buf)
     }
 }

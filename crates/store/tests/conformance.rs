@@ -202,6 +202,7 @@ fn large_and_small_envelopes(s: &dyn Store) {
     assert_eq!(s.put(&big[1]).unwrap(), PutOutcome::Duplicate);
     for e in big.iter().chain([&g]) {
         assert_eq!(&s.get(&e.id()).unwrap().unwrap(), e);
+        assert_eq!(s.get_bytes(&e.id()).unwrap().unwrap(), e.as_bytes());
     }
     let listed = s.channel_envelopes(&ChannelId([9; 32])).unwrap();
     assert_eq!(listed.len(), 6);
@@ -264,5 +265,9 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     let s = SledStore::open(dir.path(), None).unwrap();
     let err = s.get(&a.id()).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
+    // The bytes sent to peers are checked too (by the entry's checksum).
+    let err = s.get_bytes(&a.id()).unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
     assert_eq!(s.get(&b.id()).unwrap().unwrap(), b);
+    assert_eq!(s.get_bytes(&b.id()).unwrap().unwrap(), b.as_bytes());
 }
