@@ -19,34 +19,46 @@ pub struct AttackReport {
     pub disconnected: bool,
 }
 
+/// A throwaway identity's swarm with QUIC and TCP and the given behaviour, dialling
+/// `target` (call from inside a tokio runtime).
+fn attacker<B: libp2p::swarm::NetworkBehaviour>(
+    target: Multiaddr,
+    behaviour: impl FnOnce() -> B,
+) -> libp2p::Swarm<B> {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_quic()
+        .with_behaviour(|_| behaviour())
+        .expect("behaviour")
+        .build();
+    swarm.dial(target).expect("dial");
+    swarm
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Sends each of `frames` as a sync request to `target` (oversized frames included: the
 /// attacker's codec has no cap), then waits up to `secs` for the outcome.
 pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default(),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
+    runtime().block_on(async move {
+        let mut swarm = attacker(target, || {
+            request_response::Behaviour::with_codec(
+                FrameCodec::new(64 << 20),
+                [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(secs)),
             )
-            .expect("tcp")
-            .with_quic()
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
-                    FrameCodec::new(64 << 20),
-                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(secs)),
-                )
-            })
-            .expect("behaviour")
-            .build();
-        swarm.dial(target).expect("dial");
+        });
         let mut report = AttackReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let mut pending = 0usize;
@@ -94,25 +106,9 @@ pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackRepor
 /// target handled.
 pub fn attack_bulk(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
     use futures_util::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default(),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_quic()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .expect("behaviour")
-            .build();
+    runtime().block_on(async move {
+        let mut swarm = attacker(target, libp2p_stream::Behaviour::new);
         let mut control = swarm.behaviour().new_control();
-        swarm.dial(target).expect("dial");
         let mut report = AttackReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         // Drive the swarm until connected, then keep driving it in the background.

@@ -202,7 +202,8 @@ async fn serve(
 }
 
 /// Reads frames and hands them to the swarm task; a full event queue stops the reading,
-/// and QUIC flow control then stops the sender.
+/// and QUIC flow control then stops the sender. A length over the cap ends the link (the
+/// stream cannot be resynchronised after it); it is counted as oversized.
 async fn read_frames(
     mut r: ReadHalf<Stream>,
     link: LinkId,
@@ -210,24 +211,14 @@ async fn read_frames(
     cap: usize,
     oversized: &AtomicU64,
 ) -> io::Result<()> {
-    let mut len = [0u8; 4];
     loop {
-        match r.read_exact(&mut len).await {
-            Ok(()) => {}
+        let frame = match crate::protocol::read_frame(&mut r, cap, oversized).await {
+            Ok(f) => f,
+            // The sender closed the stream between frames (or mid-frame: nothing of a
+            // partial frame was handed on either way).
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
-        }
-        let n = u32::from_be_bytes(len) as usize;
-        if n > cap {
-            // The stream cannot be resynchronised after a bad length: count it, end it.
-            oversized.fetch_add(1, Ordering::Relaxed);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bulk frame of {n} bytes exceeds the cap of {cap}"),
-            ));
-        }
-        let mut frame = vec![0u8; n];
-        r.read_exact(&mut frame).await?;
+        };
         if events.send(Event::Frame { link, frame }).await.is_err() {
             return Ok(());
         }

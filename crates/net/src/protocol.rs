@@ -37,7 +37,9 @@ impl Default for FrameCodec {
     }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(
+/// Reads one length-prefixed frame, refusing (and counting) a length over `cap` before
+/// allocating.
+pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     cap: usize,
     oversized: &AtomicU64,
