@@ -256,6 +256,36 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         Ok(t)
     }
 
+    /// A matrix in one of our formats, read straight from the file into the buffer our
+    /// kernels use (candle's reader holds two copies at its peak); `None` for others.
+    fn ours(&mut self, name: &str) -> Result<Option<QMatrix>> {
+        let Some(info) = self.ct.tensor_infos.get(name) else {
+            bail!("the file has no tensor {name}")
+        };
+        let Some(format) = Format::of(info.ggml_dtype) else {
+            return Ok(None);
+        };
+        let (n, k) = info.shape.dims2()?;
+        let size = (n.checked_mul(k))
+            .filter(|_| k.is_multiple_of(32))
+            .map(|nk| nk / 32 * format.block_bytes());
+        let Some(size) = size else {
+            bail!("{name}: {n}x{k} is not a whole number of {format:?} blocks")
+        };
+        let start = self.ct.tensor_data_offset.saturating_add(info.offset);
+        let end = self.reader.seek(std::io::SeekFrom::End(0))?;
+        if (size as u64) > end.saturating_sub(start) {
+            bail!("{name}: needs {size} bytes at offset {start}, the file ends at {end}")
+        }
+        let mut data = vec![0u8; size];
+        self.reader.seek(std::io::SeekFrom::Start(start))?;
+        self.reader.read_exact(&mut data)?;
+        self.report.tensors += 1;
+        self.report.ours += 1;
+        self.report.weight_bytes += size;
+        Ok(Some(QMatrix::new(format, n, k, data)?))
+    }
+
     fn linear_from(&mut self, t: QTensor) -> Result<Linear> {
         let (l, ours) = Linear::new(t)?;
         self.report.ours += usize::from(ours);
@@ -264,6 +294,9 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
     }
 
     fn matmul(&mut self, name: &str) -> Result<Linear> {
+        if let Some(m) = self.ours(name)? {
+            return Ok(Linear::Ours(Arc::new(m)));
+        }
         let t = self.qtensor(name)?;
         self.linear_from(t)
     }
@@ -442,35 +475,31 @@ impl Decoder {
             device,
             report: LoadReport::default(),
         };
-        let table = l.qtensor("token_embd.weight")?;
-        let (vocab, hidden) = table.shape().dims2()?;
-        if hidden != cfg.hidden {
-            bail!(
-                "token_embd is {vocab}x{hidden}, metadata says hidden {}",
-                cfg.hidden
-            )
-        }
-        l.report.weight_bytes += table.storage_size_in_bytes();
         // Tied output projection: the same bytes as the lookup table.
-        let (embed, tied) = match Format::of(table.dtype()) {
-            Some(format) => {
-                let m = Arc::new(QMatrix::new(
-                    format,
-                    vocab,
-                    hidden,
-                    table.data()?.into_owned(),
-                )?);
-                l.report.ours += 1;
+        let (embed, tied) = match l.ours("token_embd.weight")? {
+            Some(m) => {
+                let m = Arc::new(m);
                 (Embed::Ours(m.clone()), Linear::Ours(m))
             }
             None => {
-                let t = Arc::new(table);
+                let t = Arc::new(l.qtensor("token_embd.weight")?);
+                l.report.weight_bytes += t.storage_size_in_bytes();
                 (
                     Embed::Candle(t.clone()),
                     Linear::Candle(QMatMul::from_arc(t)?),
                 )
             }
         };
+        let (vocab, hidden) = match &embed {
+            Embed::Ours(m) => m.dims(),
+            Embed::Candle(t) => t.shape().dims2()?,
+        };
+        if hidden != cfg.hidden {
+            bail!(
+                "token_embd is {vocab}x{hidden}, metadata says hidden {}",
+                cfg.hidden
+            )
+        }
         let output = if l.has("output.weight") {
             l.matmul("output.weight")?
         } else {
