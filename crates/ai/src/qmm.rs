@@ -345,7 +345,8 @@ mod avx512 {
         unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
     }
 
-    /// Bytes ahead of the current pair of blocks to prefetch.
+    /// Bytes ahead of the current pair of blocks to prefetch (per row: with four rows in
+    /// flight, a little over a row of a narrow matrix ahead).
     const PREFETCH: usize = 1024;
 
     fn u16_at(b: &[u8], i: usize) -> u32 {
@@ -386,78 +387,90 @@ mod avx512 {
         _mm512_maskz_mov_epi8(_cvtu64_mask64(qh), _mm512_set1_epi8(0x10))
     }
 
-    /// One weight row against one activation row, two blocks at a time (an even number
-    /// of blocks): see [`super::dot_scalar`].
+    /// `R` weight rows against one activation row, two blocks at a time (an even number
+    /// of blocks), each activation load shared by the rows: see [`super::dot_scalar`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) fn dot(
+    pub(super) fn dot<const R: usize>(
         format: Format,
-        w: &[u8],
+        w: [&[u8]; R],
         qu: &[u8],
         q: &[i8],
         d: &[f32],
         corr: &[i32],
         s: &[f32],
-    ) -> f32 {
+    ) -> [f32; R] {
         let bb = format.block_bytes();
         let nb = s.len();
         assert!(
             nb.is_multiple_of(2)
-                && w.len() == nb * bb
                 && qu.len() == nb * 32
                 && q.len() == nb * 32
                 && d.len() == nb * 8
                 && corr.len() == nb * 8
         );
+        for w in &w {
+            assert!(w.len() == nb * bb);
+        }
         // SAFETY: i8 and u8 have the same size and alignment.
         let q: &[u8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
         let zero = _mm512_setzero_si512();
-        let mut acc = _mm512_setzero_ps();
-        let mut mins = _mm_setzero_ps();
-        for (i, pair) in w.chunks_exact(2 * bb).enumerate() {
-            // The rows are read once, in order: ask for the bytes a few pairs ahead (the
-            // next row's when this one ends; it is contiguous) before they are needed.
-            _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
-            let (b0, b1) = pair.split_at(bb);
-            let scale = _mm512_mul_ps(
-                two_halves(u16_at(b0, 0), u16_at(b1, 0)),
-                load64_f32(&d[i * 16..]),
-            );
-            let p = match format {
-                Format::Q8_0 => {
-                    // (q + 128) . w - 128 . w: dpbusd wants its first operand unsigned.
-                    let x = _mm512_inserti64x4(
-                        _mm512_castsi256_si512(load32(&b0[2..])),
-                        load32(&b1[2..]),
-                        1,
-                    );
-                    let p = _mm512_dpbusd_epi32(zero, load64(&qu[i * 64..]), x);
-                    _mm512_sub_epi32(p, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), x))
-                }
-                Format::Q5_0 => {
-                    let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
-                    let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
-                    let p = _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]));
-                    _mm512_sub_epi32(p, load64_i32(&corr[i * 16..]))
-                }
-                Format::Q4_1 | Format::Q5_1 => {
-                    let (nib, qh) = if format == Format::Q4_1 {
-                        (nibbles2(&b0[4..20], &b1[4..20]), zero)
-                    } else {
-                        let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
-                        (nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
-                    };
-                    let m = _mm_cvtph_ps(_mm_cvtsi32_si128(
-                        (u16_at(b0, 2) | (u16_at(b1, 2) << 16)) as i32,
-                    ));
-                    let sv = _mm_set_ps(0.0, 0.0, s[2 * i + 1], s[2 * i]);
-                    mins = _mm_fmadd_ps(m, sv, mins);
-                    _mm512_dpbusd_epi32(zero, _mm512_or_si512(nib, qh), load64(&q[i * 64..]))
-                }
+        let offset = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut mins = [_mm_setzero_ps(); R];
+        for i in 0..nb / 2 {
+            let da = load64_f32(&d[i * 16..]);
+            let (y, yu) = (load64(&q[i * 64..]), load64(&qu[i * 64..]));
+            let (corr, sv) = match format {
+                Format::Q5_0 => (load64_i32(&corr[i * 16..]), _mm_setzero_ps()),
+                Format::Q4_1 | Format::Q5_1 => (zero, _mm_set_ps(0.0, 0.0, s[2 * i + 1], s[2 * i])),
+                Format::Q8_0 => (zero, _mm_setzero_ps()),
             };
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc);
+            for r in 0..R {
+                let pair = &w[r][i * 2 * bb..(i + 1) * 2 * bb];
+                // The rows are read once, in order: ask for the bytes a few pairs ahead
+                // (the next row's when this one ends; it is contiguous).
+                _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
+                let (b0, b1) = pair.split_at(bb);
+                let scale = _mm512_mul_ps(two_halves(u16_at(b0, 0), u16_at(b1, 0)), da);
+                let p = match format {
+                    Format::Q8_0 => {
+                        // (q + 128) . w - 128 . w: dpbusd wants its first operand unsigned.
+                        let x = _mm512_inserti64x4(
+                            _mm512_castsi256_si512(load32(&b0[2..])),
+                            load32(&b1[2..]),
+                            1,
+                        );
+                        let p = _mm512_dpbusd_epi32(zero, yu, x);
+                        _mm512_sub_epi32(p, _mm512_dpbusd_epi32(zero, offset, x))
+                    }
+                    Format::Q5_0 => {
+                        let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
+                        let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
+                        _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, x, y), corr)
+                    }
+                    Format::Q4_1 | Format::Q5_1 => {
+                        let (nib, qh) = if format == Format::Q4_1 {
+                            (nibbles2(&b0[4..20], &b1[4..20]), zero)
+                        } else {
+                            let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
+                            (nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
+                        };
+                        let m = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                            (u16_at(b0, 2) | (u16_at(b1, 2) << 16)) as i32,
+                        ));
+                        mins[r] = _mm_fmadd_ps(m, sv, mins[r]);
+                        _mm512_dpbusd_epi32(zero, _mm512_or_si512(nib, qh), y)
+                    }
+                };
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
+            }
         }
-        let mins = _mm_add_ps(mins, _mm_movehdup_ps(mins));
-        _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(mins)
+        let mut out = [0f32; R];
+        for r in 0..R {
+            let m = _mm_add_ps(mins[r], _mm_movehdup_ps(mins[r]));
+            out[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(m);
+        }
+        out
     }
 
     /// One unpacked weight row (see [`super::Unpacked`]) against `T` activation rows at
@@ -573,37 +586,47 @@ fn have_avx2() -> bool {
 
 /// One weight row against activation row `t`, with the best kernel this CPU has.
 fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, pairs: Option<&Pairs>, t: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if let (Kernel::Avx512, Some(p)) = (kernel, pairs) {
+        return dot_avx512([w], a, p, format, t)[0];
+    }
     let k = w.len() / format.block_bytes() * 32;
     let blocks = t * k / 32..(t + 1) * k / 32;
-    let (q, d, s) = (
-        &a.q[t * k..(t + 1) * k],
-        &a.d[blocks.clone()],
-        &a.s[blocks.clone()],
-    );
+    let (q, d, s) = (&a.q[t * k..(t + 1) * k], &a.d[blocks.clone()], &a.s[blocks]);
     #[cfg(target_arch = "x86_64")]
-    match (kernel, pairs) {
-        (Kernel::Avx512, Some(p)) => {
-            let lanes = blocks.start * 8..blocks.end * 8;
-            // SAFETY: `Kernel::Avx512` is chosen only when the CPU has AVX-512 F, BW and
-            // VNNI, AVX2, FMA and F16C; `pairs` exist only for an even number of blocks.
-            return unsafe {
-                avx512::dot(
-                    format,
-                    w,
-                    &p.qu[t * k..(t + 1) * k],
-                    q,
-                    &p.d[lanes.clone()],
-                    &p.corr[lanes],
-                    s,
-                )
-            };
-        }
+    if matches!(kernel, Kernel::Avx512 | Kernel::Avx2) {
         // SAFETY: `Kernel::Avx2` or better is chosen only when the CPU has AVX2, FMA and F16C.
-        (Kernel::Avx512 | Kernel::Avx2, _) => return unsafe { avx2::dot(format, w, q, d, s) },
-        (Kernel::Scalar, _) => {}
+        return unsafe { avx2::dot(format, w, q, d, s) };
     }
     let _ = (kernel, pairs);
     dot_scalar(format, w, q, d, s)
+}
+
+/// `R` weight rows against activation row `t` with the AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
+fn dot_avx512<const R: usize>(
+    w: [&[u8]; R],
+    a: &Acts,
+    p: &Pairs,
+    format: Format,
+    t: usize,
+) -> [f32; R] {
+    let k = w[0].len() / format.block_bytes() * 32;
+    let blocks = t * k / 32..(t + 1) * k / 32;
+    let lanes = blocks.start * 8..blocks.end * 8;
+    // SAFETY: `Pairs` exist only for `Kernel::Avx512`, chosen only when the CPU has
+    // AVX-512 F, BW and VNNI, AVX2, FMA and F16C, and only for an even number of blocks.
+    unsafe {
+        avx512::dot(
+            format,
+            w,
+            &p.qu[t * k..(t + 1) * k],
+            &a.q[t * k..(t + 1) * k],
+            &p.d[lanes.clone()],
+            &p.corr[lanes],
+            &a.s[blocks],
+        )
+    }
 }
 
 /// An output buffer of rows of `m` values that several threads fill, each its own rows.
@@ -767,6 +790,30 @@ impl QMatrix {
                 }
                 return;
             }
+            // One token (generation): four rows at a time share each activation load.
+            #[cfg(target_arch = "x86_64")]
+            if m == 1
+                && let Some(p) = pairs.as_ref()
+            {
+                let mut r = rows.start;
+                for o in chunk.chunks_mut(4) {
+                    if let Ok(o4) = <&mut [f32; 4]>::try_from(&mut *o) {
+                        let w = [
+                            self.row(r),
+                            self.row(r + 1),
+                            self.row(r + 2),
+                            self.row(r + 3),
+                        ];
+                        *o4 = dot_avx512(w, &a, p, self.format, 0);
+                    } else {
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o = dot_avx512([self.row(r + i)], &a, p, self.format, 0)[0];
+                        }
+                    }
+                    r += o.len();
+                }
+                return;
+            }
             for (r, o) in rows.zip(chunk.chunks_mut(m)) {
                 let w = self.row(r);
                 for (t, o) in o.iter_mut().enumerate() {
@@ -834,7 +881,8 @@ mod tests {
         let dev = Device::Cpu;
         // A width that is not a multiple of 256: on CPUs with AVX-512 VNNI, candle multiplies
         // Q8_0 matrices of such widths against activations quantized per 256, not per 32.
-        let (n, k) = (48, 192);
+        // 200 rows: the threads take chunks of 13, so four-row steps and single rows both run.
+        let (n, k) = (200, 192);
         for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
             let data = random_blocks(format, n, k, 7);
             let mut ours = QMatrix::new(format, n, k, data.clone()).unwrap();
