@@ -349,12 +349,14 @@ mod avx512 {
     /// flight, a little over a row of a narrow matrix ahead).
     const PREFETCH: usize = 1024;
 
+    #[inline]
     fn u16_at(b: &[u8], i: usize) -> u32 {
-        u32::from(u16::from_le_bytes([b[i], b[i + 1]]))
+        u32::from(u16::from_le_bytes(b[i..i + 2].try_into().expect("2 bytes")))
     }
 
+    #[inline]
     fn u32_at(b: &[u8], i: usize) -> u32 {
-        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+        u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
     }
 
     /// Two f16 values -> each over eight lanes: [a x 8, b x 8].
@@ -411,64 +413,111 @@ mod avx512 {
         for w in &w {
             assert!(w.len() == nb * bb);
         }
+        match format {
+            Format::Q8_0 => rows_q8_0(w, qu, d),
+            Format::Q5_0 => rows_q5_0(w, q, d, corr),
+            Format::Q4_1 => rows_min::<R, false>(w, q, d, s),
+            Format::Q5_1 => rows_min::<R, true>(w, q, d, s),
+        }
+    }
+
+    /// The pair loop shared by the formats: `$step(b0, b1, row)` gives the pair's eight
+    /// partial integer sums per block for one row; accumulators stay in registers (one
+    /// loop body per format, the rows unrolled).
+    macro_rules! pair_loop {
+        ($w:ident, $d:ident, $bb:expr, |$b0:ident, $b1:ident, $i:ident, $r:ident| $step:expr) => {{
+            let mut acc = [_mm512_setzero_ps(); R];
+            let pairs = $d.len() / 16;
+            for $i in 0..pairs {
+                let da = load64_f32(&$d[$i * 16..]);
+                for $r in 0..R {
+                    let pair = &$w[$r][$i * 2 * $bb..($i + 1) * 2 * $bb];
+                    // The rows are read once, in order: ask for the bytes a few pairs
+                    // ahead (the next row's when this one ends; it is contiguous).
+                    _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
+                    let ($b0, $b1) = pair.split_at($bb);
+                    let scale = _mm512_mul_ps(two_halves(u16_at($b0, 0), u16_at($b1, 0)), da);
+                    let p = $step;
+                    acc[$r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[$r]);
+                }
+            }
+            acc
+        }};
+    }
+
+    fn q_bytes(q: &[i8]) -> &[u8] {
         // SAFETY: i8 and u8 have the same size and alignment.
-        let q: &[u8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
+        unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn rows_q8_0<const R: usize>(w: [&[u8]; R], qu: &[u8], d: &[f32]) -> [f32; R] {
         let zero = _mm512_setzero_si512();
         let offset = _mm512_set1_epi8(-128);
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut mins = [_mm_setzero_ps(); R];
-        for i in 0..nb / 2 {
-            let da = load64_f32(&d[i * 16..]);
-            let (y, yu) = (load64(&q[i * 64..]), load64(&qu[i * 64..]));
-            let (corr, sv) = match format {
-                Format::Q5_0 => (load64_i32(&corr[i * 16..]), _mm_setzero_ps()),
-                Format::Q4_1 | Format::Q5_1 => (zero, _mm_set_ps(0.0, 0.0, s[2 * i + 1], s[2 * i])),
-                Format::Q8_0 => (zero, _mm_setzero_ps()),
-            };
-            for r in 0..R {
-                let pair = &w[r][i * 2 * bb..(i + 1) * 2 * bb];
-                // The rows are read once, in order: ask for the bytes a few pairs ahead
-                // (the next row's when this one ends; it is contiguous).
-                _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
-                let (b0, b1) = pair.split_at(bb);
-                let scale = _mm512_mul_ps(two_halves(u16_at(b0, 0), u16_at(b1, 0)), da);
-                let p = match format {
-                    Format::Q8_0 => {
-                        // (q + 128) . w - 128 . w: dpbusd wants its first operand unsigned.
-                        let x = _mm512_inserti64x4(
-                            _mm512_castsi256_si512(load32(&b0[2..])),
-                            load32(&b1[2..]),
-                            1,
-                        );
-                        let p = _mm512_dpbusd_epi32(zero, yu, x);
-                        _mm512_sub_epi32(p, _mm512_dpbusd_epi32(zero, offset, x))
-                    }
-                    Format::Q5_0 => {
-                        let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
-                        let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
-                        _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, x, y), corr)
-                    }
-                    Format::Q4_1 | Format::Q5_1 => {
-                        let (nib, qh) = if format == Format::Q4_1 {
-                            (nibbles2(&b0[4..20], &b1[4..20]), zero)
-                        } else {
-                            let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
-                            (nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
-                        };
-                        let m = _mm_cvtph_ps(_mm_cvtsi32_si128(
-                            (u16_at(b0, 2) | (u16_at(b1, 2) << 16)) as i32,
-                        ));
-                        mins[r] = _mm_fmadd_ps(m, sv, mins[r]);
-                        _mm512_dpbusd_epi32(zero, _mm512_or_si512(nib, qh), y)
-                    }
-                };
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
-            }
-        }
+        let acc = pair_loop!(w, d, 34, |b0, b1, i, r| {
+            // (q + 128) . w - 128 . w: dpbusd wants its first operand unsigned.
+            let x = _mm512_inserti64x4(
+                _mm512_castsi256_si512(load32(&b0[2..])),
+                load32(&b1[2..]),
+                1,
+            );
+            let p = _mm512_dpbusd_epi32(zero, load64(&qu[i * 64..]), x);
+            _mm512_sub_epi32(p, _mm512_dpbusd_epi32(zero, offset, x))
+        });
         let mut out = [0f32; R];
         for r in 0..R {
-            let m = _mm_add_ps(mins[r], _mm_movehdup_ps(mins[r]));
-            out[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(m);
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn rows_q5_0<const R: usize>(w: [&[u8]; R], q: &[i8], d: &[f32], corr: &[i32]) -> [f32; R] {
+        let q = q_bytes(q);
+        let zero = _mm512_setzero_si512();
+        let acc = pair_loop!(w, d, 22, |b0, b1, i, r| {
+            let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
+            let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
+            let p = _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]));
+            _mm512_sub_epi32(p, load64_i32(&corr[i * 16..]))
+        });
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+        out
+    }
+
+    /// Q4_1 (`HIGH` false) and Q5_1 (`HIGH` true): unsigned values and a minimum.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    fn rows_min<const R: usize, const HIGH: bool>(
+        w: [&[u8]; R],
+        q: &[i8],
+        d: &[f32],
+        s: &[f32],
+    ) -> [f32; R] {
+        let q = q_bytes(q);
+        let zero = _mm512_setzero_si512();
+        let bb = if HIGH { 24 } else { 20 };
+        let acc = pair_loop!(w, d, bb, |b0, b1, i, r| {
+            let x = if HIGH {
+                let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
+                _mm512_or_si512(nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
+            } else {
+                nibbles2(&b0[4..20], &b1[4..20])
+            };
+            _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]))
+        });
+        // The minimums times the activations' block sums, in plain arithmetic: one
+        // multiply-add per block, off the vector loop's critical path.
+        let mut out = [0f32; R];
+        for r in 0..R {
+            let mins: f32 = w[r]
+                .chunks_exact(bb)
+                .zip(s)
+                .map(|(b, s)| super::f16(b[2], b[3]) * s)
+                .sum();
+            out[r] = _mm512_reduce_add_ps(acc[r]) + mins;
         }
         out
     }
