@@ -17,7 +17,7 @@ pub struct AiBench {
     /// 135M from the model cache). The SITREP section uses the first.
     #[arg(long)]
     pub model: Vec<PathBuf>,
-    /// Run only these sections (comma-separated: llm, transcription, sitrep, search).
+    /// Run only these sections (comma-separated: llm, kernels, transcription, sitrep, search).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     #[arg(long, default_value_t = 2)]
@@ -216,13 +216,19 @@ pub fn run(a: AiBench) -> Result<()> {
     if let Some(bad) = a
         .only
         .iter()
-        .find(|s| !["llm", "transcription", "sitrep", "search"].contains(&s.as_str()))
+        .find(|s| !["llm", "kernels", "transcription", "sitrep", "search"].contains(&s.as_str()))
     {
-        bail!("unknown section {bad:?} (llm, transcription, sitrep, search)");
+        bail!("unknown section {bad:?} (llm, kernels, transcription, sitrep, search)");
     }
     if wanted("llm") {
         for model in &models {
             llm_pair(&a, model)?;
+        }
+    }
+    if wanted("kernels") {
+        println!("== quantized matrix times one token: our kernels against candle's, same matrix");
+        for line in fieldmesh_ai::kernel_bench() {
+            println!("  {line}");
         }
     }
     if wanted("transcription") {

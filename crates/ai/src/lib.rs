@@ -12,6 +12,8 @@ pub mod embed;
 pub mod facts;
 pub mod llm;
 mod qmm;
+
+pub use qmm::kernel_bench;
 pub mod search;
 pub mod sitrep;
 pub mod spm;

@@ -883,6 +883,71 @@ impl QMatrix {
     }
 }
 
+/// Times each of our kernels against candle's kernel for the same format on one matrix
+/// larger than the caches (65536 x 640, one token, candle's thread pool): one printable
+/// line per measurement, with the ratio to candle. For `fieldmesh bench ai --only kernels`.
+pub fn kernel_bench() -> Vec<String> {
+    use candle_core::Module;
+    let time = |f: &dyn Fn()| {
+        f();
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 20.0
+    };
+    let (n, k) = (65536, 640);
+    let dev = candle_core::Device::Cpu;
+    let mut lines = Vec::new();
+    for (format, ggml) in [
+        (Format::Q8_0, GgmlDType::Q8_0),
+        (Format::Q5_0, GgmlDType::Q5_0),
+        (Format::Q4_1, GgmlDType::Q4_1),
+    ] {
+        let data: Vec<u8> = (0..n * k / 32 * format.block_bytes())
+            .map(|i| (i * 7 % 251) as u8 & 0x3f)
+            .collect();
+        let Ok(mut ours) = QMatrix::new(format, n, k, data.clone()) else {
+            continue;
+        };
+        let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
+        let theirs =
+            candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(data), &dev, ggml)
+                .and_then(|st| candle_core::quantized::QTensor::new(st, (n, k)))
+                .and_then(candle_core::quantized::QMatMul::from_qtensor);
+        let xt = candle_core::Tensor::from_vec(x.clone(), (1, k), &dev);
+        let (Ok(theirs), Ok(xt)) = (theirs, xt) else {
+            continue;
+        };
+        let candle = time(&|| {
+            std::hint::black_box(theirs.forward(&xt).ok());
+        });
+        lines.push(format!(
+            "{format:?} {n}x{k}: candle {:.2} ms ({:.1} GB/s)",
+            candle * 1e3,
+            ours.bytes() as f64 / candle / 1e9
+        ));
+        for kern in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512] {
+            if kern == Kernel::Avx512 && kernel() != Kernel::Avx512
+                || kern == Kernel::Avx2 && !have_avx2()
+            {
+                continue;
+            }
+            ours.kernel = kern;
+            let t = time(&|| {
+                std::hint::black_box(ours.matmul(&x, 1));
+            });
+            lines.push(format!(
+                "  ours {kern:?}: {:.2} ms ({:.1} GB/s), {:.2}x candle's speed",
+                t * 1e3,
+                ours.bytes() as f64 / t / 1e9,
+                candle / t
+            ));
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1013,74 +1078,5 @@ mod tests {
     fn a_malformed_matrix_is_refused() {
         assert!(QMatrix::new(Format::Q5_0, 2, 64, vec![0; 10]).is_err());
         assert!(QMatrix::new(Format::Q8_0, 2, 40, vec![0; 68]).is_err());
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    use candle_core::Module;
-
-    /// Not a test: `cargo test --release -p fieldmesh-ai --lib qmm::speed -- --ignored
-    /// --nocapture` prints each kernel's speed on a matrix larger than the caches, next to
-    /// candle's kernel for the same format, on candle's thread pool.
-    #[test]
-    #[ignore = "timing probe"]
-    fn gemv_bandwidth() {
-        let time = |f: &dyn Fn()| {
-            f();
-            let t = std::time::Instant::now();
-            for _ in 0..20 {
-                f();
-            }
-            t.elapsed().as_secs_f64() / 20.0
-        };
-        let (n, k) = (65536, 640);
-        for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1] {
-            let data: Vec<u8> = (0..n * k / 32 * format.block_bytes())
-                .map(|i| (i * 7 % 251) as u8 & 0x3f)
-                .collect();
-            let mut w = QMatrix::new(format, n, k, data.clone()).unwrap();
-            let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
-            let dev = candle_core::Device::Cpu;
-            let ggml = match format {
-                Format::Q8_0 => GgmlDType::Q8_0,
-                Format::Q5_0 => GgmlDType::Q5_0,
-                Format::Q4_1 => GgmlDType::Q4_1,
-                Format::Q5_1 => GgmlDType::Q5_1,
-            };
-            let st = candle_core::quantized::QStorage::from_data(
-                std::borrow::Cow::Owned(data),
-                &dev,
-                ggml,
-            )
-            .unwrap();
-            let mm = candle_core::quantized::QMatMul::from_qtensor(
-                candle_core::quantized::QTensor::new(st, (n, k)).unwrap(),
-            )
-            .unwrap();
-            let xt = candle_core::Tensor::from_vec(x.clone(), (1, k), &dev).unwrap();
-            let theirs = time(&|| {
-                std::hint::black_box(mm.forward(&xt).unwrap());
-            });
-            eprintln!("{format:?} {n}x{k}: candle {:.2} ms", theirs * 1e3);
-            for kern in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512] {
-                if kern == Kernel::Avx512 && kernel() != Kernel::Avx512
-                    || kern == Kernel::Avx2 && !have_avx2()
-                {
-                    continue;
-                }
-                w.kernel = kern;
-                let ours = time(&|| {
-                    std::hint::black_box(w.matmul(&x, 1));
-                });
-                eprintln!(
-                    "  {kern:?}: {:.2} ms ({:.1} GB/s), {:.2}x candle",
-                    ours * 1e3,
-                    w.bytes() as f64 / ours / 1e9,
-                    theirs / ours
-                );
-            }
-        }
     }
 }
