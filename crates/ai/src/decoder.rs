@@ -160,19 +160,6 @@ enum Linear {
 }
 
 impl Linear {
-    /// The matrix, and whether our kernels multiply it.
-    fn new(t: QTensor) -> Result<(Linear, bool)> {
-        let Some(format) = Format::of(t.dtype()) else {
-            return Ok((Linear::Candle(QMatMul::from_qtensor(t)?), false));
-        };
-        let (n, k) = t.shape().dims2()?;
-        let data = t.data()?.into_owned();
-        Ok((
-            Linear::Ours(Arc::new(QMatrix::new(format, n, k, data)?)),
-            true,
-        ))
-    }
-
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(w) => w.forward(x),
@@ -286,19 +273,14 @@ impl<R: std::io::Read + std::io::Seek> Loader<'_, R> {
         Ok(Some(QMatrix::new(format, n, k, data)?))
     }
 
-    fn linear_from(&mut self, t: QTensor) -> Result<Linear> {
-        let (l, ours) = Linear::new(t)?;
-        self.report.ours += usize::from(ours);
-        self.report.weight_bytes += l.bytes();
-        Ok(l)
-    }
-
+    /// A weight matrix: ours when its format is, else candle's.
     fn matmul(&mut self, name: &str) -> Result<Linear> {
         if let Some(m) = self.ours(name)? {
             return Ok(Linear::Ours(Arc::new(m)));
         }
-        let t = self.qtensor(name)?;
-        self.linear_from(t)
+        let l = Linear::Candle(QMatMul::from_qtensor(self.qtensor(name)?)?);
+        self.report.weight_bytes += l.bytes();
+        Ok(l)
     }
 
     /// A vector (norm weight, bias) as f32.

@@ -633,12 +633,9 @@ fn have_avx2() -> bool {
     }
 }
 
-/// One weight row against activation row `t`, with the best kernel this CPU has.
-fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, pairs: Option<&Pairs>, t: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let (Kernel::Avx512, Some(p)) = (kernel, pairs) {
-        return dot_avx512([w], a, p, format, t)[0];
-    }
+/// One weight row against activation row `t` with AVX2 or plain Rust (the AVX-512 paths
+/// are taken in [`QMatrix::matmul`]).
+fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, t: usize) -> f32 {
     let k = w.len() / format.block_bytes() * 32;
     let blocks = t * k / 32..(t + 1) * k / 32;
     let (q, d, s) = (&a.q[t * k..(t + 1) * k], &a.d[blocks.clone()], &a.s[blocks]);
@@ -647,7 +644,7 @@ fn dot(kernel: Kernel, format: Format, w: &[u8], a: &Acts, pairs: Option<&Pairs>
         // SAFETY: `Kernel::Avx2` or better is chosen only when the CPU has AVX2, FMA and F16C.
         return unsafe { avx2::dot(format, w, q, d, s) };
     }
-    let _ = (kernel, pairs);
+    let _ = kernel;
     dot_scalar(format, w, q, d, s)
 }
 
@@ -866,7 +863,7 @@ impl QMatrix {
             for (r, o) in rows.zip(chunk.chunks_mut(m)) {
                 let w = self.row(r);
                 for (t, o) in o.iter_mut().enumerate() {
-                    *o = dot(self.kernel, self.format, w, &a, pairs.as_ref(), t);
+                    *o = dot(self.kernel, self.format, w, &a, t);
                 }
             }
         });
