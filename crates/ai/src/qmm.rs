@@ -58,6 +58,12 @@ impl Format {
     }
 }
 
+/// Activation integers as the bytes the SIMD loads take.
+fn q_bytes(q: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment.
+    unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
+}
+
 fn f16(lo: u8, hi: u8) -> f32 {
     half::f16::from_le_bytes([lo, hi]).to_f32()
 }
@@ -181,7 +187,7 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load32(b: &[u8]) -> __m256i {
+    pub(super) fn load32(b: &[u8]) -> __m256i {
         assert!(b.len() >= 32);
         // SAFETY: 32 readable bytes (checked above); unaligned load.
         unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
@@ -189,7 +195,7 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load16(b: &[u8]) -> __m128i {
+    pub(super) fn load16(b: &[u8]) -> __m128i {
         assert!(b.len() >= 16);
         // SAFETY: 16 readable bytes (checked above); unaligned load.
         unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
@@ -256,8 +262,7 @@ mod avx2 {
         let bb = format.block_bytes();
         let nb = d.len();
         assert!(w.len() == nb * bb && q.len() == nb * 32 && s.len() == nb);
-        // SAFETY: i8 and u8 have the same size and alignment.
-        let q: &[u8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
+        let q = super::q_bytes(q);
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0f32;
         match format {
@@ -303,6 +308,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::Format;
+    use super::avx2::{load16, load32};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -327,22 +333,6 @@ mod avx512 {
         assert!(b.len() >= 16);
         // SAFETY: 16 readable integers (checked above); unaligned load.
         unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn load32(b: &[u8]) -> __m256i {
-        assert!(b.len() >= 32);
-        // SAFETY: 32 readable bytes (checked above); unaligned load.
-        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    fn load16(b: &[u8]) -> __m128i {
-        assert!(b.len() >= 16);
-        // SAFETY: 16 readable bytes (checked above); unaligned load.
-        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
     }
 
     /// Bytes ahead of the current pair of blocks to prefetch (per row: with four rows in
@@ -445,11 +435,6 @@ mod avx512 {
         }};
     }
 
-    fn q_bytes(q: &[i8]) -> &[u8] {
-        // SAFETY: i8 and u8 have the same size and alignment.
-        unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
-    }
-
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn rows_q8_0<const R: usize>(w: [&[u8]; R], qu: &[u8], d: &[f32]) -> [f32; R] {
         let zero = _mm512_setzero_si512();
@@ -473,7 +458,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn rows_q5_0<const R: usize>(w: [&[u8]; R], q: &[i8], d: &[f32], corr: &[i32]) -> [f32; R] {
-        let q = q_bytes(q);
+        let q = super::q_bytes(q);
         let zero = _mm512_setzero_si512();
         let acc = pair_loop!(w, d, 22, |b0, b1, i, r| {
             let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
@@ -496,7 +481,7 @@ mod avx512 {
         d: &[f32],
         s: &[f32],
     ) -> [f32; R] {
-        let q = q_bytes(q);
+        let q = super::q_bytes(q);
         let zero = _mm512_setzero_si512();
         let bb = if HIGH { 24 } else { 20 };
         let acc = pair_loop!(w, d, bb, |b0, b1, i, r| {

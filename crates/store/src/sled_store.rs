@@ -220,15 +220,26 @@ impl SledStore {
     /// The envelope under `id`, from its sled value: the bytes themselves, or a pointer
     /// into the value log.
     fn decode(&self, id: &EnvelopeId, value: &[u8]) -> Result<Envelope, ReadError> {
-        let corrupt = |source| ReadError::Corrupt { id: *id, source };
+        Envelope::decode_stored(&self.resolve(id, value)?, id)
+            .map_err(|source| ReadError::Corrupt { id: *id, source })
+    }
+
+    /// The envelope bytes a sled value stands for: itself, or what its pointer names in
+    /// the value log (checked by the entry's CRC).
+    fn resolve<'a>(
+        &self,
+        id: &EnvelopeId,
+        value: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, ReadError> {
         match Pointer::decode(value) {
-            None => Envelope::decode_stored(value, id).map_err(corrupt),
-            Some(p) => {
-                let bytes = self.vlog.read(&p).map_err(|e| {
+            None => Ok(std::borrow::Cow::Borrowed(value)),
+            Some(p) => self
+                .vlog
+                .read(&p)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| {
                     ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
-                })?;
-                Envelope::decode_stored(&bytes, id).map_err(corrupt)
-            }
+                }),
         }
     }
 }
@@ -336,12 +347,7 @@ impl Store for SledStore {
         let Some(v) = self.db.get(envelope_key(id))? else {
             return Ok(None);
         };
-        let bytes = match Pointer::decode(&v) {
-            None => v.to_vec(),
-            Some(p) => self.vlog.read(&p).map_err(|e| {
-                ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
-            })?,
-        };
+        let bytes = self.resolve(id, &v)?.into_owned();
         if !bytes.starts_with(b"FMEV") {
             return Err(ReadError::CorruptIndex(format!(
                 "envelope {id}: stored bytes are not an envelope"
