@@ -131,7 +131,7 @@ pub(crate) fn meta_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     }
 }
 
-fn meta_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
+pub(crate) fn meta_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
     ct.metadata.get(key)?.to_string().ok().map(String::as_str)
 }
 

@@ -790,6 +790,36 @@ impl QMatrix {
         }
     }
 
+    /// Rows `r0..r0 + out.len()` against one quantized activation row; four rows at a
+    /// time share each activation load on AVX-512 (`pairs` exist only there).
+    fn matvec_rows(&self, r0: usize, a: &Acts, pairs: Option<&Pairs>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = pairs {
+            let mut r = r0;
+            for o in out.chunks_mut(4) {
+                if let Ok(o4) = <&mut [f32; 4]>::try_from(&mut *o) {
+                    let w = [
+                        self.row(r),
+                        self.row(r + 1),
+                        self.row(r + 2),
+                        self.row(r + 3),
+                    ];
+                    *o4 = dot_avx512(w, a, p, self.format, 0);
+                } else {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = dot_avx512([self.row(r + i)], a, p, self.format, 0)[0];
+                    }
+                }
+                r += o.len();
+            }
+            return;
+        }
+        let _ = pairs;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot(self.kernel, self.format, self.row(r0 + i), a, 0);
+        }
+    }
+
     /// `m` rows of `k` activations (row-major) times the transpose of this matrix: `m`
     /// rows of `n` outputs. Runs on candle's thread pool.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -799,6 +829,11 @@ impl QMatrix {
             "activations are {m} rows of {}",
             self.k
         );
+        if m == 1 {
+            return matvec_many(&[self], x)
+                .pop()
+                .expect("one matrix, one output");
+        }
         let a = quantize(x);
         let pairs = (self.kernel == Kernel::Avx512 && (self.k / 32).is_multiple_of(2))
             .then(|| Pairs::new(&a));
@@ -821,30 +856,6 @@ impl QMatrix {
                 }
                 return;
             }
-            // One token (generation): four rows at a time share each activation load.
-            #[cfg(target_arch = "x86_64")]
-            if m == 1
-                && let Some(p) = pairs.as_ref()
-            {
-                let mut r = rows.start;
-                for o in chunk.chunks_mut(4) {
-                    if let Ok(o4) = <&mut [f32; 4]>::try_from(&mut *o) {
-                        let w = [
-                            self.row(r),
-                            self.row(r + 1),
-                            self.row(r + 2),
-                            self.row(r + 3),
-                        ];
-                        *o4 = dot_avx512(w, &a, p, self.format, 0);
-                    } else {
-                        for (i, o) in o.iter_mut().enumerate() {
-                            *o = dot_avx512([self.row(r + i)], &a, p, self.format, 0)[0];
-                        }
-                    }
-                    r += o.len();
-                }
-                return;
-            }
             for (r, o) in rows.zip(chunk.chunks_mut(m)) {
                 let w = self.row(r);
                 for (t, o) in o.iter_mut().enumerate() {
@@ -852,9 +863,6 @@ impl QMatrix {
                 }
             }
         });
-        if m == 1 {
-            return out_t;
-        }
         let mut out = vec![0f32; m * self.n];
         for (r, row) in out_t.chunks_exact(m).enumerate() {
             for (t, v) in row.iter().enumerate() {
@@ -863,6 +871,46 @@ impl QMatrix {
         }
         out
     }
+}
+
+/// Matrices of the same width, each times one activation row (a generated token's Q, K
+/// and V projections, or its gate and up): the activations are quantized once and the
+/// rows of all of them share one pass over the thread pool, so the workers wake once.
+pub(crate) fn matvec_many(ms: &[&QMatrix], x: &[f32]) -> Vec<Vec<f32>> {
+    let Some(first) = ms.first() else {
+        return Vec::new();
+    };
+    for m in ms {
+        assert_eq!(m.k, x.len(), "activations are one row of {}", m.k);
+        assert_eq!(m.kernel, first.kernel, "one kernel for all the matrices");
+    }
+    let a = quantize(x);
+    let pairs = (first.kernel == Kernel::Avx512 && (first.k / 32).is_multiple_of(2))
+        .then(|| Pairs::new(&a));
+    let mut outs: Vec<Vec<f32>> = ms.iter().map(|m| vec![0f32; m.n]).collect();
+    // Work items of four rows; matrix `j`'s items are `starts[j]..starts[j + 1]`.
+    let mut starts = vec![0usize];
+    for m in ms {
+        starts.push(starts[starts.len() - 1] + m.n.div_ceil(4));
+    }
+    let total = starts[ms.len()];
+    let rows: Vec<Rows<'_>> = outs.iter_mut().map(|o| Rows::new(o, 1)).collect();
+    candle_core::utils::barrier_pool().execute_chunked(total, |items| {
+        let mut i = items.start;
+        while i < items.end {
+            let j = starts.partition_point(|s| *s <= i) - 1;
+            let end = items.end.min(starts[j + 1]);
+            let m = ms[j];
+            let (r0, r1) = ((i - starts[j]) * 4, ((end - starts[j]) * 4).min(m.n));
+            // SAFETY: `execute_chunked` hands out every item exactly once, and an item is
+            // four rows of one matrix's output, so no two live slices overlap.
+            let out = unsafe { rows[j].rows(r0..r1) };
+            m.matvec_rows(r0, &a, pairs.as_ref(), out);
+            i = end;
+        }
+    });
+    drop(rows);
+    outs
 }
 
 /// Times each of our kernels against candle's kernel for the same format on one matrix
