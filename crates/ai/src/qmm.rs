@@ -105,11 +105,14 @@ struct Acts {
 /// Activations laid out for the AVX-512 kernels, which take two blocks (64 values) at a
 /// time: per pair of blocks, the values offset to unsigned (`q + 128`), the two scales
 /// each repeated over the eight lanes their block sums into, and the Q5_0 correction
-/// (`-16 * sum` spread over those lanes).
+/// (`-16 * sum` spread over those lanes); for the formats with a minimum, the two
+/// blocks' scaled sums in lanes 1 and 3 of sixteen (where a weight pair's f16 header
+/// `[d0, m0, d1, m1]` puts the minimums).
 struct Pairs {
     qu: Vec<u8>,
     d: Vec<f32>,
     corr: Vec<i32>,
+    sm: Vec<f32>,
 }
 
 impl Pairs {
@@ -119,10 +122,12 @@ impl Pairs {
             qu: a.q.iter().map(|v| (*v as u8) ^ 0x80).collect(),
             d: Vec::with_capacity(blocks * 8),
             corr: Vec::with_capacity(blocks * 8),
+            sm: vec![0.0; blocks * 8],
         };
         for b in 0..blocks {
             p.d.extend(std::iter::repeat_n(a.d[b], 8));
-            p.corr.extend(std::iter::repeat_n(2 * a.isum[b], 8));
+            p.corr.extend(std::iter::repeat_n(-2 * a.isum[b], 8));
+            p.sm[b / 2 * 16 + 1 + 2 * (b % 2)] = a.s[b];
         }
         p
     }
@@ -139,7 +144,14 @@ fn quantize(x: &[f32]) -> Acts {
         isum: Vec::with_capacity(blocks),
     };
     for (xb, qb) in x.chunks_exact(32).zip(a.q.chunks_exact_mut(32)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // Eight running maxima, so that the compiler keeps them in one vector register.
+        let mut lanes = [0f32; 8];
+        for c in xb.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |m, v| m.max(*v));
         let d = amax / 127.0;
         let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
         let mut sum = 0i32;
@@ -363,13 +375,28 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn nibbles2(qs0: &[u8], qs1: &[u8]) -> __m512i {
-        let v = _mm256_set_m128i(load16(qs1), load16(qs0));
-        let m = _mm256_set1_epi8(0x0f);
-        let lo = _mm256_and_si256(v, m);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
-        // [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]
-        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+        let v = _mm512_castsi256_si512(_mm256_set_m128i(load16(qs1), load16(qs0)));
+        // [qs0, qs0, qs1, qs1], the second copy of each shifted down a nibble.
+        let z = _mm512_shuffle_i64x2(v, v, 0b01_01_00_00);
+        let shift = _mm512_set_epi32(
+            0x0004_0004,
+            0x0004_0004,
+            0x0004_0004,
+            0x0004_0004,
+            0,
+            0,
+            0,
+            0,
+            0x0004_0004,
+            0x0004_0004,
+            0x0004_0004,
+            0x0004_0004,
+            0,
+            0,
+            0,
+            0,
+        );
+        _mm512_and_si512(_mm512_srlv_epi16(z, shift), _mm512_set1_epi8(0x0f))
     }
 
     /// Bit `i` of `qh` -> 0x10 in byte `i`.
@@ -389,16 +416,17 @@ mod avx512 {
         q: &[i8],
         d: &[f32],
         corr: &[i32],
-        s: &[f32],
+        sm: &[f32],
     ) -> [f32; R] {
         let bb = format.block_bytes();
-        let nb = s.len();
+        let nb = d.len() / 8;
         assert!(
             nb.is_multiple_of(2)
                 && qu.len() == nb * 32
                 && q.len() == nb * 32
                 && d.len() == nb * 8
                 && corr.len() == nb * 8
+                && sm.len() == nb * 8
         );
         for w in &w {
             assert!(w.len() == nb * bb);
@@ -406,8 +434,8 @@ mod avx512 {
         match format {
             Format::Q8_0 => rows_q8_0(w, qu, d),
             Format::Q5_0 => rows_q5_0(w, q, d, corr),
-            Format::Q4_1 => rows_min::<R, false>(w, q, d, s),
-            Format::Q5_1 => rows_min::<R, true>(w, q, d, s),
+            Format::Q4_1 => rows_min::<R, false>(w, q, d, sm),
+            Format::Q5_1 => rows_min::<R, true>(w, q, d, sm),
         }
     }
 
@@ -459,12 +487,11 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn rows_q5_0<const R: usize>(w: [&[u8]; R], q: &[i8], d: &[f32], corr: &[i32]) -> [f32; R] {
         let q = super::q_bytes(q);
-        let zero = _mm512_setzero_si512();
         let acc = pair_loop!(w, d, 22, |b0, b1, i, r| {
             let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
             let x = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
-            let p = _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]));
-            _mm512_sub_epi32(p, load64_i32(&corr[i * 16..]))
+            // The correction is the accumulator's starting value.
+            _mm512_dpbusd_epi32(load64_i32(&corr[i * 16..]), x, load64(&q[i * 64..]))
         });
         let mut out = [0f32; R];
         for r in 0..R {
@@ -473,36 +500,46 @@ mod avx512 {
         out
     }
 
-    /// Q4_1 (`HIGH` false) and Q5_1 (`HIGH` true): unsigned values and a minimum.
+    /// Q4_1 (`HIGH` false) and Q5_1 (`HIGH` true): unsigned values and a minimum. Both
+    /// blocks' headers (`[d, m]` as f16 each) convert in one instruction; the minimums
+    /// times the activations' block sums (`sm`, lanes 1 and 3) join the same accumulator.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     fn rows_min<const R: usize, const HIGH: bool>(
         w: [&[u8]; R],
         q: &[i8],
         d: &[f32],
-        s: &[f32],
+        sm: &[f32],
     ) -> [f32; R] {
         let q = super::q_bytes(q);
         let zero = _mm512_setzero_si512();
         let bb = if HIGH { 24 } else { 20 };
-        let acc = pair_loop!(w, d, bb, |b0, b1, i, r| {
-            let x = if HIGH {
-                let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
-                _mm512_or_si512(nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
-            } else {
-                nibbles2(&b0[4..20], &b1[4..20])
-            };
-            _mm512_dpbusd_epi32(zero, x, load64(&q[i * 64..]))
-        });
-        // The minimums times the activations' block sums, in plain arithmetic: one
-        // multiply-add per block, off the vector loop's critical path.
+        // [d0, m0, d1, m1] -> [d0 x 8, d1 x 8]
+        let scales = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for i in 0..d.len() / 16 {
+            let da = load64_f32(&d[i * 16..]);
+            let sl = load64_f32(&sm[i * 16..]);
+            let qa = load64(&q[i * 64..]);
+            for r in 0..R {
+                let pair = &w[r][i * 2 * bb..(i + 1) * 2 * bb];
+                _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
+                let (b0, b1) = pair.split_at(bb);
+                let head = u64::from(u32_at(b0, 0)) | (u64::from(u32_at(b1, 0)) << 32);
+                let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(head as i64)));
+                let x = if HIGH {
+                    let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
+                    _mm512_or_si512(nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
+                } else {
+                    nibbles2(&b0[4..20], &b1[4..20])
+                };
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, x, qa));
+                let scale = _mm512_mul_ps(_mm512_permutexvar_ps(scales, dm), da);
+                acc[r] = _mm512_fmadd_ps(p, scale, _mm512_fmadd_ps(dm, sl, acc[r]));
+            }
+        }
         let mut out = [0f32; R];
         for r in 0..R {
-            let mins: f32 = w[r]
-                .chunks_exact(bb)
-                .zip(s)
-                .map(|(b, s)| super::f16(b[2], b[3]) * s)
-                .sum();
-            out[r] = _mm512_reduce_add_ps(acc[r]) + mins;
+            out[r] = _mm512_reduce_add_ps(acc[r]);
         }
         out
     }
@@ -654,8 +691,8 @@ fn dot_avx512<const R: usize>(
             &p.qu[t * k..(t + 1) * k],
             &a.q[t * k..(t + 1) * k],
             &p.d[lanes.clone()],
-            &p.corr[lanes],
-            &a.s[blocks],
+            &p.corr[lanes.clone()],
+            &p.sm[lanes],
         )
     }
 }
