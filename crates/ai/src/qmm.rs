@@ -347,9 +347,11 @@ mod avx512 {
         unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
     }
 
-    /// Bytes ahead of the current pair of blocks to prefetch (per row: with four rows in
-    /// flight, a little over a row of a narrow matrix ahead).
-    const PREFETCH: usize = 1024;
+    /// Bytes ahead of the current pair of blocks to prefetch, per row (four rows in
+    /// flight): enough to cover memory latency once the weights outgrow the last-level
+    /// cache. Measured on Qwen2.5 0.5B (390 MB read per token), interleaved runs: 4096
+    /// generates ~15% faster than 1024 and no slower on SmolLM2, which fits in cache.
+    const PREFETCH: usize = 4096;
 
     #[inline]
     fn u16_at(b: &[u8], i: usize) -> u32 {
