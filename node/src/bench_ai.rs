@@ -28,6 +28,10 @@ pub struct AiBench {
     /// Generated tokens.
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
+    /// Runs of each side per model, alternated (ours, llama.cpp, ours, ...) so that a burst
+    /// of load on a shared machine falls on both; ratios are of the medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// llama.cpp's llama-bench (default: from scripts/fetch-llamacpp.sh's tool cache).
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
@@ -165,7 +169,7 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, p: usize, n: usize) -> 
             "-n",
             &n.to_string(),
             "-r",
-            "2",
+            "1",
             "-o",
             "json",
         ])
@@ -243,17 +247,9 @@ pub fn run(a: AiBench) -> Result<()> {
     Ok(())
 }
 
-/// Ours against llama.cpp on one GGUF file: prompt and generation tokens/s, peak RSS.
-fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
-    println!(
-        "== LLM: {} ({} threads, prompt {} tokens, generate {})",
-        model.display(),
-        a.threads,
-        a.prompt,
-        a.tokens
-    );
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(&exe);
+/// One run of our LLM in its own process: prompt and generation tokens/s, peak RSS.
+fn our_llm_run(a: &AiBench, model: &Path) -> Result<(f64, f64, u64)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args([
         "bench",
         "ai",
@@ -267,7 +263,7 @@ fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
         "--model",
     ])
     .arg(model);
-    let (out, our_rss) = run_measured(cmd)?;
+    let (out, rss) = run_measured(cmd)?;
     if !out.status.success() {
         bail!(
             "our LLM run failed: {}",
@@ -280,19 +276,41 @@ fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
             .rfind(|l| l.starts_with(b"{"))
             .unwrap_or(b"{}"),
     )?;
-    let (our_pp, our_tg) = (
+    Ok((
         ours["pp_tps"].as_f64().unwrap_or(0.0),
         ours["tg_tps"].as_f64().unwrap_or(0.0),
-    );
+        rss,
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Ours against llama.cpp on one GGUF file: prompt and generation tokens/s (medians of
+/// alternated runs), peak RSS.
+fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
+    let rounds = a.rounds.max(1);
     println!(
-        "  fieldmesh (candle): prompt {our_pp:8.1} tok/s  generation {our_tg:7.1} tok/s  peak RSS {:7.1} MiB",
-        mb(our_rss)
+        "== LLM: {} ({} threads, prompt {} tokens, generate {}, {rounds} alternated runs each)",
+        model.display(),
+        a.threads,
+        a.prompt,
+        a.tokens
     );
     let bin = a
         .llama_bench
         .clone()
         .unwrap_or_else(|| tools_dir().join("llama.cpp/bin/llama-bench"));
-    if bin.is_file() {
+    let have_ref = bin.is_file();
+    let mut ref_rss = 0;
+    if have_ref {
+        // Peak RSS of llama.cpp generating alone, like our child process.
         let mut cmd = Command::new(&bin);
         cmd.args([
             "-m",
@@ -308,24 +326,58 @@ fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
             "-o",
             "json",
         ]);
-        let (_, ref_rss) = run_measured(cmd)?;
-        let (ref_pp, ref_tg) = llama_bench(&bin, model, a.threads, a.prompt, a.tokens)?;
-        println!(
-            "  llama.cpp:          prompt {ref_pp:8.1} tok/s  generation {ref_tg:7.1} tok/s  peak RSS {:7.1} MiB",
-            mb(ref_rss)
-        );
-        println!(
-            "  ratio ours/llama.cpp: generation {:.2}x (target >= 1.0), prompt {:.2}x (target >= 0.5), peak RSS {:.2}x",
-            our_tg / ref_tg.max(1e-9),
-            our_pp / ref_pp.max(1e-9),
-            our_rss as f64 / ref_rss.max(1) as f64
-        );
-    } else {
+        ref_rss = run_measured(cmd)?.1;
+    }
+    let (mut ours, mut theirs, mut our_rss) = (Vec::new(), Vec::new(), 0u64);
+    for _ in 0..rounds {
+        let (pp, tg, rss) = our_llm_run(a, model)?;
+        our_rss = our_rss.max(rss);
+        ours.push((pp, tg));
+        if have_ref {
+            theirs.push(llama_bench(&bin, model, a.threads, a.prompt, a.tokens)?);
+        }
+    }
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|r| r.0).collect()),
+            median(v.iter().map(|r| r.1).collect()),
+        )
+    };
+    let (our_pp, our_tg) = med(&ours);
+    println!(
+        "  fieldmesh (candle): prompt {our_pp:8.1} tok/s  generation {our_tg:7.1} tok/s  peak RSS {:7.1} MiB",
+        mb(our_rss)
+    );
+    if !have_ref {
         println!(
             "  llama.cpp: {} missing (run scripts/fetch-llamacpp.sh); no ratio",
             bin.display()
         );
+        return Ok(());
     }
+    let (ref_pp, ref_tg) = med(&theirs);
+    println!(
+        "  llama.cpp:          prompt {ref_pp:8.1} tok/s  generation {ref_tg:7.1} tok/s  peak RSS {:7.1} MiB",
+        mb(ref_rss)
+    );
+    let per_run = |f: fn(&(f64, f64)) -> f64| {
+        ours.iter()
+            .zip(&theirs)
+            .map(|(o, t)| format!("{:.2}", f(o) / f(t).max(1e-9)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  ratio ours/llama.cpp: generation {:.2}x (target >= 1.0), prompt {:.2}x (target >= 0.5), peak RSS {:.2}x",
+        our_tg / ref_tg.max(1e-9),
+        our_pp / ref_pp.max(1e-9),
+        our_rss as f64 / ref_rss.max(1) as f64
+    );
+    println!(
+        "  run by run: generation {}; prompt {}",
+        per_run(|r| r.1),
+        per_run(|r| r.0)
+    );
     Ok(())
 }
 
