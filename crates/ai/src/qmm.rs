@@ -546,34 +546,118 @@ mod avx512 {
         out
     }
 
-    /// One unpacked weight row (see [`super::Unpacked`]) against `T` activation rows at
-    /// once: each pair of weight blocks is loaded once for all of them.
+    /// [`super::Unpacked::fill`] two blocks at a time: the values as the gen kernels read
+    /// them (Q5_0's offset taken off), their lane sums from one `vpdpbusd` against ones.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) fn dot_unpacked<const T: usize>(
-        w: &super::Unpacked,
-        qu: [&[u8]; T],
-        d: [&[f32]; T],
-    ) -> [f32; T] {
-        let pairs = w.q.len() / 64;
-        assert!(w.c.len() == pairs * 16 && w.d.len() == pairs * 16);
-        for t in 0..T {
-            assert!(qu[t].len() == pairs * 64 && d[t].len() == pairs * 16);
-        }
+    pub(super) fn fill(format: Format, row: &[u8], u: &mut super::Unpacked) {
+        let bb = format.block_bytes();
+        let pairs = row.len() / (2 * bb);
+        assert!(
+            row.len() == pairs * 2 * bb
+                && u.q.len() == pairs * 64
+                && u.c.len() == pairs * 16
+                && u.d.len() == pairs * 16
+                && u.m.len() == pairs * 16
+        );
+        let ones = _mm512_set1_epi8(1);
         let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); T];
         for i in 0..pairs {
-            let x = load64(&w.q[i * 64..]);
-            let c = load64_i32(&w.c[i * 16..]);
-            let dw = load64_f32(&w.d[i * 16..]);
-            for t in 0..T {
-                let p = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, load64(&qu[t][i * 64..]), x), c);
-                let scale = _mm512_mul_ps(dw, load64_f32(&d[t][i * 16..]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[t]);
+            let (b0, b1) = row[i * 2 * bb..(i + 1) * 2 * bb].split_at(bb);
+            let x = match format {
+                Format::Q8_0 => _mm512_inserti64x4(
+                    _mm512_castsi256_si512(load32(&b0[2..])),
+                    load32(&b1[2..]),
+                    1,
+                ),
+                Format::Q5_0 => {
+                    let qh = u64::from(u32_at(b0, 2)) | (u64::from(u32_at(b1, 2)) << 32);
+                    let v = _mm512_or_si512(nibbles2(&b0[6..22], &b1[6..22]), high_bits2(qh));
+                    _mm512_sub_epi8(v, _mm512_set1_epi8(16))
+                }
+                Format::Q4_1 => nibbles2(&b0[4..20], &b1[4..20]),
+                Format::Q5_1 => {
+                    let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
+                    _mm512_or_si512(nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
+                }
+            };
+            let c = _mm512_sub_epi32(
+                zero,
+                _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, x), 7),
+            );
+            let d = two_halves(u16_at(b0, 0), u16_at(b1, 0));
+            let (q, cs, ds) = (
+                &mut u.q[i * 64..(i + 1) * 64],
+                &mut u.c[i * 16..(i + 1) * 16],
+                &mut u.d[i * 16..(i + 1) * 16],
+            );
+            // SAFETY: each destination is exactly one vector long (sliced above).
+            unsafe {
+                _mm512_storeu_si512(q.as_mut_ptr().cast(), x);
+                _mm512_storeu_si512(cs.as_mut_ptr().cast(), c);
+                _mm512_storeu_ps(ds.as_mut_ptr(), d);
+            }
+            if format.has_min() {
+                u.m[i * 16 + 1] = super::f16(b0[2], b0[3]);
+                u.m[i * 16 + 3] = super::f16(b1[2], b1[3]);
             }
         }
-        let mut out = [0f32; T];
+    }
+
+    /// `R` unpacked weight rows (see [`super::Unpacked`]) against `T` activation rows:
+    /// each weight load serves `T` tokens and each activation load `R` rows, so a prompt
+    /// streams its activations through the cache `R` times fewer. `MIN`: add the rows'
+    /// minimums times the activations' block sums (`sm`, lanes 1 and 3 of each pair).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) fn dot_tile<const R: usize, const T: usize, const MIN: bool>(
+        w: [&super::Unpacked; R],
+        qu: [&[u8]; T],
+        d: [&[f32]; T],
+        sm: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        let pairs = w[0].q.len() / 64;
+        for u in &w {
+            assert!(
+                u.q.len() == pairs * 64
+                    && u.c.len() == pairs * 16
+                    && u.d.len() == pairs * 16
+                    && u.m.len() == pairs * 16
+            );
+        }
         for t in 0..T {
-            out[t] = _mm512_reduce_add_ps(acc[t]);
+            assert!(
+                qu[t].len() == pairs * 64 && d[t].len() == pairs * 16 && sm[t].len() == pairs * 16
+            );
+        }
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for i in 0..pairs {
+            let mut x = [_mm512_setzero_si512(); R];
+            let mut c = [_mm512_setzero_si512(); R];
+            let mut dw = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                x[r] = load64(&w[r].q[i * 64..]);
+                c[r] = load64_i32(&w[r].c[i * 16..]);
+                dw[r] = load64_f32(&w[r].d[i * 16..]);
+            }
+            for t in 0..T {
+                let a = load64(&qu[t][i * 64..]);
+                let da = load64_f32(&d[t][i * 16..]);
+                for r in 0..R {
+                    // `c` (minus 128 times each lane's weights) starts the sum.
+                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c[r], a, x[r]));
+                    let mut v = _mm512_fmadd_ps(p, _mm512_mul_ps(dw[r], da), acc[r][t]);
+                    if MIN {
+                        let m = load64_f32(&w[r].m[i * 16..]);
+                        v = _mm512_fmadd_ps(m, load64_f32(&sm[t][i * 16..]), v);
+                    }
+                    acc[r][t] = v;
+                }
+            }
+        }
+        let mut out = [[0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
         }
         out
     }
@@ -581,9 +665,10 @@ mod avx512 {
 
 /// A weight row unpacked once for a prompt's many tokens: its values as i8 (the stored
 /// integers, Q5_0's offset removed), per lane of each block the block's scale and
-/// `128 * sum` of the lane's four values (what the activations' `+ 128` adds to a lane),
-/// and each block's minimum.
+/// `-128 * sum` of the lane's four values (what the activations' `+ 128` adds to a lane,
+/// taken back), and the blocks' minimums in lanes 1 and 3 of sixteen per pair of blocks.
 struct Unpacked {
+    avx512: bool,
     q: Vec<u8>,
     c: Vec<i32>,
     d: Vec<f32>,
@@ -591,16 +676,25 @@ struct Unpacked {
 }
 
 impl Unpacked {
-    fn new(k: usize) -> Unpacked {
+    /// Room for a row of `k` values; `avx512` if the CPU runs those kernels (and `k`
+    /// is a whole number of pairs of blocks).
+    fn new(k: usize, avx512: bool) -> Unpacked {
         Unpacked {
+            avx512,
             q: vec![0; k],
             c: vec![0; k / 4],
             d: vec![0.0; k / 4],
-            m: vec![0.0; k / 32],
+            m: vec![0.0; k / 4],
         }
     }
 
     fn fill(&mut self, format: Format, row: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx512 {
+            // SAFETY: `avx512` is set only when the CPU runs the AVX-512 kernels.
+            unsafe { avx512::fill(format, row, self) };
+            return;
+        }
         let mut q = [0i8; 32];
         for (b, blk) in row.chunks_exact(format.block_bytes()).enumerate() {
             let (d, m) = unpack(format, blk, &mut q);
@@ -609,10 +703,10 @@ impl Unpacked {
             }
             for j in 0..8 {
                 let lane: i32 = q[4 * j..4 * j + 4].iter().map(|v| i32::from(*v)).sum();
-                self.c[b * 8 + j] = 128 * lane;
+                self.c[b * 8 + j] = -128 * lane;
                 self.d[b * 8 + j] = d;
             }
-            self.m[b] = m;
+            self.m[b / 2 * 16 + 1 + 2 * (b % 2)] = m;
         }
     }
 }
@@ -794,37 +888,30 @@ impl QMatrix {
         }
     }
 
-    /// One unpacked row against every activation row; `pairs` exist only with AVX-512.
+    /// Up to four unpacked rows against every activation row, four tokens at a time
+    /// (short groups repeat their last row or token and drop the copies); `out` holds
+    /// `us.len()` rows of `m` outputs. `pairs` exist only with AVX-512.
     #[cfg(target_arch = "x86_64")]
-    fn dot_prompt(&self, u: &Unpacked, a: &Acts, p: &Pairs, out: &mut [f32]) {
+    fn dot_prompt(&self, us: &[Unpacked], p: &Pairs, out: &mut [f32]) {
         let (k, kb) = (self.k, self.k / 32);
-        let qu = |t: usize| &p.qu[t * k..(t + 1) * k];
-        let d = |t: usize| &p.d[t * kb * 8..(t + 1) * kb * 8];
-        let mut t = 0;
-        while t + 4 <= out.len() {
-            // SAFETY: `pairs` exist only for `Kernel::Avx512` (see `dot`).
+        let m = out.len() / us.len();
+        let w: [&Unpacked; 4] = std::array::from_fn(|j| &us[j.min(us.len() - 1)]);
+        for t0 in (0..m).step_by(4) {
+            let ts: [usize; 4] = std::array::from_fn(|i| (t0 + i).min(m - 1));
+            let qu = ts.map(|t| &p.qu[t * k..(t + 1) * k]);
+            let d = ts.map(|t| &p.d[t * kb * 8..(t + 1) * kb * 8]);
+            let sm = ts.map(|t| &p.sm[t * kb * 8..(t + 1) * kb * 8]);
+            // SAFETY: `pairs` exist only for `Kernel::Avx512` (see `dot_avx512`).
             let v = unsafe {
-                avx512::dot_unpacked::<4>(
-                    u,
-                    [qu(t), qu(t + 1), qu(t + 2), qu(t + 3)],
-                    [d(t), d(t + 1), d(t + 2), d(t + 3)],
-                )
+                if self.format.has_min() {
+                    avx512::dot_tile::<4, 4, true>(w, qu, d, sm)
+                } else {
+                    avx512::dot_tile::<4, 4, false>(w, qu, d, sm)
+                }
             };
-            out[t..t + 4].copy_from_slice(&v);
-            t += 4;
-        }
-        while t < out.len() {
-            // SAFETY: as above.
-            out[t] = unsafe { avx512::dot_unpacked::<1>(u, [qu(t)], [d(t)]) }[0];
-            t += 1;
-        }
-        if self.format.has_min() {
-            for (t, o) in out.iter_mut().enumerate() {
-                *o +=
-                    u.m.iter()
-                        .zip(&a.s[t * kb..(t + 1) * kb])
-                        .map(|(m, s)| m * s)
-                        .sum::<f32>();
+            let n = (m - t0).min(4);
+            for (j, row) in out.chunks_exact_mut(m).enumerate() {
+                row[t0..t0 + n].copy_from_slice(&v[j][..n]);
             }
         }
     }
@@ -883,15 +970,19 @@ impl QMatrix {
         candle_core::utils::barrier_pool().execute_chunked(self.n, |rows| {
             // SAFETY: `execute_chunked` hands out every row index exactly once.
             let chunk = unsafe { out.rows(rows.clone()) };
-            // A prompt: unpack each row once, then take the tokens four at a time.
+            // A prompt: unpack four rows at a time, then take the tokens four at a time.
             #[cfg(target_arch = "x86_64")]
             if m > 1
                 && let Some(p) = pairs.as_ref()
             {
-                let mut u = Unpacked::new(self.k);
-                for (r, o) in rows.zip(chunk.chunks_mut(m)) {
-                    u.fill(self.format, self.row(r));
-                    self.dot_prompt(&u, &a, p, o);
+                let mut us: Vec<Unpacked> = (0..4).map(|_| Unpacked::new(self.k, true)).collect();
+                for (g, o) in chunk.chunks_mut(4 * m).enumerate() {
+                    let r0 = rows.start + 4 * g;
+                    let nr = o.len() / m;
+                    for (j, u) in us[..nr].iter_mut().enumerate() {
+                        u.fill(self.format, self.row(r0 + j));
+                    }
+                    self.dot_prompt(&us[..nr], p, o);
                 }
                 return;
             }
@@ -1117,6 +1208,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX-512 unpacking of a row for prompts against the plain one.
+    #[test]
+    fn vector_unpacking_matches_the_plain_one() {
+        if kernel() != Kernel::Avx512 {
+            eprintln!("this CPU does not run the AVX-512 kernels; nothing to compare");
+            return;
+        }
+        let k = 256;
+        for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
+            let row = random_blocks(format, 1, k, 11);
+            let (mut plain, mut vector) = (Unpacked::new(k, false), Unpacked::new(k, true));
+            plain.fill(format, &row);
+            vector.fill(format, &row);
+            assert_eq!(plain.q, vector.q, "{format:?}");
+            assert_eq!(plain.c, vector.c, "{format:?}");
+            assert_eq!(plain.d, vector.d, "{format:?}");
+            assert_eq!(plain.m, vector.m, "{format:?}");
         }
     }
 
