@@ -244,7 +244,7 @@ fn gated(family: Family, gate: &mut [f32], up: &[f32]) {
         Family::Gemma3 => {
             for (g, u) in g.iter_mut().zip(u) {
                 // 2 * sqrt(2 / pi) * (x + 0.044715 x^3)
-                let z2 = 1.595_769_1 * *g * (1.0 + 0.044_715 * *g * *g);
+                let z2 = 1.595_769 * *g * (1.0 + 0.044_715 * *g * *g);
                 *g = *g / (1.0 + (-z2).exp()) * u;
             }
         }
