@@ -52,7 +52,8 @@ impl LocalNode {
             .args(["--profile", &self.profile, "run", "--http", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its log (FIELDMESH_LOG sets the level), kept beside its store.
+            .stderr(std::fs::File::create(self.home.root.join("daemon.log"))?)
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
         self.child = Some(child);

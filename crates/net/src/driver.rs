@@ -55,6 +55,8 @@ struct Verifying {
 struct Commit {
     batches: Vec<(Batch, Vec<Stored>)>,
     done: tokio::task::JoinHandle<Result<(), crate::IngestError>>,
+    started: Instant,
+    envelopes: usize,
 }
 
 /// Network settings (from the CLI and the firmware profile).
@@ -721,8 +723,14 @@ impl Driver {
             })
             .collect();
         let host = self.host.clone();
+        let count = envelopes.len();
         let done = tokio::task::spawn_blocking(move || host.store_batch(envelopes));
-        self.commit = Some(Commit { batches, done });
+        self.commit = Some(Commit {
+            batches,
+            done,
+            started: Instant::now(),
+            envelopes: count,
+        });
     }
 
     /// A batch that can no longer be acknowledged: its request-response answers are
@@ -748,6 +756,13 @@ impl Driver {
         let Some(commit) = self.commit.take() else {
             return;
         };
+        tracing::debug!(
+            envelopes = commit.envelopes,
+            ms = commit.started.elapsed().as_secs_f64() * 1e3,
+            verifying = self.verifying.len(),
+            verified = self.verified.len(),
+            "group commit done"
+        );
         let stored = match written {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
