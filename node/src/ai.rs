@@ -183,7 +183,7 @@ impl Node {
                 "model {name} is not a GGUF language model"
             )));
         }
-        let llm = Llm::load(&verified.main_file(), name, threads as usize).map_err(internal)?;
+        let llm = Llm::load(&verified.main_file(), name, task_threads(threads)).map_err(internal)?;
         let entry = (Arc::new(llm), verified.manifest);
         lock(&self.ai.llms).insert(name.to_owned(), entry.clone());
         Ok(entry)
@@ -564,7 +564,7 @@ impl Node {
         }
         let v = self.verified(name, crate::models::Format::Bert)?;
         let e =
-            fieldmesh_ai::embed::Embedder::load(&v.dir, task.threads as usize).map_err(internal)?;
+            fieldmesh_ai::embed::Embedder::load(&v.dir, task_threads(task.threads)).map_err(internal)?;
         let entry = (Arc::new(e), v.manifest);
         *slot = Some(entry.clone());
         Ok(Some(entry))
@@ -591,7 +591,7 @@ impl Node {
             return Ok(w.clone());
         }
         let v = self.verified(name, crate::models::Format::WhisperGgml)?;
-        let t = fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task.threads as usize)
+        let t = fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task_threads(task.threads))
             .map_err(internal)?;
         let entry = (Arc::new(t), v.manifest);
         *slot = Some(entry.clone());
@@ -1046,4 +1046,12 @@ impl Node {
         let v = e.embed(&[text]).map_err(internal)?;
         Ok(v.first().and_then(|v| sem.triage(text, v)))
     }
+}
+
+/// A task's threads from the profile, never more than the cores this process may use: a
+/// profile written for a 4-core laptop must not oversubscribe a 2-core one, where the
+/// inference workers (which spin while they wait) then run several times slower.
+fn task_threads(profile: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (profile as usize).clamp(1, cores)
 }

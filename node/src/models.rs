@@ -300,7 +300,7 @@ impl Registry {
     pub fn resolve(&self, name: &str) -> Result<Verified> {
         let reg = self.load_file()?;
         let versions = reg.models.get(name).ok_or_else(|| {
-            anyhow!("model {name:?} is not in the registry (import it with `fieldmesh model fetch` or `model import`)")
+            anyhow!("model {name:?} is not in the registry (import it with `fieldmesh model fetch`, `model fetch --large` for Qwen2.5-Coder-1.5B, or `model import`)")
         })?;
         let idx = reg.active.get(name).copied().unwrap_or(versions.len() - 1);
         let m = versions

