@@ -183,7 +183,8 @@ impl Node {
                 "model {name} is not a GGUF language model"
             )));
         }
-        let llm = Llm::load(&verified.main_file(), name, task_threads(threads)).map_err(internal)?;
+        let llm =
+            Llm::load(&verified.main_file(), name, task_threads(threads)).map_err(internal)?;
         let entry = (Arc::new(llm), verified.manifest);
         lock(&self.ai.llms).insert(name.to_owned(), entry.clone());
         Ok(entry)
@@ -563,8 +564,8 @@ impl Node {
             return Ok(Some(e.clone()));
         }
         let v = self.verified(name, crate::models::Format::Bert)?;
-        let e =
-            fieldmesh_ai::embed::Embedder::load(&v.dir, task_threads(task.threads)).map_err(internal)?;
+        let e = fieldmesh_ai::embed::Embedder::load(&v.dir, task_threads(task.threads))
+            .map_err(internal)?;
         let entry = (Arc::new(e), v.manifest);
         *slot = Some(entry.clone());
         Ok(Some(entry))
@@ -591,8 +592,9 @@ impl Node {
             return Ok(w.clone());
         }
         let v = self.verified(name, crate::models::Format::WhisperGgml)?;
-        let t = fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task_threads(task.threads))
-            .map_err(internal)?;
+        let t =
+            fieldmesh_ai::whisper::Transcriber::load(&v.main_file(), task_threads(task.threads))
+                .map_err(internal)?;
         let entry = (Arc::new(t), v.manifest);
         *slot = Some(entry.clone());
         Ok(entry)

@@ -310,7 +310,8 @@ fn llm_pair(a: &AiBench, model: &Path) -> Result<()> {
     let have_ref = bin.is_file();
     let mut ref_rss = 0;
     if have_ref {
-        // Peak RSS of llama.cpp generating alone, like our child process.
+        // Peak RSS of llama.cpp generating only (`-p 0`); our child also runs the prompt and
+        // a warm-up, so this ratio leans against us.
         let mut cmd = Command::new(&bin);
         cmd.args([
             "-m",

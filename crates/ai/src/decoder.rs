@@ -123,9 +123,11 @@ impl Config {
             bail!("metadata says {layers} blocks; the file does not hold them")
         }
         let window = match family {
-            Family::Gemma3 => {
-                Some(md_u32(ct, &format!("{arch}.attention.sliding_window")).unwrap_or(512))
-            }
+            Family::Gemma3 => Some(
+                md_u32(ct, &format!("{arch}.attention.sliding_window"))
+                    .unwrap_or(512)
+                    .max(1),
+            ),
             _ => None,
         };
         Ok(Config {
@@ -174,6 +176,15 @@ impl Linear {
                 *dims.last_mut().expect("checked") = n;
                 Tensor::from_vec(out, dims, x.device())
             }
+        }
+    }
+
+    /// Output rows, input width.
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Linear::Ours(w) => Ok(w.dims()),
+            Linear::Candle(QMatMul::QTensor(t)) => t.shape().dims2(),
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.shape().dims2(),
         }
     }
 
@@ -715,6 +726,18 @@ impl Decoder {
                 None,
             ),
         };
+        for (i, layer) in layers.iter().enumerate() {
+            layer
+                .check(&cfg)
+                .map_err(|e| candle_core::Error::Msg(format!("blk.{i}: {e}")))?;
+        }
+        if norm.v.len() != cfg.hidden {
+            bail!(
+                "output_norm has {} values for hidden {}",
+                norm.v.len(),
+                cfg.hidden
+            )
+        }
         let report = l.report;
         Ok(Decoder {
             cfg,
@@ -834,6 +857,58 @@ fn rms(x: &Tensor, w: &Vector, eps: f64) -> Result<Tensor> {
 }
 
 impl Layer {
+    /// Every weight's shape against the configuration, so that neither path meets a
+    /// mismatch mid-sequence (the single-token path works on plain rows and would
+    /// otherwise truncate or panic where the tensor path fails).
+    fn check(&self, cfg: &Config) -> Result<()> {
+        let (h, q, kv) = (
+            cfg.hidden,
+            cfg.heads * cfg.head_dim,
+            cfg.kv_heads * cfg.head_dim,
+        );
+        let vectors = [
+            ("attn_norm", Some(&self.attn_norm), h),
+            ("ffn_norm", Some(&self.ffn_norm), h),
+            ("post_attention_norm", self.post_attn_norm.as_ref(), h),
+            ("post_ffw_norm", self.post_ffn_norm.as_ref(), h),
+            ("attn_q_norm", self.q_norm.as_ref(), cfg.head_dim),
+            ("attn_k_norm", self.k_norm.as_ref(), cfg.head_dim),
+            ("attn_q.bias", self.bq.as_ref(), q),
+            ("attn_k.bias", self.bk.as_ref(), kv),
+            ("attn_v.bias", self.bv.as_ref(), kv),
+        ];
+        for (name, v, want) in vectors {
+            if let Some(v) = v
+                && v.v.len() != want
+            {
+                bail!("{name} has {} values, expected {want}", v.v.len())
+            }
+        }
+        let ffn = self.gate.dims()?.0;
+        let matrices = [
+            ("attn_q", &self.wq, (q, h)),
+            ("attn_k", &self.wk, (kv, h)),
+            ("attn_v", &self.wv, (kv, h)),
+            ("attn_output", &self.wo, (h, q)),
+            ("ffn_gate", &self.gate, (ffn, h)),
+            ("ffn_up", &self.up, (ffn, h)),
+            ("ffn_down", &self.down, (h, ffn)),
+        ];
+        for (name, m, want) in matrices {
+            let got = m.dims()?;
+            if got != want {
+                bail!(
+                    "{name} is {}x{}, expected {}x{}",
+                    got.0,
+                    got.1,
+                    want.0,
+                    want.1
+                )
+            }
+        }
+        Ok(())
+    }
+
     fn forward(
         &mut self,
         x: &Tensor,
@@ -928,6 +1003,12 @@ impl Layer {
         dev: &Device,
     ) -> Result<()> {
         let (d, eps) = (cfg.head_dim, cfg.eps);
+        if pos != self.cache.len {
+            bail!(
+                "position {pos} does not follow the {} cached",
+                self.cache.len
+            )
+        }
         let h = rms_row(x, &self.attn_norm.v, eps);
         let [mut q, mut k, mut v] = project([&self.wq, &self.wk, &self.wv], &h, dev)?;
         for (y, b) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
@@ -1098,8 +1179,9 @@ mod tests {
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             // The arithmetic is the same; rounding differences between candle's batched
             // operations and ours flip a few activations' int8 rounding, which compounds
-            // over 30 layers to about 2% of the largest logit (Gemma matches exactly). A
-            // wrong position, window or norm moves them by the whole scale.
+            // over 30 layers to about 2% of the largest logit (Gemma matched exactly when
+            // this was written). Perturbing one attention output by 1% moved Gemma's by
+            // 4.5%: the bound catches a wrong rotation, window or layer, not small drift.
             assert!(
                 worst <= 0.03 * scale,
                 "{file}: logits differ by {worst} (largest {scale})"

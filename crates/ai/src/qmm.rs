@@ -11,9 +11,12 @@
 //! scaled sum), so products agree with llama.cpp's on the same file up to the order of
 //! float additions.
 //!
-//! `unsafe` here: the AVX2 kernels load 32 bytes at a time from slices whose lengths are
-//! checked first (`debug_assert` in the loop, and the callers' bounds), and they are
-//! called only after the CPU has been seen to have AVX2, FMA and F16C.
+//! `unsafe` here, and only here:
+//! * SIMD loads and stores (AVX2: 16 and 32 bytes; AVX-512: 64) from and into slices
+//!   whose lengths are `assert!`ed first;
+//! * calls of `#[target_feature]` kernels, made only after the CPU has been seen to have
+//!   the features (AVX2, FMA, F16C; for AVX-512 also F, BW and VNNI);
+//! * `Rows`, one output buffer that the pool's workers fill in disjoint row ranges.
 #![allow(unsafe_code)]
 
 use candle_core::quantized::GgmlDType;
@@ -527,7 +530,8 @@ mod avx512 {
                 _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(PREFETCH).cast());
                 let (b0, b1) = pair.split_at(bb);
                 let head = u64::from(u32_at(b0, 0)) | (u64::from(u32_at(b1, 0)) << 32);
-                let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(head as i64)));
+                // Upper lanes zero: they meet `sl`'s zeros, never garbage.
+                let dm = _mm512_zextps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(head as i64)));
                 let x = if HIGH {
                     let qh = u64::from(u32_at(b0, 4)) | (u64::from(u32_at(b1, 4)) << 32);
                     _mm512_or_si512(nibbles2(&b0[8..24], &b1[8..24]), high_bits2(qh))
@@ -546,8 +550,9 @@ mod avx512 {
         out
     }
 
-    /// [`super::Unpacked::fill`] two blocks at a time: the values as the gen kernels read
-    /// them (Q5_0's offset taken off), their lane sums from one `vpdpbusd` against ones.
+    /// [`super::Unpacked::fill`] two blocks at a time: the values expanded as the gen
+    /// kernels expand them, Q5_0's offset of 16 then taken off; their lane sums from one
+    /// `vpdpbusd` against ones.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) fn fill(format: Format, row: &[u8], u: &mut super::Unpacked) {
         let bb = format.block_bytes();
@@ -679,6 +684,10 @@ impl Unpacked {
     /// Room for a row of `k` values; `avx512` if the CPU runs those kernels (and `k`
     /// is a whole number of pairs of blocks).
     fn new(k: usize, avx512: bool) -> Unpacked {
+        assert!(
+            !avx512 || (kernel() == Kernel::Avx512 && (k / 32).is_multiple_of(2)),
+            "the AVX-512 unpacking needs the CPU's AVX-512 kernels and pairs of blocks"
+        );
         Unpacked {
             avx512,
             q: vec![0; k],
@@ -1155,8 +1164,10 @@ mod tests {
         let dev = Device::Cpu;
         // A width that is not a multiple of 256: on CPUs with AVX-512 VNNI, candle multiplies
         // Q8_0 matrices of such widths against activations quantized per 256, not per 32.
-        // 200 rows: the threads take chunks of 13, so four-row steps and single rows both run.
-        let (n, k) = (200, 192);
+        // 203 rows: one token's rows go in items of four, and the last item's three take
+        // the single-row kernel; a prompt's rows come in chunks of 13 on two threads (four
+        // groups of four rows, the last short) and its 5 tokens as four and one.
+        let (n, k) = (203, 192);
         for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
             let data = random_blocks(format, n, k, 7);
             let mut ours = QMatrix::new(format, n, k, data.clone()).unwrap();
