@@ -36,9 +36,9 @@ async fn raw_quinn(bytes: usize, chacha: bool) -> Result<Duration> {
             quinn::ServerConfig::with_crypto(Arc::new(
                 quinn::crypto::rustls::QuicServerConfig::try_from(server)?,
             )),
-            quinn::ClientConfig::new(Arc::new(
-                quinn::crypto::rustls::QuicClientConfig::try_from(client)?,
-            )),
+            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(
+                client,
+            )?)),
         )
     } else {
         (

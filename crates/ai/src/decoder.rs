@@ -1189,6 +1189,141 @@ mod tests {
         }
     }
 
+    /// Writes a tiny Llama-family GGUF (2 layers, hidden 64, Q8_0 matrices, seeded
+    /// values); `bad` replaces one tensor with a wrong-sized one.
+    fn tiny_model(path: &std::path::Path, bad: Option<(&str, (usize, usize))>) {
+        use candle_core::quantized::GgmlDType;
+        use gguf_file::Value;
+        let dev = Device::Cpu;
+        let (hidden, heads, kv_heads, ffn, vocab, layers) =
+            (64usize, 4usize, 2usize, 128usize, 96usize, 2usize);
+        let kv = kv_heads * hidden / heads;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+                })
+                .collect()
+        };
+        let mut shapes: Vec<(String, (usize, usize))> = vec![
+            ("token_embd.weight".into(), (vocab, hidden)),
+            ("output_norm.weight".into(), (hidden, 0)),
+        ];
+        for i in 0..layers {
+            let p = format!("blk.{i}");
+            for (name, shape) in [
+                ("attn_norm.weight", (hidden, 0)),
+                ("ffn_norm.weight", (hidden, 0)),
+                ("attn_q.weight", (hidden, hidden)),
+                ("attn_k.weight", (kv, hidden)),
+                ("attn_v.weight", (kv, hidden)),
+                ("attn_output.weight", (hidden, hidden)),
+                ("ffn_gate.weight", (ffn, hidden)),
+                ("ffn_up.weight", (ffn, hidden)),
+                ("ffn_down.weight", (hidden, ffn)),
+            ] {
+                shapes.push((format!("{p}.{name}"), shape));
+            }
+        }
+        let tensors: Vec<(String, QTensor)> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let (n, k) = match bad {
+                    Some((b, s)) if b == name => s,
+                    _ => shape,
+                };
+                let t = if k == 0 {
+                    // A norm weight: near 1.
+                    let v: Vec<f32> = values(n, 0.2).into_iter().map(|v| 1.0 + v).collect();
+                    QTensor::quantize(&Tensor::from_vec(v, n, &dev).unwrap(), GgmlDType::F32)
+                } else {
+                    let v = values(n * k, 0.3);
+                    QTensor::quantize(&Tensor::from_vec(v, (n, k), &dev).unwrap(), GgmlDType::Q8_0)
+                };
+                (name, t.unwrap())
+            })
+            .collect();
+        let md = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.embedding_length", Value::U32(hidden as u32)),
+            ("llama.block_count", Value::U32(layers as u32)),
+            ("llama.attention.head_count", Value::U32(heads as u32)),
+            ("llama.attention.head_count_kv", Value::U32(kv_heads as u32)),
+            ("llama.context_length", Value::U32(64)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ];
+        let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut f, &md, &ts).unwrap();
+    }
+
+    fn load_tiny(path: &std::path::Path) -> Result<Decoder> {
+        let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+        let ct = gguf_file::Content::read(&mut f)?;
+        let cfg = Config::read(&ct, "llama")?;
+        Decoder::load(&ct, cfg, &mut f, 32, &Device::Cpu)
+    }
+
+    /// A file whose weights do not fit its own metadata is refused when it loads, with
+    /// the tensor named, instead of failing (or, on the single-token path, truncating)
+    /// mid-generation. The well-formed file loads, and its two paths agree.
+    #[test]
+    fn a_file_with_a_mis_sized_weight_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.gguf");
+        tiny_model(&good, None);
+        let mut dec = load_tiny(&good).unwrap();
+        let ids: Vec<u32> = (0..6).map(|i| 5 + 13 * i).collect();
+        dec.reset(6);
+        let batched: Vec<f32> = dec.forward(&ids, 0).unwrap().to_vec1().unwrap();
+        dec.reset(6);
+        dec.forward(&ids[..5], 0).unwrap();
+        let stepped: Vec<f32> = dec.forward(&ids[5..], 5).unwrap().to_vec1().unwrap();
+        let scale = batched.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = batched
+            .iter()
+            .zip(&stepped)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && worst <= 0.03 * scale,
+            "logits differ by {worst} of {scale}"
+        );
+        // A step must follow the cache.
+        let err = dec.forward(&ids[..1], 9).unwrap_err().to_string();
+        assert!(err.contains("does not follow"), "{err}");
+
+        for (tensor, shape, says) in [
+            (
+                "blk.1.attn_norm.weight",
+                (63, 0),
+                "blk.1: attn_norm has 63 values, expected 64",
+            ),
+            (
+                "blk.0.ffn_up.weight",
+                (96, 64),
+                "blk.0: ffn_up is 96x64, expected 128x64",
+            ),
+            (
+                "blk.1.attn_output.weight",
+                (64, 32),
+                "blk.1: attn_output is 64x32, expected 64x64",
+            ),
+            (
+                "output_norm.weight",
+                (32, 0),
+                "output_norm has 32 values for hidden 64",
+            ),
+        ] {
+            let path = dir.path().join("bad.gguf");
+            tiny_model(&path, Some((tensor, shape)));
+            let err = load_tiny(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{tensor}: {err}");
+        }
+    }
+
     #[test]
     fn kv_cache_is_bounded() {
         let dev = Device::Cpu;
