@@ -1148,6 +1148,13 @@ mod tests {
         out
     }
 
+    /// The same bytes as candle's quantized tensor.
+    fn candle_matrix(format: Format, n: usize, k: usize, data: Vec<u8>) -> QTensor {
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Owned(data), &Device::Cpu, ggml(format)).unwrap();
+        QTensor::new(storage, (n, k)).unwrap()
+    }
+
     fn ggml(format: Format) -> GgmlDType {
         match format {
             Format::Q8_0 => GgmlDType::Q8_0,
@@ -1171,9 +1178,7 @@ mod tests {
         for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
             let data = random_blocks(format, n, k, 7);
             let mut ours = QMatrix::new(format, n, k, data.clone()).unwrap();
-            let storage =
-                QStorage::from_data(std::borrow::Cow::Owned(data), &dev, ggml(format)).unwrap();
-            let theirs = QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap();
+            let theirs = QMatMul::from_qtensor(candle_matrix(format, n, k, data)).unwrap();
             for m in [1, 5] {
                 let x: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.9)
@@ -1249,10 +1254,7 @@ mod tests {
         for format in [Format::Q8_0, Format::Q5_0, Format::Q4_1, Format::Q5_1] {
             let data = random_blocks(format, n, k, 3);
             let ours = QMatrix::new(format, n, k, data.clone()).unwrap();
-            let storage =
-                QStorage::from_data(std::borrow::Cow::Owned(data), &dev, ggml(format)).unwrap();
-            let want = QTensor::new(storage, (n, k))
-                .unwrap()
+            let want = candle_matrix(format, n, k, data)
                 .dequantize(&dev)
                 .unwrap()
                 .to_vec2::<f32>()
