@@ -404,8 +404,8 @@ pub fn model(home: &Home, cmd: ModelCmd, profile: &fieldmesh_profiles::Profile) 
                 }
                 import(home, &path, name, Some(*format), licence, source)?;
             }
-            // What this node's profile asks for and still lacks: those tasks fall back
-            // (extractive SITREP, rule-based translation) until it is fetched.
+            // What this node's profile asks for and still lacks: until it is imported, a
+            // SITREP stays extractive, translation rule-based, and voice is not transcribed.
             let have = registry(home)?.load_file()?.models;
             let m = &profile.models;
             for (task, name) in [
