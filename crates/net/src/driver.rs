@@ -210,6 +210,8 @@ pub async fn spawn(
     let codec = FrameCodec::new(config.engine.max_frame_bytes);
     let oversized = codec.oversized.clone();
     let mdns_on = config.mdns;
+    let quic = crate::quic::QuicTransport::new(&keypair, crate::quic::Config::default())
+        .map_err(|e| build(&e))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -218,7 +220,8 @@ pub async fn spawn(
             yamux::Config::default,
         )
         .map_err(|e| build(&e))?
-        .with_quic()
+        .with_other_transport(|_| quic)
+        .map_err(|e| build(&e))?
         .with_behaviour(|key| {
             let gossip_cfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_secs(1))

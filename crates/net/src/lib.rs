@@ -14,6 +14,7 @@
 mod bulk;
 mod driver;
 pub mod protocol;
+pub mod quic;
 
 pub use bulk::PROTOCOL as BULK_PROTOCOL;
 pub use driver::{NetConfig, NetError, NetHandle, NetStatus, PeerStatus, spawn};
