@@ -314,15 +314,12 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let env = Self::parse(bytes)?;
         let msg = signing_message(&env.id);
-        let key = ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ED25519,
-            &env.header.author.0,
-        );
-        key.verify(&msg, env.signature())
-            .map_err(|_| DecodeError::BadSignature {
+        if !crate::ed25519::verify(&env.header.author.0, &msg, env.signature()) {
+            return Err(DecodeError::BadSignature {
                 id: env.id,
                 author: env.header.author,
-            })?;
+            });
+        }
         Ok(env)
     }
 

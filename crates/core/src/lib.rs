@@ -21,6 +21,7 @@
 //! # let _ = Hlc::ZERO;
 //! ```
 
+pub mod ed25519;
 mod envelope;
 mod hex32;
 mod hlc;
