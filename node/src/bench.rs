@@ -29,6 +29,9 @@ pub enum BenchCmd {
         /// MiB to move.
         #[arg(long, default_value_t = 64)]
         mib: usize,
+        /// Runs of each side, alternated (the machine's load swings single runs).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Sync: wire bytes per payload byte against Automerge's sync protocol, round trips,
     /// and post-to-visible latency between two daemons on loopback.
@@ -62,7 +65,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             ingest,
             materialise,
         } => store_bench(ingest, materialise),
-        BenchCmd::Bulk { mib } => crate::bench_quic::run(mib),
+        BenchCmd::Bulk { mib, runs } => crate::bench_quic::run(mib, runs),
         BenchCmd::Sync {
             store,
             automerge,

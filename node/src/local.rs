@@ -19,6 +19,12 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
+    /// CPU time (user + system) the running daemon has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        cpu_time_of(&format!("/proc/{pid}/stat"))
+    }
+
     /// Creates the node's home under `dir` (runs `fieldmesh init`).
     pub fn init(exe: &Path, dir: &Path, name: &str, profile: &str) -> Result<LocalNode> {
         let home = Home {
@@ -113,4 +119,16 @@ impl Drop for LocalNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// User + system CPU time from a `/proc/.../stat` file (Linux; `None` elsewhere).
+pub fn cpu_time_of(stat: &str) -> Option<Duration> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks are 100 per second on every Linux we run on (USER_HZ).
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -7,6 +7,14 @@
 //! (about 650 files created a second while receiving an attachment). Here a chunk is
 //! written once, sequentially, and made durable with one `fdatasync` per group commit.
 //!
+//! Each group commit starts at a 4 KiB boundary and is written with `O_DIRECT` where the
+//! file system allows it: the bytes go from our buffer to the device without being copied
+//! into the page cache. Receiving an attachment, that copy was about a quarter of the
+//! receiver's CPU (`copy_folio_from_iter_atomic` in a profile), more than QUIC's
+//! decryption. Where `O_DIRECT` is refused (tmpfs, some network file systems) the same
+//! aligned layout is written through the page cache. The gap between commits is zeros
+//! that no pointer names (at most 4 KiB less one byte per commit).
+//!
 //! Crash safety: values are durable before sled's batch that points at them is written,
 //! so sled never names bytes that are not on disk. A crash between the two leaves bytes
 //! nothing points at (never read); a torn append leaves a tail that the next open skips
@@ -68,10 +76,70 @@ impl Pointer {
     }
 }
 
+/// Commits start at multiples of this, and direct writes are whole blocks of it.
+const BLOCK: u64 = 4096;
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
 struct Active {
     seg: u32,
     file: File,
+    /// The same file opened with `O_DIRECT`, if the file system allows it.
+    direct: Option<File>,
     len: u64,
+}
+
+/// Opens a segment for appending; `new`: it must not exist yet.
+fn open_segment(path: &Path, new: bool) -> io::Result<(File, Option<File>)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .create_new(new)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(path)?;
+    Ok((file, open_direct(path)))
+}
+
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> Option<File> {
+    None
+}
+
+/// A zeroed buffer of `len` bytes (a multiple of [`BLOCK`]) whose start is aligned to
+/// [`BLOCK`], as `O_DIRECT` requires: a slice of a slightly larger vector.
+struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> AlignedBuf {
+        let vec = vec![0u8; len + BLOCK as usize];
+        let start = vec.as_ptr().align_offset(BLOCK as usize);
+        AlignedBuf { vec, start, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
 }
 
 /// The segment files of one store.
@@ -122,19 +190,19 @@ impl ValueLog {
         let seg = newest.unwrap_or(0);
         let path = segment_path(dir, seg);
         // Kept as it is: appends go after whatever it holds (a torn tail included).
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .read(true)
-            .open(&path)?;
+        let (file, direct) = open_segment(&path, false)?;
         if newest.is_none() {
             sync_dir(dir)?;
         }
         let len = file.metadata()?.len();
         Ok(ValueLog {
             dir: dir.to_owned(),
-            active: Mutex::new(Active { seg, file, len }),
+            active: Mutex::new(Active {
+                seg,
+                file,
+                direct,
+                len,
+            }),
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -144,37 +212,52 @@ impl ValueLog {
     pub(crate) fn append(&self, values: &[&[u8]]) -> io::Result<Vec<Pointer>> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let total: u64 = values.iter().map(|v| v.len() as u64).sum();
-        if a.len > 0 && a.len + total > SEGMENT_BYTES {
+        if a.len > 0 && align_up(a.len) + total > SEGMENT_BYTES {
             let seg = a.seg + 1;
-            let file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .read(true)
-                .open(segment_path(&self.dir, seg))?;
+            let (file, direct) = open_segment(&segment_path(&self.dir, seg), true)?;
             sync_dir(&self.dir)?;
-            *a = Active { seg, file, len: 0 };
+            *a = Active {
+                seg,
+                file,
+                direct,
+                len: 0,
+            };
         }
-        let start = a.len;
-        let mut buf = Vec::with_capacity(total as usize);
+        let start = align_up(a.len);
+        let padded = usize::try_from(align_up(total))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch too large"))?;
+        let mut buf = AlignedBuf::zeroed(padded);
         let mut out = Vec::with_capacity(values.len());
+        let mut at = 0usize;
         for v in values {
             let len = u32::try_from(v.len())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "value over 4 GiB"))?;
             out.push(Pointer {
                 seg: a.seg,
-                offset: start + buf.len() as u64,
+                offset: start + at as u64,
                 len,
                 crc: crc32fast::hash(v),
             });
-            buf.extend_from_slice(v);
+            buf.bytes_mut()[at..at + v.len()].copy_from_slice(v);
+            at += v.len();
         }
-        let written = a
-            .file
-            .write_all_at(&buf, start)
-            .and_then(|()| a.file.sync_data());
+        let written = match &a.direct {
+            Some(direct) => match direct.write_all_at(buf.bytes(), start) {
+                // Refused for this file after all (alignment rules of an odd device):
+                // from now on through the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(%e, "direct writes refused; the value log writes through the page cache");
+                    a.direct = None;
+                    a.file.write_all_at(buf.bytes(), start)
+                }
+                r => r,
+            },
+            None => a.file.write_all_at(buf.bytes(), start),
+        }
+        .and_then(|()| a.file.sync_data());
         if let Err(e) = written {
             // Best effort: the torn tail is never pointed at either way.
-            let _ = a.file.set_len(start);
+            let _ = a.file.set_len(a.len);
             return Err(e);
         }
         a.len = start + total;
