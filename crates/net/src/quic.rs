@@ -83,8 +83,8 @@ pub enum QuicError {
     HandshakeTimeout(Duration),
     #[error("the peer presented no valid libp2p certificate")]
     NoIdentity,
-    #[error("dialled {expected} but reached {found}")]
-    WrongPeer { expected: PeerId, found: PeerId },
+    #[error("dialled {} but reached {}", .0.0, .0.1)]
+    WrongPeer(Box<(PeerId, PeerId)>),
     #[error("TLS set-up: {0}")]
     Tls(String),
 }
@@ -96,6 +96,8 @@ pub struct QuicTransport {
     server: quinn::ServerConfig,
     endpoint: quinn::EndpointConfig,
     listeners: Vec<Listener>,
+    /// The listener `poll` looks at first next time.
+    next_poll: usize,
     /// Client-only endpoints for dials no listener can make (IPv4, IPv6), made on first use.
     dialers: [Option<quinn::Endpoint>; 2],
     waker: Option<Waker>,
@@ -103,6 +105,9 @@ pub struct QuicTransport {
 
 struct Listener {
     id: ListenerId,
+    /// Removed: no longer accepts, nor dials from its socket; dropped once its
+    /// `ListenerClosed` has been reported.
+    closed: bool,
     endpoint: quinn::Endpoint,
     local: SocketAddr,
     accept: BoxFuture<'static, Option<quinn::Incoming>>,
@@ -133,7 +138,7 @@ impl QuicTransport {
             rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
         ];
         let provider = Arc::new(provider);
-        let verifier = Arc::new(PeerCertVerifier(provider.clone()));
+        let verifier = Arc::new(PeerCertVerifier);
         // rustls's own certificate set-up parses the certificate with webpki, which refuses
         // the critical libp2p extension; the key is loaded directly instead.
         let signer = provider
@@ -201,6 +206,7 @@ impl QuicTransport {
             server,
             endpoint,
             listeners: Vec::new(),
+            next_poll: 0,
             dialers: [None, None],
             waker: None,
         })
@@ -221,7 +227,8 @@ impl QuicTransport {
     ) -> Result<quinn::Endpoint, QuicError> {
         if port_use == PortUse::Reuse {
             let reachable = |l: &&Listener| {
-                l.local.is_ipv4() == to.is_ipv4()
+                !l.closed
+                    && l.local.is_ipv4() == to.is_ipv4()
                     && (l.local.ip().is_unspecified()
                         || l.local.ip().is_loopback() == to.ip().is_loopback())
             };
@@ -241,7 +248,7 @@ impl QuicTransport {
         let endpoint = quinn::Endpoint::new(
             self.endpoint.clone(),
             None,
-            UdpSocket::bind(bind)?,
+            bind_udp(bind)?,
             Arc::new(quinn::TokioRuntime),
         )?;
         self.dialers[slot] = Some(endpoint.clone());
@@ -263,7 +270,7 @@ impl Transport for QuicTransport {
         let Some((sa, None)) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        let socket = UdpSocket::bind(sa).map_err(|e| TransportError::Other(e.into()))?;
+        let socket = bind_udp(sa).map_err(|e| TransportError::Other(e.into()))?;
         let endpoint = quinn::Endpoint::new(
             self.endpoint.clone(),
             Some(self.server.clone()),
@@ -286,6 +293,7 @@ impl Transport for QuicTransport {
         };
         self.listeners.push(Listener {
             id,
+            closed: false,
             accept: accept(endpoint.clone()),
             endpoint,
             local,
@@ -297,9 +305,11 @@ impl Transport for QuicTransport {
     }
 
     fn remove_listener(&mut self, id: ListenerId) -> bool {
-        let Some(l) = self.listeners.iter_mut().find(|l| l.id == id) else {
+        let Some(l) = self.listeners.iter_mut().find(|l| l.id == id && !l.closed) else {
             return false;
         };
+        l.closed = true;
+        l.interfaces = None;
         // Stop accepting; connections already made (and dials from this socket) live on.
         l.endpoint.set_server_config(None);
         l.events.push_back(TransportEvent::ListenerClosed {
@@ -336,7 +346,7 @@ impl Transport for QuicTransport {
             let found = peer_of(&conn)?;
             if let Some(expected) = expected.filter(|e| *e != found) {
                 conn.close(0u32.into(), b"wrong peer");
-                return Err(QuicError::WrongPeer { expected, found });
+                return Err(QuicError::WrongPeer(Box::new((expected, found))));
             }
             Ok((found, Connection::new(conn)))
         }
@@ -350,79 +360,17 @@ impl Transport for QuicTransport {
         let this = self.get_mut();
         this.waker = Some(cx.waker().clone());
         let limit = this.config.handshake_timeout;
-        let mut i = 0;
-        while i < this.listeners.len() {
-            let l = &mut this.listeners[i];
-            if let Some(ev) = l.events.pop_front() {
-                if matches!(ev, TransportEvent::ListenerClosed { .. }) {
+        // Start with a different listener each call, so a busy one cannot starve the rest.
+        let n = this.listeners.len();
+        for k in 0..n {
+            let i = (this.next_poll + k) % n;
+            if let Some((ev, remove)) = poll_listener(&mut this.listeners[i], cx, limit) {
+                if remove {
                     this.listeners.remove(i);
                 }
+                this.next_poll = i + 1;
                 return Poll::Ready(ev);
             }
-            if let Some(w) = l.interfaces.as_mut() {
-                match w.poll_if_event(cx) {
-                    Poll::Ready(Ok(change)) => {
-                        let (up, net) = match change {
-                            if_watch::IfEvent::Up(n) => (true, n),
-                            if_watch::IfEvent::Down(n) => (false, n),
-                        };
-                        if net.addr().is_ipv4() == l.local.is_ipv4() {
-                            let listen_addr =
-                                quic_multiaddr(SocketAddr::new(net.addr(), l.local.port()));
-                            let listener_id = l.id;
-                            return Poll::Ready(if up {
-                                TransportEvent::NewAddress {
-                                    listener_id,
-                                    listen_addr,
-                                }
-                            } else {
-                                TransportEvent::AddressExpired {
-                                    listener_id,
-                                    listen_addr,
-                                }
-                            });
-                        }
-                        // Polled again below on the next call; wake so that happens.
-                        cx.waker().wake_by_ref();
-                    }
-                    Poll::Ready(Err(e)) => {
-                        tracing::warn!(%e, "cannot watch network interfaces; listen addresses may be stale");
-                        l.interfaces = None;
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            match l.accept.poll_unpin(cx) {
-                Poll::Ready(Some(incoming)) => {
-                    l.accept = accept(l.endpoint.clone());
-                    let local_ip = incoming.local_ip().unwrap_or(l.local.ip());
-                    let send_back_addr = quic_multiaddr(incoming.remote_address());
-                    let upgrade = async move {
-                        let connecting = incoming.accept()?;
-                        let conn = tokio::time::timeout(limit, connecting)
-                            .await
-                            .map_err(|_| QuicError::HandshakeTimeout(limit))??;
-                        Ok((peer_of(&conn)?, Connection::new(conn)))
-                    }
-                    .boxed();
-                    return Poll::Ready(TransportEvent::Incoming {
-                        listener_id: l.id,
-                        upgrade,
-                        local_addr: quic_multiaddr(SocketAddr::new(local_ip, l.local.port())),
-                        send_back_addr,
-                    });
-                }
-                Poll::Ready(None) => {
-                    let listener_id = l.id;
-                    this.listeners.remove(i);
-                    return Poll::Ready(TransportEvent::ListenerClosed {
-                        listener_id,
-                        reason: Ok(()),
-                    });
-                }
-                Poll::Pending => {}
-            }
-            i += 1;
         }
         Poll::Pending
     }
@@ -455,6 +403,21 @@ impl rustls::server::ResolvesServerCert for OwnCert {
     }
 }
 
+/// A UDP socket bound to `addr`. An IPv6 socket takes IPv6 only (Linux would also take
+/// IPv4 on it by default), so `/ip4/0.0.0.0` and `/ip6/::` can listen on the same port.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// HMAC-SHA256 for quinn's stateless-reset tokens.
 struct ResetKey(ring::hmac::Key);
 
@@ -469,6 +432,89 @@ impl quinn::crypto::HmacKey for ResetKey {
 
     fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
         ring::hmac::verify(&self.0, data, signature).map_err(|_| quinn::crypto::CryptoError)
+    }
+}
+
+/// The listener's next event, if it has one; `true`: the listener is gone after it.
+fn poll_listener(
+    l: &mut Listener,
+    cx: &mut Context<'_>,
+    limit: Duration,
+) -> Option<(TransportEvent<Upgrade, QuicError>, bool)> {
+    if let Some(ev) = l.events.pop_front() {
+        let gone = matches!(ev, TransportEvent::ListenerClosed { .. });
+        return Some((ev, gone));
+    }
+    if l.closed {
+        return None;
+    }
+    if let Some(w) = l.interfaces.as_mut() {
+        match w.poll_if_event(cx) {
+            Poll::Ready(Ok(change)) => {
+                let (up, net) = match change {
+                    if_watch::IfEvent::Up(n) => (true, n),
+                    if_watch::IfEvent::Down(n) => (false, n),
+                };
+                if net.addr().is_ipv4() == l.local.is_ipv4() {
+                    let listen_addr = quic_multiaddr(SocketAddr::new(net.addr(), l.local.port()));
+                    let listener_id = l.id;
+                    let ev = if up {
+                        TransportEvent::NewAddress {
+                            listener_id,
+                            listen_addr,
+                        }
+                    } else {
+                        TransportEvent::AddressExpired {
+                            listener_id,
+                            listen_addr,
+                        }
+                    };
+                    return Some((ev, false));
+                }
+                // The other address family: look again on the next call.
+                cx.waker().wake_by_ref();
+            }
+            Poll::Ready(Err(e)) => {
+                // Addresses of this listener are no longer tracked; it still accepts.
+                l.interfaces = None;
+                let ev = TransportEvent::ListenerError {
+                    listener_id: l.id,
+                    error: QuicError::Io(e),
+                };
+                return Some((ev, false));
+            }
+            Poll::Pending => {}
+        }
+    }
+    match l.accept.poll_unpin(cx) {
+        Poll::Ready(Some(incoming)) => {
+            l.accept = accept(l.endpoint.clone());
+            let local_ip = incoming.local_ip().unwrap_or(l.local.ip());
+            let send_back_addr = quic_multiaddr(incoming.remote_address());
+            let upgrade = async move {
+                let connecting = incoming.accept()?;
+                let conn = tokio::time::timeout(limit, connecting)
+                    .await
+                    .map_err(|_| QuicError::HandshakeTimeout(limit))??;
+                Ok((peer_of(&conn)?, Connection::new(conn)))
+            }
+            .boxed();
+            let ev = TransportEvent::Incoming {
+                listener_id: l.id,
+                upgrade,
+                local_addr: quic_multiaddr(SocketAddr::new(local_ip, l.local.port())),
+                send_back_addr,
+            };
+            Some((ev, false))
+        }
+        Poll::Ready(None) => Some((
+            TransportEvent::ListenerClosed {
+                listener_id: l.id,
+                reason: Ok(()),
+            },
+            true,
+        )),
+        Poll::Pending => None,
     }
 }
 
@@ -524,7 +570,7 @@ fn peer_of(conn: &quinn::Connection) -> Result<PeerId, QuicError> {
 /// handshake must then be signed by the certificate key. The peer id is checked against
 /// the dialled one after the handshake.
 #[derive(Debug)]
-struct PeerCertVerifier(Arc<rustls::crypto::CryptoProvider>);
+struct PeerCertVerifier;
 
 impl PeerCertVerifier {
     fn check(
@@ -553,8 +599,19 @@ impl PeerCertVerifier {
         Ok(HandshakeSignatureValid::assertion())
     }
 
+    /// The schemes libp2p's TLS specification allows for the certificate key.
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        vec![
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            SignatureScheme::ECDSA_NISTP384_SHA384,
+            SignatureScheme::ED25519,
+            SignatureScheme::RSA_PSS_SHA256,
+            SignatureScheme::RSA_PSS_SHA384,
+            SignatureScheme::RSA_PSS_SHA512,
+            SignatureScheme::RSA_PKCS1_SHA256,
+            SignatureScheme::RSA_PKCS1_SHA384,
+            SignatureScheme::RSA_PKCS1_SHA512,
+        ]
     }
 }
 
