@@ -20,7 +20,8 @@ pub struct AttackReport {
 }
 
 /// A throwaway identity's swarm with QUIC and TCP and the given behaviour, dialling
-/// `target` (call from inside a tokio runtime).
+/// `target` (call from inside a tokio runtime). Its QUIC is libp2p's own transport
+/// (`libp2p-quic`), not the node's: the attacker is another libp2p implementation.
 fn attacker<B: libp2p::swarm::NetworkBehaviour>(
     target: Multiaddr,
     behaviour: impl FnOnce() -> B,
@@ -33,7 +34,10 @@ fn attacker<B: libp2p::swarm::NetworkBehaviour>(
             libp2p::yamux::Config::default,
         )
         .expect("tcp")
-        .with_quic()
+        .with_other_transport(|key| {
+            libp2p_quic::tokio::Transport::new(libp2p_quic::Config::new(key))
+        })
+        .expect("quic")
         .with_behaviour(|_| behaviour())
         .expect("behaviour")
         .build();
