@@ -62,7 +62,16 @@ fn a_returning_node_catches_up_on_everything_it_missed() {
     wait_until(30, "the channel on B", || {
         b.run(&["read", &ch]).status.success()
     });
+    let peers_of_a = || -> usize {
+        let st: serde_json::Value =
+            serde_json::from_str(&a.ok(&["sync-status", "--json"])).unwrap();
+        st["peers"].as_array().unwrap().len()
+    };
+    assert_eq!(peers_of_a(), 1);
     db.stop();
+    // B closed its connection on the way out: A sees it leave at once, not after QUIC's
+    // 10 s idle timeout (and so takes B's return for a new connection, not a second one).
+    wait_until(4, "A to see B leave", || peers_of_a() == 0);
 
     let mut ids = Vec::new();
     for i in 0..100 {

@@ -136,7 +136,8 @@ pub struct NetStatus {
 enum Command {
     Inserted(EnvelopeId, Meta),
     Status(oneshot::Sender<NetStatus>),
-    Shutdown,
+    /// Stop; the sender hears when what arrived is stored and the connections are closed.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Talks to the network task.
@@ -150,7 +151,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Inserted(..) => "Inserted",
             Command::Status(_) => "Status",
-            Command::Shutdown => "Shutdown",
+            Command::Shutdown(_) => "Shutdown",
         })
     }
 }
@@ -176,8 +177,15 @@ impl NetHandle {
     }
 
     /// Stops the network task.
+    /// Stops the network: stores what has arrived, closes every connection (so peers see
+    /// this node leave at once rather than after QUIC's idle timeout, and a restarted node
+    /// is not mistaken for a second connection of the old one), and returns when done or
+    /// after a few seconds.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
     }
 }
 
@@ -212,6 +220,7 @@ pub async fn spawn(
     let mdns_on = config.mdns;
     let quic = crate::quic::QuicTransport::new(&keypair, crate::quic::Config::default())
         .map_err(|e| build(&e))?;
+    let quic_endpoints = quic.endpoints();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -309,6 +318,7 @@ pub async fn spawn(
     let (tx, rx) = mpsc::channel(1024);
     let mut driver = Driver {
         swarm,
+        quic: quic_endpoints,
         engine: Engine::new(config.engine, index),
         host,
         topic,
@@ -394,6 +404,8 @@ struct Redial {
 
 struct Driver {
     swarm: Swarm<Behaviour>,
+    /// The QUIC sockets, to let connection closes go out before the task ends.
+    quic: crate::quic::Endpoints,
     engine: Engine<PeerId>,
     host: Arc<dyn Host>,
     topic: gossipsub::IdentTopic,
@@ -433,13 +445,18 @@ impl Driver {
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopped = None;
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 cmd = rx.recv() => match cmd {
                     Some(Command::Inserted(id, meta)) => self.feed(Input::Inserted { id, meta, from: None }),
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
-                    Some(Command::Shutdown) | None => break,
+                    Some(Command::Shutdown(done)) => {
+                        stopped = Some(done);
+                        break;
+                    }
+                    None => break,
                 },
                 Some(ev) = bulk_rx.recv() => self.on_bulk(ev),
                 _ = ticker.tick() => {
@@ -484,7 +501,28 @@ impl Driver {
             }
             self.start_commit();
         }
+        // Close every connection and let the closes go out (briefly: a peer that does not
+        // answer times out on its side).
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.swarm.network_info().num_peers() > 0 {
+            if tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // A closed connection's last packet is only queued; wait until it has been sent.
+        let _ =
+            tokio::time::timeout_at(deadline + Duration::from_secs(1), self.quic.wait_idle()).await;
         tracing::info!("network task stopped");
+        if let Some(done) = stopped {
+            let _ = done.send(());
+        }
     }
 
     fn status(&self) -> NetStatus {

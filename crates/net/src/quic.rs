@@ -98,6 +98,8 @@ pub struct QuicTransport {
     listeners: Vec<Listener>,
     /// The listener `poll` looks at first next time.
     next_poll: usize,
+    /// Every endpoint made, for [`Endpoints::wait_idle`].
+    endpoints: Endpoints,
     /// Client-only endpoints for dials no listener can make (IPv4, IPv6), made on first use.
     dialers: [Option<quinn::Endpoint>; 2],
     waker: Option<Waker>,
@@ -207,9 +209,16 @@ impl QuicTransport {
             endpoint,
             listeners: Vec::new(),
             next_poll: 0,
+            endpoints: Endpoints::default(),
             dialers: [None, None],
             waker: None,
         })
+    }
+
+    /// A handle on this transport's sockets that outlives the transport's move into the
+    /// swarm.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.clone()
     }
 
     fn wake(&mut self) {
@@ -252,6 +261,7 @@ impl QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )?;
         self.dialers[slot] = Some(endpoint.clone());
+        self.endpoints.add(&endpoint);
         Ok(endpoint)
     }
 }
@@ -278,6 +288,7 @@ impl Transport for QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| TransportError::Other(e.into()))?;
+        self.endpoints.add(&endpoint);
         let local = endpoint
             .local_addr()
             .map_err(|e| TransportError::Other(e.into()))?;
@@ -416,6 +427,29 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The transport's QUIC endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints(Arc<std::sync::Mutex<Vec<quinn::Endpoint>>>);
+
+impl Endpoints {
+    fn add(&self, e: &quinn::Endpoint) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e.clone());
+    }
+
+    /// Waits until every closed connection's close has been sent and its draining period
+    /// is over. Closing a connection only queues the close; a process that exits at once
+    /// may never send it, and the peer then holds the connection until its idle timeout.
+    pub async fn wait_idle(&self) {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for e in all {
+            e.wait_idle().await;
+        }
+    }
 }
 
 /// HMAC-SHA256 for quinn's stateless-reset tokens.
