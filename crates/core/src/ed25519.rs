@@ -2,8 +2,9 @@
 //!
 //! Every envelope from a peer is verified, and for attachment chunks that was the largest
 //! single cost on a receiving node after QUIC itself (a profile of a bulk transfer: ring's
-//! verification about 13% of the receiver's CPU). curve25519-dalek's vectorised backend
-//! does the double-scalar multiplication in roughly half the time.
+//! verification about 13% of the receiver's CPU). With curve25519-dalek's vectorised
+//! double-scalar multiplication and decoded keys cached, a verification takes about 60%
+//! of ring's time here (45 against 74 us).
 //!
 //! The acceptance rule is ring's (RFC 8032 without the cofactor), made a little stricter:
 //! - the public key must be the canonical encoding of a curve point;

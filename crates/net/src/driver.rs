@@ -176,7 +176,6 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
-    /// Stops the network task.
     /// Stops the network: stores what has arrived, closes every connection (so peers see
     /// this node leave at once rather than after QUIC's idle timeout, and a restarted node
     /// is not mistaken for a second connection of the old one), and returns when done or
