@@ -283,7 +283,8 @@ fn our_llm_run(a: &AiBench, model: &Path) -> Result<(f64, f64, u64)> {
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count; 0 for none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,

@@ -1,6 +1,7 @@
 //! Bulk throughput on loopback: an attachment through the mesh (two daemons, QUIC) next
 //! to raw quinn moving the same number of bytes over one stream, in the same run.
 
+use crate::bench_ai::median;
 use crate::client::Client;
 use crate::local::LocalNode;
 use crate::ops::{Ops, PostRequest};
@@ -141,7 +142,11 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
             ours[run] / chacha[run],
         );
     }
-    let (ours_m, raw_m, chacha_m) = (median(&ours), median(&raw), median(&chacha));
+    let (ours_m, raw_m, chacha_m) = (
+        median(ours.clone()),
+        median(raw.clone()),
+        median(chacha.clone()),
+    );
     println!(
         "fieldmesh from connection (reconcile, verify, group-committed fsync): {ours_m:.1} MB/s   raw quinn stream: {raw_m:.1} MB/s   ratio {:.2} (target 0.80)",
         ours_m / raw_m
@@ -152,10 +157,14 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
     );
     println!(
         "  receiver start-up and connection took {:.0} ms more (median)",
-        median(&startup)
+        median(startup.clone())
     );
     if !(raw_cpu.is_empty() || send_cpu.is_empty()) {
-        let (r, sc, rc) = (median(&raw_cpu), median(&send_cpu), median(&recv_cpu));
+        let (r, sc, rc) = (
+            median(raw_cpu.clone()),
+            median(send_cpu.clone()),
+            median(recv_cpu.clone()),
+        );
         println!(
             "  CPU per MB moved (medians): raw quinn both ends {r:.2} ms   fieldmesh sender {sc:.2} ms + receiver {rc:.2} ms = {:.2} ms ({:.2}x raw quinn's)",
             sc + rc,
@@ -174,14 +183,7 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-/// Posts `data` as an attachment on a fresh daemon, starts a second one that dials it, and
-/// times the transfer from the established connection, and from the second's start.
+/// One mesh transfer's times.
 struct Transfer {
     from_connection: Duration,
     with_startup: Duration,
@@ -189,6 +191,8 @@ struct Transfer {
     cpu: Option<(Duration, Duration)>,
 }
 
+/// Posts `data` as an attachment on a fresh daemon, starts a second one that dials it, and
+/// times the transfer from the established connection, and from the second's start.
 fn mesh_transfer(
     exe: &std::path::Path,
     dir: &std::path::Path,
