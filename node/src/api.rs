@@ -204,7 +204,9 @@ pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
             "/api/v1/events",
             get(move |state: State<AppState>| events(state, shutdown.clone())),
         )
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(DefaultBodyLimit::max(
+            crate::blob::MAX_BLOB_BYTES as usize + crate::blob::API_BODY_SLACK,
+        ))
         .with_state(node)
 }
 

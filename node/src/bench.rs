@@ -26,7 +26,7 @@ pub enum BenchCmd {
     },
     /// Bulk throughput: an attachment between two daemons next to raw quinn, same bytes.
     Bulk {
-        /// MiB to move.
+        /// MiB to move (at most 256, the attachment limit).
         #[arg(long, default_value_t = 64)]
         mib: usize,
         /// Runs of each side, alternated (the machine's load swings single runs).

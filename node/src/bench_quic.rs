@@ -83,6 +83,7 @@ async fn raw_quinn(bytes: usize, chacha: bool) -> Result<Duration> {
 
 pub fn run(mb: usize, runs: usize) -> Result<()> {
     let bytes = mb * 1024 * 1024;
+    crate::blob::check_size(bytes as u64)?;
     let runs = runs.max(1);
     println!(
         "== bulk throughput on 127.0.0.1: {mb} MiB, {runs} alternated runs of each (raw quinn, raw quinn with ChaCha20 first, fieldmesh); ratios of medians"

@@ -14,8 +14,22 @@ use fieldmesh_core::sha256;
 
 /// Bytes of blob per chunk: a chunk envelope fits a 64 KiB frame.
 pub const CHUNK_BYTES: usize = 48 * 1024;
-/// Largest attachment.
-pub const MAX_BLOB_BYTES: u64 = 1 << 30;
+/// Largest attachment. It is held in memory whole when posted and when read back, and the
+/// daemon's API takes request bodies up to this size (plus [`API_BODY_SLACK`]).
+pub const MAX_BLOB_BYTES: u64 = 256 << 20;
+/// What the API accepts beyond the largest attachment (bundles of envelopes carry headers).
+pub const API_BODY_SLACK: usize = 1 << 20;
+
+/// Refuses an attachment over [`MAX_BLOB_BYTES`] before anything is read or sent.
+pub fn check_size(bytes: u64) -> Result<(), crate::ops::NodeError> {
+    if bytes > MAX_BLOB_BYTES {
+        return Err(crate::ops::NodeError::TooLarge(format!(
+            "attachment of {bytes} bytes exceeds the limit of {MAX_BLOB_BYTES} bytes ({} MiB)",
+            MAX_BLOB_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
 const MAGIC: &[u8; 4] = b"FMBC";
 const HEADER: usize = 4 + 32 + 4 + 4 + 8;
 

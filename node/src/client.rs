@@ -170,6 +170,8 @@ impl Ops for Client {
         mime: &str,
         data: &[u8],
     ) -> Result<fieldmesh_channel::AttachmentRef, NodeError> {
+        // The daemon would close the connection mid-upload ("broken pipe").
+        crate::blob::check_size(data.len() as u64)?;
         let url = format!(
             "{}/channels/{}/blobs?name={}&mime={}",
             self.base,

@@ -438,6 +438,10 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => bail!("post needs TEXT, or --voice FILE.wav"),
             };
             for path in &attach {
+                let size = std::fs::metadata(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .len();
+                blob::check_size(size).with_context(|| path.display().to_string())?;
                 let data =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 let name = path

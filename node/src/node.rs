@@ -629,18 +629,12 @@ impl Ops for Node {
         mime: &str,
         data: &[u8],
     ) -> Result<AttachmentRef, NodeError> {
-        if data.len() as u64 > crate::blob::MAX_BLOB_BYTES {
-            return Err(NodeError::TooLarge(format!(
-                "attachment of {} bytes exceeds {}",
-                data.len(),
-                crate::blob::MAX_BLOB_BYTES
-            )));
-        }
+        crate::blob::check_size(data.len() as u64)?;
         let channel = self.resolve(spec)?;
         let compartment = self.channel_compartment(&channel)?;
         let (epoch, key) = self.sealing_key(&compartment)?;
         let (hash, payloads) = crate::blob::split(data);
-        let mut envs = Vec::with_capacity(payloads.len());
+        let mut chunks = Vec::with_capacity(payloads.len());
         for p in payloads {
             let hlc = lock(&self.clock).tick(now_ms());
             let header = Header {
@@ -653,11 +647,11 @@ impl Ops for Node {
                 hlc,
                 deps: vec![],
             };
-            envs.push(
-                seal_envelope(&self.key, header, &key, &p)
-                    .map_err(|e| NodeError::Internal(e.to_string()))?,
-            );
+            chunks.push((header, p));
         }
+        // One signature per batch of chunks: receivers check it once, not per chunk.
+        let envs = fieldmesh_crypto::seal_envelopes(&self.key, &key, chunks)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         for batch in envs.chunks(256) {
             self.store.put_batch(batch)?;
         }

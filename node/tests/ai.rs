@@ -578,3 +578,84 @@ fn the_default_profile_transcribes_with_multilingual_whisper_base() {
         assert!(wer <= bound, "{lang} WER {wer:.3}: heard {:?}", tr["text"]);
     }
 }
+
+/// Parallel tests (and users in two shells) run `model fetch` at once: a second fetch into
+/// the same cache waits for the first instead of racing it for the same partial files
+/// (CI once failed on a manifest renamed away by a concurrent fetch).
+#[test]
+fn a_second_model_fetch_waits_for_the_one_running_on_the_same_cache() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let n = TestNode::init("fetcher");
+    let cache = n.dir.path().join("models");
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = cache.join(".fetch.lock");
+    std::fs::write(&lock, b"").unwrap();
+    // Stands in for a fetch in progress: holds the lock until killed.
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "120"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut fetch = n
+        .cmd(&["model", "fetch"])
+        .env("FIELDMESH_MODELS", &cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stderr = fetch.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let waited = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) if line.contains("waiting for another fetch") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    // Still waiting a moment later, and nothing fetched or written meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let running = fetch.try_wait().unwrap().is_none();
+    let mut written: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let wheels = std::fs::read_dir(cache.join("wheels")).map_or(0, |d| d.count());
+    // The whole process group: bash under `fieldmesh` would otherwise take the lock once
+    // the holder dies and start downloading.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &format!("-{}", fetch.id())])
+        .status();
+    let _ = fetch.wait();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        waited,
+        "the second fetch did not wait for the lock: {seen:?}"
+    );
+    assert!(
+        running,
+        "the second fetch ended while the first held the lock"
+    );
+    assert_eq!(
+        written,
+        [".fetch.lock", "wheels"],
+        "it wrote into the cache while waiting"
+    );
+    assert_eq!(wheels, 0, "it downloaded while waiting");
+    assert!(
+        !seen.iter().any(|l| l.contains("downloading")),
+        "it downloaded while waiting: {seen:?}"
+    );
+}

@@ -306,6 +306,23 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     assert!(resp.contains("\"error\""), "{resp}");
 
+    // An attachment over the limit is refused before it is read or uploaded, with the
+    // limit named (the daemon used to cut the upload off: "broken pipe"); nothing posted.
+    let big = n.dir.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((256 << 20) + 1)
+        .unwrap();
+    let err = n.fails(
+        &["post", "ops", "with big", "--attach", big.to_str().unwrap()],
+        1,
+    );
+    assert!(
+        err.contains("exceeds the limit") && err.contains("256 MiB"),
+        "{err}"
+    );
+    assert_eq!(n.read_json("ops").len(), 1);
+
     d.stop();
     // With the daemon gone, the CLI opens the store directly and sees everything.
     assert_eq!(n.read_json("ops").len(), 1);

@@ -21,7 +21,21 @@
 //! ```
 //!
 //! The id is SHA-256 of every byte before the signature. There is exactly one encoding of
-//! each envelope (fixed widths, sorted deps, no optional fields), so the id is canonical.
+//! each envelope's content (fixed widths, sorted deps, no optional fields), so the id is
+//! canonical.
+//!
+//! An envelope signed as part of a batch (see [`UnsignedEnvelope::sign_batch`]) carries,
+//! after a signature over the batch instead, its proof of membership:
+//!
+//! ```text
+//! ..      64       Ed25519 signature over "fieldmesh/envelope-batch/v1" || n || root
+//! ..      2        index of this envelope in the batch, big-endian
+//! ..      2        n, envelopes in the batch (2 ..= MAX_BATCH), big-endian
+//! ..      32*d     audit path from this envelope's leaf to the root (d fixed by index, n)
+//! ```
+//!
+//! The signature and proof authenticate the content; they are not part of it or of the
+//! id. Releases before batches refuse such an envelope as a length mismatch.
 
 use crate::{ChannelId, CompartmentId, EnvelopeId, Hlc, NodeId, Precedence, sha256};
 use thiserror::Error;
@@ -37,8 +51,13 @@ pub const MAX_DEPS: usize = 64;
 /// Largest payload (ciphertext with tag). Larger content travels as chunked blobs.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Largest encoded envelope.
-pub const MAX_ENVELOPE_BYTES: usize =
-    FIXED_HEADER + 32 * MAX_DEPS + NONCE_LEN + 4 + MAX_PAYLOAD_BYTES + SIGNATURE_LEN;
+pub const MAX_ENVELOPE_BYTES: usize = FIXED_HEADER
+    + 32 * MAX_DEPS
+    + NONCE_LEN
+    + 4
+    + MAX_PAYLOAD_BYTES
+    + SIGNATURE_LEN
+    + crate::batch::MAX_PROOF_BYTES;
 
 const MAGIC: &[u8; 4] = b"FMEV";
 const FIXED_HEADER: usize = 118;
@@ -189,6 +208,51 @@ impl UnsignedEnvelope {
     /// Signs with `signer` (who must be the header's author) and returns the envelope,
     /// verified exactly as a receiver would verify it.
     pub fn sign(self, signer: &dyn Signer) -> Result<Envelope, SignError> {
+        let mut wire = self.content(signer)?;
+        let id = EnvelopeId(sha256(&wire));
+        let sig = signer.sign(&signing_message(&id));
+        wire.extend_from_slice(&sig);
+        Ok(Envelope::decode(&wire)?)
+    }
+
+    /// Signs many envelopes with one signature over a Merkle tree of their ids, in
+    /// batches of at most [`MAX_BATCH`](crate::MAX_BATCH) (a lone envelope is signed
+    /// alone). Each envelope is verified exactly as a receiver would verify it.
+    pub fn sign_batch(
+        envelopes: Vec<UnsignedEnvelope>,
+        signer: &dyn Signer,
+    ) -> Result<Vec<Envelope>, SignError> {
+        let mut out = Vec::with_capacity(envelopes.len());
+        let mut rest = envelopes.into_iter().peekable();
+        while rest.peek().is_some() {
+            let group: Vec<UnsignedEnvelope> = rest.by_ref().take(crate::MAX_BATCH).collect();
+            if group.len() == 1 {
+                for e in group {
+                    out.push(e.sign(signer)?);
+                }
+                continue;
+            }
+            let wires = group
+                .iter()
+                .map(|e| e.content(signer))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<[u8; 32]> = wires.iter().map(|w| sha256(w)).collect();
+            let (root, paths) = crate::batch::tree(&ids);
+            let n = wires.len();
+            let sig = signer.sign(&crate::batch::batch_message(n, &root));
+            for (i, (mut wire, path)) in wires.into_iter().zip(paths).enumerate() {
+                wire.extend_from_slice(&sig);
+                wire.extend_from_slice(&(i as u16).to_be_bytes());
+                wire.extend_from_slice(&(n as u16).to_be_bytes());
+                path.iter().for_each(|h| wire.extend_from_slice(h));
+                out.push(Envelope::decode(&wire)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The checked content bytes (everything the id covers).
+    fn content(&self, signer: &dyn Signer) -> Result<Vec<u8>, SignError> {
         self.header.check()?;
         if self.payload.ciphertext.len() > MAX_PAYLOAD_BYTES {
             return Err(DecodeError::PayloadTooLarge(self.payload.ciphertext.len()).into());
@@ -203,10 +267,7 @@ impl UnsignedEnvelope {
         wire.extend_from_slice(&self.payload.nonce);
         wire.extend_from_slice(&(self.payload.ciphertext.len() as u32).to_be_bytes());
         wire.extend_from_slice(&self.payload.ciphertext);
-        let id = EnvelopeId(sha256(&wire));
-        let sig = signer.sign(&signing_message(&id));
-        wire.extend_from_slice(&sig);
-        Ok(Envelope::decode(&wire)?)
+        Ok(wire)
     }
 }
 
@@ -263,6 +324,9 @@ pub enum DecodeError {
         /// Id of the content.
         actual: EnvelopeId,
     },
+    /// The proof of membership in a signed batch is malformed.
+    #[error("malformed batch proof: {0}")]
+    BadBatchProof(String),
     /// The signature does not verify under the author's key (forged or corrupted).
     #[error("bad signature: envelope {id} is not signed by its author {author}")]
     BadSignature {
@@ -271,6 +335,29 @@ pub enum DecodeError {
         /// Claimed author.
         author: NodeId,
     },
+}
+
+/// Checks the shape of a batch proof (not what it proves): index and size in range, and
+/// exactly as many hashes as that position's audit path has.
+fn check_proof(proof: &[u8]) -> Result<(), DecodeError> {
+    let bad = |why: &str| Err(DecodeError::BadBatchProof(why.to_owned()));
+    if proof.len() < 4 {
+        return bad("shorter than its index and size");
+    }
+    let (index, n) = (
+        usize::from(be_u16(&proof[..2])),
+        usize::from(be_u16(&proof[2..4])),
+    );
+    if !(2..=crate::MAX_BATCH).contains(&n) {
+        return bad("batch size out of range");
+    }
+    if index >= n {
+        return bad("index beyond the batch");
+    }
+    if proof.len() - 4 != 32 * crate::batch::depth(index, n) {
+        return bad("audit path of the wrong length");
+    }
+    Ok(())
 }
 
 /// A verified envelope: its id is the hash of its content and its author signed it.
@@ -313,8 +400,14 @@ impl Envelope {
     /// Decodes and verifies: structure, limits, id and the author's signature.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let env = Self::parse(bytes)?;
-        let msg = signing_message(&env.id);
-        if !crate::ed25519::verify(&env.header.author.0, &msg, env.signature()) {
+        let author = &env.header.author.0;
+        let authentic = match env.batch_proof() {
+            None => crate::ed25519::verify(author, &signing_message(&env.id), env.signature()),
+            // The proof's shape was checked by `parse`, so a root always comes out.
+            Some((index, n, path)) => crate::batch::root_from_path(&env.id.0, index, n, &path)
+                .is_some_and(|root| crate::batch::verify(author, n, &root, env.signature())),
+        };
+        if !authentic {
             return Err(DecodeError::BadSignature {
                 id: env.id,
                 author: env.header.author,
@@ -387,11 +480,14 @@ impl Envelope {
         }
         let payload_start = len_at + 4;
         let expected = payload_start + payload_len + SIGNATURE_LEN;
-        if n != expected {
+        if n < expected {
             return Err(DecodeError::LengthMismatch {
                 expected,
                 actual: n,
             });
+        }
+        if n > expected {
+            check_proof(&bytes[expected..])?;
         }
         let deps = bytes[FIXED_HEADER..deps_end]
             .chunks_exact(32)
@@ -411,6 +507,7 @@ impl Envelope {
         };
         header.check()?;
         let id = EnvelopeId(sha256(&bytes[..payload_start + payload_len]));
+        // Signed alone or in a batch, the content and so the id are the same.
         Ok(Envelope {
             id,
             header,
@@ -443,9 +540,27 @@ impl Envelope {
     pub fn aad(&self) -> &[u8] {
         &self.wire[..self.payload_start - 4 - NONCE_LEN]
     }
-    /// The author's signature.
+    /// The author's signature (of this envelope alone, or of its batch).
     pub fn signature(&self) -> &[u8] {
-        &self.wire[self.wire.len() - SIGNATURE_LEN..]
+        let at = self.payload_start + self.payload_len;
+        &self.wire[at..at + SIGNATURE_LEN]
+    }
+    /// Whether it was signed as part of a batch (and carries its proof of membership).
+    pub fn is_batch_signed(&self) -> bool {
+        self.wire.len() > self.payload_start + self.payload_len + SIGNATURE_LEN
+    }
+    /// Index, batch size and audit path, if it was signed as part of a batch.
+    fn batch_proof(&self) -> Option<(usize, usize, Vec<[u8; 32]>)> {
+        let proof = &self.wire[self.payload_start + self.payload_len + SIGNATURE_LEN..];
+        if proof.len() < 4 {
+            return None;
+        }
+        let path = proof[4..].chunks_exact(32).map(arr32).collect();
+        Some((
+            usize::from(be_u16(&proof[..2])),
+            usize::from(be_u16(&proof[2..4])),
+            path,
+        ))
     }
     /// The canonical encoding: exactly the bytes that were decoded or signed.
     pub fn as_bytes(&self) -> &[u8] {

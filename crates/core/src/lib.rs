@@ -21,6 +21,7 @@
 //! # let _ = Hlc::ZERO;
 //! ```
 
+mod batch;
 pub mod ed25519;
 mod envelope;
 mod hex32;
@@ -28,6 +29,7 @@ mod hlc;
 mod ids;
 mod precedence;
 
+pub use batch::MAX_BATCH;
 pub use envelope::{
     DecodeError, Envelope, Header, Kind, MAX_DEPS, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES,
     NONCE_LEN, SIGNATURE_LEN, SealedPayload, SignError, Signer, UnsignedEnvelope, WIRE_VERSION,

@@ -113,6 +113,24 @@ pub fn seal_envelope(
     Ok(UnsignedEnvelope { header, payload }.sign(key)?)
 }
 
+/// Seals many payloads and signs them together: one signature over a Merkle tree of
+/// their ids (see [`UnsignedEnvelope::sign_batch`]), so that a receiver checks one
+/// signature per batch instead of one per envelope. For attachment chunks.
+pub fn seal_envelopes(
+    key: &NodeKey,
+    payload_key: &PayloadKey,
+    items: impl IntoIterator<Item = (Header, Vec<u8>)>,
+) -> Result<Vec<Envelope>, SealError> {
+    let unsigned = items
+        .into_iter()
+        .map(|(header, plaintext)| UnsignedEnvelope {
+            payload: payload_key.seal(&header, &plaintext),
+            header,
+        })
+        .collect();
+    Ok(UnsignedEnvelope::sign_batch(unsigned, key)?)
+}
+
 /// Opens an envelope's payload with `payload_key`.
 pub fn open_envelope(env: &Envelope, payload_key: &PayloadKey) -> Result<Vec<u8>, OpenError> {
     let mut buf = env.ciphertext().to_vec();

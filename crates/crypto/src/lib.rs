@@ -34,7 +34,7 @@ pub mod policy;
 mod sealbox;
 
 pub use access::{CompartmentDef, CompartmentState, Directory, Record, directory_channel};
-pub use aead::{OpenError, PayloadKey, SealError, open_envelope, seal_envelope};
+pub use aead::{OpenError, PayloadKey, SealError, open_envelope, seal_envelope, seal_envelopes};
 pub use credential::{Credential, CredentialError, TrustedAuthority};
 pub use identity::{KeyFileError, NodeKey};
 pub use policy::Policy;

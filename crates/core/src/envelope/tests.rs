@@ -188,3 +188,119 @@ proptest! {
         prop_assert_eq!(d, e);
     }
 }
+
+fn unsigned(s: &TestSigner, i: usize) -> UnsignedEnvelope {
+    let mut h = header(s.node_id(), vec![]);
+    h.kind = Kind::BLOB_CHUNK;
+    h.hlc = Hlc::new(1_700_000_000_000 + i as u64, 0);
+    UnsignedEnvelope {
+        header: h,
+        payload: SealedPayload {
+            nonce: [i as u8; NONCE_LEN],
+            ciphertext: format!("chunk {i}").into_bytes(),
+        },
+    }
+}
+
+#[test]
+fn a_batch_signature_authenticates_each_envelope_on_its_own() {
+    let s = TestSigner::new(5);
+    for n in [1usize, 2, 3, 7, 64] {
+        let envs =
+            UnsignedEnvelope::sign_batch((0..n).map(|i| unsigned(&s, i)).collect(), &s).unwrap();
+        assert_eq!(envs.len(), n);
+        for (i, e) in envs.iter().enumerate() {
+            // The same content and id as signed alone; only the authentication differs.
+            let alone = unsigned(&s, i).sign(&s).unwrap();
+            assert_eq!(e.id(), alone.id());
+            assert_eq!(e.is_batch_signed(), n > 1);
+            assert_eq!(Envelope::decode(e.as_bytes()).unwrap(), *e);
+            assert_eq!(Envelope::decode_stored(e.as_bytes(), &e.id()).unwrap(), *e);
+        }
+        // One signature for the whole batch.
+        assert!(envs.iter().all(|e| e.signature() == envs[0].signature()));
+    }
+}
+
+#[test]
+fn tampered_stripped_or_spliced_batch_proofs_are_rejected() {
+    let s = TestSigner::new(6);
+    let envs = UnsignedEnvelope::sign_batch((0..5).map(|i| unsigned(&s, i)).collect(), &s).unwrap();
+    let other =
+        UnsignedEnvelope::sign_batch((5..9).map(|i| unsigned(&s, i)).collect(), &s).unwrap();
+    // The batch's signature is cached after the first check: every flipped bit anywhere,
+    // proof included, must still be refused.
+    for e in [&envs[0], &envs[4]] {
+        let bytes = e.as_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] ^= 0x01;
+            assert!(Envelope::decode(&b).is_err(), "flip at byte {i} accepted");
+        }
+    }
+    let e = &envs[2];
+    // Index 2 of 5 sits three levels down: a proof of 4 + 3 * 32 bytes.
+    let sig_end = e.encoded_len() - (4 + 32 * crate::batch::depth(2, 5));
+    assert_eq!(sig_end, unsigned(&s, 2).sign(&s).unwrap().encoded_len());
+    // Proof stripped: the signature is over the batch, not over this id alone.
+    let stripped = &e.as_bytes()[..sig_end];
+    assert!(matches!(
+        Envelope::decode(stripped),
+        Err(DecodeError::BadSignature { .. })
+    ));
+    // A proof appended to an envelope signed alone.
+    let alone = unsigned(&s, 2).sign(&s).unwrap();
+    let mut b = alone.as_bytes().to_vec();
+    b.extend_from_slice(&e.as_bytes()[sig_end..]);
+    assert!(matches!(
+        Envelope::decode(&b),
+        Err(DecodeError::BadSignature { .. })
+    ));
+    // Another batch's signature and proof on this content.
+    let mut b = e.as_bytes()[..sig_end - 64].to_vec();
+    let other_proof = 4 + 32 * crate::batch::depth(2, 4);
+    b.extend_from_slice(&other[2].as_bytes()[other[2].encoded_len() - (64 + other_proof)..]);
+    assert!(Envelope::decode(&b).is_err());
+    // Malformed proofs: clear errors, whatever the signature.
+    for (proof, why) in [
+        (vec![0u8, 1], "shorter"),
+        (vec![0, 0, 0, 1], "size out of range"),
+        (vec![0, 5, 0, 5], "index beyond"),
+        (vec![0, 0, 0, 5], "wrong length"),
+    ] {
+        let mut b = e.as_bytes()[..sig_end].to_vec();
+        b.extend_from_slice(&proof);
+        let err = Envelope::decode(&b).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::BadBatchProof(m) if m.contains(why)),
+            "{why}: {err}"
+        );
+    }
+    // Larger than any batch allows.
+    let mut b = e.as_bytes()[..sig_end].to_vec();
+    b.extend_from_slice(&[0, 0, 0x10, 0x01]);
+    assert!(matches!(
+        Envelope::decode(&b),
+        Err(DecodeError::BadBatchProof(_))
+    ));
+}
+
+#[test]
+fn a_batch_is_signed_by_its_author_only() {
+    let s = TestSigner::new(7);
+    let mallory = TestSigner::new(8);
+    let err =
+        UnsignedEnvelope::sign_batch(vec![unsigned(&s, 0), unsigned(&s, 1)], &mallory).unwrap_err();
+    assert!(matches!(err, SignError::WrongSigner { .. }));
+    // Mallory's batch signature over Alice's envelopes (a valid Merkle proof) fails.
+    let envs = UnsignedEnvelope::sign_batch(vec![unsigned(&s, 0), unsigned(&s, 1)], &s).unwrap();
+    let mut forged = envs[0].as_bytes().to_vec();
+    let at = forged.len() - (64 + 4 + 32);
+    let ids = [envs[0].id().0, envs[1].id().0];
+    let (root, _) = crate::batch::tree(&ids);
+    forged[at..at + 64].copy_from_slice(&mallory.sign(&crate::batch::batch_message(2, &root)));
+    assert!(matches!(
+        Envelope::decode(&forged),
+        Err(DecodeError::BadSignature { .. })
+    ));
+}
