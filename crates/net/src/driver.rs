@@ -801,6 +801,12 @@ impl Driver {
             ms = commit.started.elapsed().as_secs_f64() * 1e3,
             verifying = self.verifying.len(),
             verified = self.verified.len(),
+            waiting = self.deferred_ingest.len(),
+            unacked = self
+                .in_links
+                .values()
+                .map(|l| l.received - l.handled)
+                .sum::<u64>(),
             "group commit done"
         );
         let stored = match written {

@@ -735,6 +735,31 @@ impl ClientCertVerifier for PeerCertVerifier {
     }
 }
 
+/// At debug level: the path's state every second while the connection lives (how a link
+/// behaves: round trip, congestion window, losses).
+async fn log_path_stats(conn: quinn::Connection) {
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let st = conn.stats();
+        tracing::debug!(
+            remote = %conn.remote_address(),
+            rtt_us = st.path.rtt.as_micros() as u64,
+            cwnd = st.path.cwnd,
+            congestion_events = st.path.congestion_events,
+            lost_packets = st.path.lost_packets,
+            sent_packets = st.path.sent_packets,
+            tx_datagrams = st.udp_tx.datagrams,
+            tx_ios = st.udp_tx.ios,
+            rx_datagrams = st.udp_rx.datagrams,
+            rx_ios = st.udp_rx.ios,
+            "quic path"
+        );
+    }
+}
+
 /// One QUIC connection as a libp2p stream muxer: each libp2p stream is a QUIC
 /// bidirectional stream.
 pub struct Connection {
@@ -758,6 +783,9 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     fn new(conn: quinn::Connection) -> Self {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tokio::spawn(log_path_stats(conn.clone()));
+        }
         Self {
             conn,
             inbound: None,
