@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Raw quinn: one unidirectional stream of `bytes` from a client to a server on 127.0.0.1.
+/// Raw quinn: one unidirectional stream of `bytes` from a client to a server on 127.0.0.1,
+/// on sockets with the mesh's buffer sizes.
 /// `chacha`: prefer ChaCha20-Poly1305, as libp2p's TLS does (quinn's default negotiates
 /// AES-GCM).
 async fn raw_quinn(bytes: usize, chacha: bool) -> Result<Duration> {
@@ -47,9 +48,19 @@ async fn raw_quinn(bytes: usize, chacha: bool) -> Result<Duration> {
             quinn::ClientConfig::with_root_certificates(Arc::new(roots))?,
         )
     };
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+    // The same sockets as the mesh's (enlarged buffers): with Linux's default receive
+    // buffer both lose packets under load and read the losses as congestion.
+    let socket = || fieldmesh_net::quic::bind_udp("127.0.0.1:0".parse().expect("address"));
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let server = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        socket()?,
+        runtime.clone(),
+    )?;
     let addr = server.local_addr()?;
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut client =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket()?, runtime)?;
     client.set_default_client_config(client_cfg);
     let recv = tokio::spawn(async move {
         let conn = server.accept().await.context("no connection")?.await?;
