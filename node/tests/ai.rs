@@ -609,7 +609,7 @@ fn a_second_model_fetch_waits_for_the_one_running_on_the_same_cache() {
         .spawn()
         .unwrap();
     let stderr = fetch.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(256);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
