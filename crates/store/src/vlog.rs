@@ -76,6 +76,10 @@ impl Pointer {
     }
 }
 
+/// A write buffer up to this size is kept for the next append: a fresh multi-megabyte
+/// buffer per group commit cost the receiving node page faults and zeroing every time.
+const KEEP_BUF_BYTES: usize = 32 << 20;
+
 /// Commits start at multiples of this, and direct writes are whole blocks of it.
 const BLOCK: u64 = 4096;
 
@@ -118,8 +122,8 @@ fn open_direct(_path: &Path) -> Option<File> {
     None
 }
 
-/// A zeroed buffer of `len` bytes (a multiple of [`BLOCK`]) whose start is aligned to
-/// [`BLOCK`], as `O_DIRECT` requires: a slice of a slightly larger vector.
+/// A buffer of `len` bytes (a multiple of [`BLOCK`]) whose start is aligned to [`BLOCK`],
+/// as `O_DIRECT` requires: a slice of a slightly larger vector.
 struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
@@ -131,6 +135,11 @@ impl AlignedBuf {
         let vec = vec![0u8; len + BLOCK as usize];
         let start = vec.as_ptr().align_offset(BLOCK as usize);
         AlignedBuf { vec, start, len }
+    }
+
+    /// The most this buffer can hold.
+    fn capacity(&self) -> usize {
+        self.vec.len() - self.start
     }
 
     fn bytes(&self) -> &[u8] {
@@ -147,6 +156,8 @@ pub(crate) struct ValueLog {
     dir: PathBuf,
     active: Mutex<Active>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// The last append's write buffer, kept for the next one (see [`KEEP_BUF_BYTES`]).
+    buf: Mutex<Option<AlignedBuf>>,
 }
 
 impl std::fmt::Debug for ValueLog {
@@ -204,6 +215,7 @@ impl ValueLog {
                 len,
             }),
             readers: Mutex::new(HashMap::new()),
+            buf: Mutex::new(None),
         })
     }
 
@@ -226,7 +238,7 @@ impl ValueLog {
         let start = align_up(a.len);
         let padded = usize::try_from(align_up(total))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch too large"))?;
-        let mut buf = AlignedBuf::zeroed(padded);
+        let mut buf = self.take_buf(padded);
         let mut out = Vec::with_capacity(values.len());
         let mut at = 0usize;
         for v in values {
@@ -241,6 +253,8 @@ impl ValueLog {
             buf.bytes_mut()[at..at + v.len()].copy_from_slice(v);
             at += v.len();
         }
+        // The padding up to the next block: zeros that no pointer names.
+        buf.bytes_mut()[at..].fill(0);
         let written = match &a.direct {
             Some(direct) => match direct.write_all_at(buf.bytes(), start) {
                 // Refused for this file after all (alignment rules of an odd device):
@@ -255,6 +269,9 @@ impl ValueLog {
             None => a.file.write_all_at(buf.bytes(), start),
         }
         .and_then(|()| a.file.sync_data());
+        if buf.capacity() <= KEEP_BUF_BYTES {
+            *self.buf.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
+        }
         if let Err(e) = written {
             // Best effort: the torn tail is never pointed at either way.
             let _ = a.file.set_len(a.len);
@@ -262,6 +279,18 @@ impl ValueLog {
         }
         a.len = start + total;
         Ok(out)
+    }
+
+    /// A block-aligned buffer of `len` bytes, contents unspecified: the kept one if it is
+    /// large enough.
+    fn take_buf(&self, len: usize) -> AlignedBuf {
+        match self.buf.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(mut b) if b.capacity() >= len => {
+                b.len = len;
+                b
+            }
+            _ => AlignedBuf::zeroed(len),
+        }
     }
 
     /// The bytes a pointer names, checked against its CRC (`InvalidData` if they differ,

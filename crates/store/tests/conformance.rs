@@ -275,3 +275,33 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     assert_eq!(s.get(&b.id()).unwrap().unwrap(), b);
     assert_eq!(s.get_bytes(&b.id()).unwrap().unwrap(), b.as_bytes());
 }
+
+/// The value log reuses its write buffer across group commits: a later, smaller commit
+/// writes its values and zeros up to the block boundary, never bytes left in the buffer by
+/// an earlier, larger one.
+#[test]
+fn sled_value_log_reused_buffer_pads_with_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = NodeKey::from_seed([9; 32]);
+    let big: Vec<Envelope> = (0..3)
+        .map(|i| env(&k, 4, 10 + i, Kind::CHANNEL_CHANGE, &[0xab; 40_000]))
+        .collect();
+    let small = env(&k, 4, 20, Kind::CHANNEL_CHANGE, &[0x11; 9_000]);
+    let seg = dir.path().join("vlog").join("00000000.seg");
+    let s = SledStore::open(dir.path(), None).unwrap();
+    s.put_batch(&big).unwrap();
+    let first = std::fs::metadata(&seg).unwrap().len();
+    s.put(&small).unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let start = usize::try_from(first.div_ceil(4096) * 4096).unwrap();
+    let end = start + small.encoded_len();
+    assert_eq!(bytes.len(), end.div_ceil(4096) * 4096);
+    assert_eq!(&bytes[start..end], small.as_bytes());
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "stale bytes in the padding"
+    );
+    for e in big.iter().chain([&small]) {
+        assert_eq!(s.get_bytes(&e.id()).unwrap().unwrap(), e.as_bytes());
+    }
+}
