@@ -97,7 +97,7 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
     crate::blob::check_size(bytes as u64)?;
     let runs = runs.max(1);
     println!(
-        "== bulk throughput on 127.0.0.1: {mb} MiB, {runs} alternated runs of each (raw quinn, raw quinn with ChaCha20 first, fieldmesh); ratios of medians"
+        "== bulk throughput on 127.0.0.1: {mb} MiB, {runs} alternated runs of each (raw quinn, raw quinn with ChaCha20 first, a libp2p stream on our transport, fieldmesh); ratios of medians"
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,6 +125,8 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
         .collect();
     let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
     let (mut raw, mut chacha, mut ours, mut startup) = (vec![], vec![], vec![], vec![]);
+    // The transport alone: libp2p and our QUIC, chunk-sized frames, no node behind it.
+    let mut stream = vec![];
     // CPU milliseconds per MB moved: both ends of raw quinn (one process); our sender and
     // receiver daemons. Less swayed by the machine's load than throughput.
     let (mut raw_cpu, mut send_cpu, mut recv_cpu) = (vec![], vec![], vec![]);
@@ -136,6 +138,9 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
             raw_cpu.push((b - a).as_secs_f64() * 1e3 / mb_moved);
         }
         chacha.push(mbps(rt.block_on(raw_quinn(bytes, true))?));
+        stream.push(mbps(rt.block_on(
+            fieldmesh_net::transport_bench::stream_throughput(bytes, crate::blob::CHUNK_BYTES),
+        )?));
         let t = mesh_transfer(&exe, &dir.join(format!("run{run}")), &profile, &data)?;
         let (from_connection, with_startup) = (t.from_connection, t.with_startup);
         if let Some((s, r)) = t.cpu {
@@ -145,13 +150,14 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
         ours.push(mbps(from_connection));
         startup.push((with_startup - from_connection).as_secs_f64() * 1e3);
         println!(
-            "  run {}: fieldmesh {:.1} MB/s   raw quinn {:.1} MB/s (ratio {:.2})   raw quinn ChaCha20 first {:.1} MB/s (ratio {:.2})",
+            "  run {}: fieldmesh {:.1} MB/s   raw quinn {:.1} MB/s (ratio {:.2})   raw quinn ChaCha20 first {:.1} MB/s (ratio {:.2})   transport alone {:.1} MB/s",
             run + 1,
             ours[run],
             raw[run],
             ours[run] / raw[run],
             chacha[run],
             ours[run] / chacha[run],
+            stream[run],
         );
     }
     let (ours_m, raw_m, chacha_m) = (
@@ -166,6 +172,12 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
     println!(
         "  raw quinn with libp2p-quic's cipher order (ChaCha20-Poly1305 first; ours offers AES-GCM first): {chacha_m:.1} MB/s   ours / that {:.2}",
         ours_m / chacha_m
+    );
+    let stream_m = median(stream.clone());
+    println!(
+        "  where the gap is: a libp2p stream on our QUIC transport alone (chunk-sized frames, nothing stored or verified) {stream_m:.1} MB/s = {:.2} of raw quinn; fieldmesh = {:.2} of that",
+        stream_m / raw_m,
+        ours_m / stream_m
     );
     println!(
         "  receiver start-up and connection took {:.0} ms more (median)",

@@ -12,10 +12,18 @@
 //! receiver counts a frame as handled only once the envelope in it is durable (or was
 //! refused), so an acknowledgement means exactly what a request-response answer means.
 //!
+//! The swarm task hands the link only ids: the link's own task loads the envelopes from
+//! the store, a few at a time on a blocking thread while the previous ones are written,
+//! and writes each behind the frame's prefix without copying it into a frame. Loading
+//! on the swarm task had stalled it on a disk read per chunk.
+//!
 //! FLASH and IMMEDIATE envelopes never queue behind bulk data: the driver sends them on
 //! request-response streams of their own, which QUIC multiplexes alongside this one.
 //! A peer that does not speak this protocol gets every push by request-response.
 
+use crate::Host;
+use fieldmesh_core::EnvelopeId;
+use fieldmesh_sync::frame::ENVELOPE_PREFIX;
 use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -40,13 +48,16 @@ pub(crate) fn next_link() -> LinkId {
 /// What the link tasks tell the swarm task.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// An outbound link is open: frames sent on `frames` go out in order. Dropping the
-    /// sender ends the link once what was queued has been written.
+    /// An outbound link is open: the envelopes named on `frames` go out in order.
+    /// Dropping the sender ends the link once what was queued has been written.
     Opened {
         peer: PeerId,
         link: LinkId,
-        frames: mpsc::Sender<Vec<u8>>,
+        frames: mpsc::Sender<EnvelopeId>,
     },
+    /// An outbound link could not load this envelope from the store; the link ends
+    /// after it (frames are numbered, so it cannot be skipped).
+    Unloadable { link: LinkId, id: EnvelopeId },
     /// An outbound link could not be opened; `unsupported`: the peer does not speak the
     /// protocol (it gets request-response only).
     OpenFailed {
@@ -69,14 +80,18 @@ pub(crate) enum Event {
     Closed { link: LinkId, why: String },
 }
 
-/// Opens an outbound link to `peer` and runs it until it ends. `queue` frames can wait to
-/// be written (the engine's window: never more are unacknowledged).
+/// Envelopes loaded together on a blocking thread.
+const LOAD_BATCH: usize = 16;
+
+/// Opens an outbound link to `peer` and runs it until it ends. `queue` envelopes can wait
+/// to be written (the engine's window: never more are unacknowledged).
 pub(crate) async fn open(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     link: LinkId,
     queue: usize,
     events: mpsc::Sender<Event>,
+    host: Arc<dyn Host>,
 ) {
     let stream = match control.open_stream(peer, PROTOCOL).await {
         Ok(s) => s,
@@ -108,7 +123,7 @@ pub(crate) async fn open(
     let (r, w) = stream.split();
     // Whichever half ends first ends the link (the other is dropped with the stream).
     let why = tokio::select! {
-        r = write_frames(w, rx) => r,
+        r = write_frames(w, rx, host, link, &events) => r,
         r = read_acks(r, link, &events) => r,
     };
     let _ = events
@@ -119,23 +134,86 @@ pub(crate) async fn open(
         .await;
 }
 
-async fn write_frames(mut w: WriteHalf<Stream>, mut rx: mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
-    while let Some(frame) = rx.recv().await {
-        write_frame(&mut w, &frame).await?;
-        // Write whatever else is queued before flushing once.
-        while let Ok(frame) = rx.try_recv() {
-            write_frame(&mut w, &frame).await?;
+/// Loads the envelopes named on `rx` in batches (the next batch loads while this one is
+/// written) and writes each as an `Envelope` frame, flushing when nothing more is loaded.
+async fn write_frames(
+    mut w: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<EnvelopeId>,
+    host: Arc<dyn Host>,
+    link: LinkId,
+    events: &mpsc::Sender<Event>,
+) -> io::Result<()> {
+    let (loaded_tx, mut loaded) = mpsc::channel::<Vec<(EnvelopeId, Option<Vec<u8>>)>>(2);
+    let loader = async move {
+        while let Some(first) = rx.recv().await {
+            let mut ids = vec![first];
+            while ids.len() < LOAD_BATCH {
+                match rx.try_recv() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => break,
+                }
+            }
+            let host = host.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                ids.into_iter()
+                    .map(|id| {
+                        let bytes = host.load(&id);
+                        (id, bytes)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(io::Error::other)?;
+            if loaded_tx.send(batch).await.is_err() {
+                break;
+            }
         }
-        w.flush().await?;
+        Ok::<(), io::Error>(())
+    };
+    let writer = async move {
+        while let Some(batch) = loaded.recv().await {
+            write_batch(&mut w, batch, link, events).await?;
+            // Write whatever else is loaded before flushing once.
+            while let Ok(batch) = loaded.try_recv() {
+                write_batch(&mut w, batch, link, events).await?;
+            }
+            w.flush().await?;
+        }
+        w.close().await
+    };
+    // The loader ends when the swarm task drops the sender; the writer then drains what
+    // was loaded and closes the stream. A writer that fails ends the link at once.
+    tokio::pin!(loader, writer);
+    tokio::select! {
+        r = &mut writer => r,
+        r = &mut loader => {
+            r?;
+            writer.await
+        }
     }
-    w.close().await
 }
 
-async fn write_frame(w: &mut WriteHalf<Stream>, frame: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(frame).await
+async fn write_batch(
+    w: &mut WriteHalf<Stream>,
+    batch: Vec<(EnvelopeId, Option<Vec<u8>>)>,
+    link: LinkId,
+    events: &mpsc::Sender<Event>,
+) -> io::Result<()> {
+    for (id, bytes) in batch {
+        let Some(bytes) = bytes else {
+            let _ = events.send(Event::Unloadable { link, id }).await;
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("envelope {id} could not be loaded from the store"),
+            ));
+        };
+        let len = u32::try_from(bytes.len() + ENVELOPE_PREFIX.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+        w.write_all(&len.to_be_bytes()).await?;
+        w.write_all(&ENVELOPE_PREFIX).await?;
+        w.write_all(&bytes).await?;
+    }
+    Ok(())
 }
 
 async fn read_acks(

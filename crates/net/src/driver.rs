@@ -373,7 +373,7 @@ enum OutLink {
     /// Open: frames numbered from 0 in sending order, and those not yet acknowledged.
     Open {
         link: LinkId,
-        frames: mpsc::Sender<Vec<u8>>,
+        frames: mpsc::Sender<EnvelopeId>,
         sent: u64,
         inflight: VecDeque<(u64, EnvelopeId)>,
     },
@@ -883,17 +883,15 @@ impl Driver {
                         self.deferred_responses.push((request, frame));
                     }
                     Output::Respond { request, frame } => self.respond(request, frame),
-                    Output::Push { peer, id } => match self.host.load(&id) {
-                        Some(bytes) => self.push(peer, id, Frame::Envelope(bytes).encode()),
-                        None => {
-                            tracing::warn!(%id, "queued envelope is no longer stored");
+                    Output::Push { peer, id } => {
+                        if !self.push(peer, id) {
                             pending.push(Input::PushDone {
                                 peer,
                                 id,
                                 delivered: true,
                             });
                         }
-                    },
+                    }
                     Output::Ingest { peer, envelope } => {
                         self.deferred_ingest.push((peer, envelope));
                         self.flush_at
@@ -915,40 +913,38 @@ impl Driver {
     }
 
     /// Sends a pushed envelope: on the peer's bulk link if it is open and the envelope
-    /// is not urgent, otherwise on a request-response stream of its own.
-    fn push(&mut self, peer: PeerId, id: EnvelopeId, frame: Vec<u8>) {
+    /// is not urgent (the link loads it), otherwise on a request-response stream of its
+    /// own. False: it is no longer in the store (it counts as done).
+    fn push(&mut self, peer: PeerId, id: EnvelopeId) -> bool {
         let urgent = self
             .engine
             .index()
             .meta(&id)
             .is_some_and(|m| m.precedence >= Precedence::Immediate);
-        let frame = match self.out_links.get_mut(&peer) {
+        match self.out_links.get_mut(&peer) {
             Some(OutLink::Open {
                 frames,
                 sent,
                 inflight,
                 ..
-            }) if !urgent => match frames.try_send(frame) {
-                Ok(()) => {
-                    inflight.push_back((*sent, id));
-                    *sent += 1;
-                    return;
-                }
-                // The link task has ended (its `Closed` event is on the way), or its queue
-                // is full, which the window rules out.
-                Err(
-                    mpsc::error::TrySendError::Closed(frame)
-                    | mpsc::error::TrySendError::Full(frame),
-                ) => frame,
-            },
-            Some(OutLink::Failed(at)) if Instant::now() >= *at => {
-                self.open_bulk(peer);
-                frame
+            // The link refuses only if its task has ended (its `Closed` event is on the
+            // way) or its queue is full, which the window rules out.
+            }) if !urgent && frames.try_send(id).is_ok() => {
+                inflight.push_back((*sent, id));
+                *sent += 1;
+                return true;
             }
-            _ => frame,
+            Some(OutLink::Failed(at)) if Instant::now() >= *at => self.open_bulk(peer),
+            _ => {}
+        }
+        let Some(bytes) = self.host.load(&id) else {
+            tracing::warn!(%id, "queued envelope is no longer stored");
+            return false;
         };
+        let frame = Frame::Envelope(bytes).encode();
         let req = self.swarm.behaviour_mut().sync.send_request(&peer, frame);
         self.pushes.insert(req, (peer, id));
+        true
     }
 
     /// Starts opening a bulk link to a connected peer.
@@ -961,6 +957,7 @@ impl Driver {
             link,
             self.max_inflight,
             self.bulk_tx.clone(),
+            self.host.clone(),
         ));
     }
 
@@ -1004,6 +1001,22 @@ impl Driver {
                     };
                     self.out_links.insert(peer, next);
                 }
+            }
+            bulk::Event::Unloadable { link, id } => {
+                // Dropped as a request-response push would drop it; the link ends next
+                // and requeues the rest.
+                tracing::warn!(%id, "queued envelope could not be loaded from the store");
+                let Some(peer) = self.out_link_peer(link) else {
+                    return;
+                };
+                if let Some(OutLink::Open { inflight, .. }) = self.out_links.get_mut(&peer) {
+                    inflight.retain(|(_, i)| *i != id);
+                }
+                self.feed(Input::PushDone {
+                    peer,
+                    id,
+                    delivered: true,
+                });
             }
             bulk::Event::Acked { link, handled } => {
                 let Some(peer) = self.out_link_peer(link) else {

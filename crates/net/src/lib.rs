@@ -15,6 +15,7 @@ mod bulk;
 mod driver;
 pub mod protocol;
 pub mod quic;
+pub mod transport_bench;
 
 pub use bulk::PROTOCOL as BULK_PROTOCOL;
 pub use driver::{NetConfig, NetError, NetHandle, NetStatus, PeerStatus, spawn};

@@ -26,6 +26,10 @@ use thiserror::Error;
 
 /// Wire version.
 pub const VERSION: u8 = 1;
+/// The first bytes of an `Envelope` frame: the envelope's bytes follow. A sender that has
+/// the bytes in a buffer of their own writes this, then them, instead of copying both
+/// into a frame.
+pub const ENVELOPE_PREFIX: [u8; 2] = [VERSION, 2];
 /// The largest frame any node accepts, whatever its profile says.
 pub const MAX_FRAME_BYTES: usize = MAX_ENVELOPE_BYTES + 64;
 
@@ -257,7 +261,7 @@ impl Frame {
                 }
             }
             Frame::Envelope(bytes) => {
-                out.push(2);
+                out.push(ENVELOPE_PREFIX[1]);
                 out.extend_from_slice(bytes);
             }
             Frame::Announce(ids) => {
@@ -400,6 +404,8 @@ mod tests {
     #[test]
     fn caps_and_errors() {
         let big = Frame::Envelope(vec![0; 2000]).encode();
+        assert_eq!(big[..2], ENVELOPE_PREFIX);
+        assert_eq!(big.len(), 2 + 2000);
         assert_eq!(
             Frame::decode(&big, 1024),
             Err(FrameError::TooLarge {
