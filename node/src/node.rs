@@ -147,12 +147,22 @@ impl Node {
         &self.profile
     }
 
-    /// The sync index over everything stored (relayed envelopes included).
+    /// The sync index over everything stored (relayed envelopes included). An envelope
+    /// damaged on disk is left out, with an error: the node still starts and serves the
+    /// rest (refusing to start had made one flipped bit cost the whole node).
     pub fn sync_index(&self) -> Result<fieldmesh_sync::Index, NodeError> {
+        use fieldmesh_store::ReadError;
         let mut ix = fieldmesh_sync::Index::default();
         for id in self.store.ids()? {
-            if let Some(env) = self.store.get(&id)? {
-                ix.insert(id, fieldmesh_sync::Meta::of(&env));
+            match self.store.get(&id) {
+                Ok(Some(env)) => {
+                    ix.insert(id, fieldmesh_sync::Meta::of(&env));
+                }
+                Ok(None) => {}
+                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
+                    tracing::error!(%id, %e, "stored envelope is damaged; it is not offered to peers");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(ix)

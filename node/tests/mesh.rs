@@ -275,6 +275,87 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
     da.stop();
 }
 
+/// A chunk damaged in the sender's store (a flipped byte in its value log) cannot be
+/// loaded: the bulk link skips it and carries the rest; the receiver reports the
+/// attachment incomplete instead of returning damaged bytes; and the sender, restarted,
+/// starts and leaves the damaged envelope out of what it offers.
+#[test]
+fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    a.ok(&["channel", "create", "imagery"]);
+    let file = a.dir.path().join("map.bin");
+    let mut rng = fieldmesh_tests::Rng(7);
+    // More chunks than the push window (256), so that the late ones go on the bulk
+    // link, which opens while the first window goes by request-response.
+    let data: Vec<u8> = (0..16 * 1024 * 1024 / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let msg = a.ok(&[
+        "post",
+        "imagery",
+        "overhead imagery",
+        "--attach",
+        file.to_str().unwrap(),
+    ]);
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    let envelopes = |n: &TestNode| -> u64 {
+        serde_json::from_slice::<serde_json::Value>(&n.run(&["sync-status", "--json"]).stdout)
+            .map(|v| v["envelopes"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let all = envelopes(&a);
+    // Damage one byte of a late chunk (the chunks are in the first segment, back to
+    // back, in sending order: by then the bulk link is open) while A runs: A still lists
+    // the chunk, and cannot load it to send.
+    let seg = a.home().join("store").join("vlog").join("00000000.seg");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let at = f.metadata().unwrap().len() - 100_000;
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    }
+    let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
+    wait_until(60, "every undamaged envelope on B", || {
+        envelopes(&b) == all - 1
+    });
+    // The damaged chunk never arrives, and the link keeps carrying: a post made now
+    // arrives, and nothing else is missing.
+    let late = a.ok(&["post", "imagery", "still here"]);
+    wait_until(30, "a later post on B", || {
+        String::from_utf8_lossy(&b.run(&["read", "imagery", "--json"]).stdout).contains(&late)
+    });
+    assert_eq!(
+        envelopes(&b),
+        all,
+        "all but the damaged chunk, plus the later post"
+    );
+    let out = b.dir.path().join("map.out");
+    let got = b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
+    assert!(
+        !got.status.success(),
+        "an incomplete attachment must not be returned"
+    );
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(err.contains("incomplete"), "unclear error: {err}");
+    db.stop();
+    da.stop();
+    // Restarted, A starts and offers what is intact.
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    assert_eq!(
+        envelopes(&a),
+        all,
+        "the damaged chunk left out, the later post in"
+    );
+    da.stop();
+}
+
 /// Envelopes in a stopped node's store, read directly.
 fn held_offline(n: &TestNode) -> u64 {
     let s = fieldmesh_store::SledStore::open(&n.home().join("store"), None).unwrap();

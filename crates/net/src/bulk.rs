@@ -55,8 +55,9 @@ pub(crate) enum Event {
         link: LinkId,
         frames: mpsc::Sender<EnvelopeId>,
     },
-    /// An outbound link could not load this envelope from the store; the link ends
-    /// after it (frames are numbered, so it cannot be skipped).
+    /// An outbound link could not load this envelope from the store and skipped it:
+    /// the frames after it are numbered one lower than they were given. Sent before any
+    /// of them is written, so it arrives before any acknowledgement that counts them.
     Unloadable { link: LinkId, id: EnvelopeId },
     /// An outbound link could not be opened; `unsupported`: the peer does not speak the
     /// protocol (it gets request-response only).
@@ -201,11 +202,10 @@ async fn write_batch(
 ) -> io::Result<()> {
     for (id, bytes) in batch {
         let Some(bytes) = bytes else {
-            let _ = events.send(Event::Unloadable { link, id }).await;
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("envelope {id} could not be loaded from the store"),
-            ));
+            if events.send(Event::Unloadable { link, id }).await.is_err() {
+                return Ok(());
+            }
+            continue;
         };
         let len = u32::try_from(bytes.len() + ENVELOPE_PREFIX.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;

@@ -938,7 +938,7 @@ impl Driver {
             _ => {}
         }
         let Some(bytes) = self.host.load(&id) else {
-            tracing::warn!(%id, "queued envelope is no longer stored");
+            tracing::warn!(%id, "queued envelope could not be loaded from the store");
             return false;
         };
         let frame = Frame::Envelope(bytes).encode();
@@ -1003,14 +1003,20 @@ impl Driver {
                 }
             }
             bulk::Event::Unloadable { link, id } => {
-                // Dropped as a request-response push would drop it; the link ends next
-                // and requeues the rest.
-                tracing::warn!(%id, "queued envelope could not be loaded from the store");
+                // Dropped as a request-response push would drop it. The link skipped
+                // it: the frames after it move up one place.
+                tracing::warn!(%id, "queued envelope could not be loaded from the store; the bulk link skipped it");
                 let Some(peer) = self.out_link_peer(link) else {
                     return;
                 };
-                if let Some(OutLink::Open { inflight, .. }) = self.out_links.get_mut(&peer) {
-                    inflight.retain(|(_, i)| *i != id);
+                if let Some(OutLink::Open { inflight, sent, .. }) = self.out_links.get_mut(&peer)
+                    && let Some(at) = inflight.iter().position(|(_, i)| *i == id)
+                {
+                    inflight.remove(at);
+                    for (seq, _) in inflight.iter_mut().skip(at) {
+                        *seq -= 1;
+                    }
+                    *sent -= 1;
                 }
                 self.feed(Input::PushDone {
                     peer,

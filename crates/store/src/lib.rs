@@ -69,7 +69,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Whether an envelope is stored.
     fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError>;
-    /// Every envelope of a channel, in (HLC, id) order.
+    /// Every envelope of a channel, in (HLC, id) order. An envelope damaged on disk is
+    /// left out (and logged); `get` reports it as corrupt.
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError>;
     /// Channels for which a genesis envelope is stored, with its id.
     fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;

@@ -368,7 +368,14 @@ impl Store for SledStore {
             let v = self.db.get(envelope_key(&id))?.ok_or_else(|| {
                 ReadError::CorruptIndex(format!("channel index names missing envelope {id}"))
             })?;
-            out.push(self.decode(&id, &v)?);
+            // One envelope damaged on disk must not make its whole channel unreadable:
+            // it is left out (as if not yet received), and `get` still reports it.
+            match self.decode(&id, &v) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    tracing::error!(%id, %e, "stored envelope is damaged; its channel is read without it")
+                }
+            }
         }
         Ok(out)
     }

@@ -274,6 +274,8 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     assert_eq!(s.get(&b.id()).unwrap().unwrap(), b);
     assert_eq!(s.get_bytes(&b.id()).unwrap().unwrap(), b.as_bytes());
+    // The channel stays readable without the damaged envelope.
+    assert_eq!(s.channel_envelopes(&ChannelId([3; 32])).unwrap(), vec![b]);
 }
 
 /// The value log reuses its write buffer across group commits: a later, smaller commit
