@@ -208,19 +208,7 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
     b.profile = a.profile.clone();
 
     let ch = a.ok(&["channel", "create", "imagery"]);
-    let file = a.dir.path().join("map.bin");
-    let mut rng = fieldmesh_tests::Rng(42);
-    let data: Vec<u8> = (0..50 * 1024 * 1024 / 8)
-        .flat_map(|_| rng.next_u64().to_le_bytes())
-        .collect();
-    std::fs::write(&file, &data).unwrap();
-    let msg = a.ok(&[
-        "post",
-        "imagery",
-        "overhead imagery, grid 38S MB",
-        "--attach",
-        file.to_str().unwrap(),
-    ]);
+    let (data, msg) = post_attachment(&a, "overhead imagery, grid 38S MB", 50, 42);
     let total = a.read_json(&ch).len() as u64; // 1 message; chunks are counted below
     assert_eq!(total, 1);
 
@@ -231,13 +219,9 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
         .unwrap();
     let peer = da.addr("quic");
     let mut db = b.start_daemon_with(&["--peer", &peer]);
-    let held = |b: &TestNode| -> u64 {
-        let out = b.run(&["sync-status", "--json"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .map(|v| v["envelopes"].as_u64().unwrap_or(0))
-            .unwrap_or(0)
-    };
-    wait_until(60, "part of the attachment on B", || held(&b) > all / 5);
+    wait_until(60, "part of the attachment on B", || {
+        envelopes_held(&b) > all / 5
+    });
     db.child.kill().unwrap(); // SIGKILL mid-transfer
     db.child.wait().unwrap();
     let before = held_offline(&b);
@@ -283,28 +267,11 @@ fn a_large_attachment_resumes_after_the_receiver_is_killed() {
 fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
     a.ok(&["channel", "create", "imagery"]);
-    let file = a.dir.path().join("map.bin");
-    let mut rng = fieldmesh_tests::Rng(7);
     // More chunks than the push window (256), so that the late ones go on the bulk
     // link, which opens while the first window goes by request-response.
-    let data: Vec<u8> = (0..16 * 1024 * 1024 / 8)
-        .flat_map(|_| rng.next_u64().to_le_bytes())
-        .collect();
-    std::fs::write(&file, &data).unwrap();
-    let msg = a.ok(&[
-        "post",
-        "imagery",
-        "overhead imagery",
-        "--attach",
-        file.to_str().unwrap(),
-    ]);
+    let (_, msg) = post_attachment(&a, "overhead imagery", 16, 7);
     let da = a.start_daemon_with(&["--listen", QUIC]);
-    let envelopes = |n: &TestNode| -> u64 {
-        serde_json::from_slice::<serde_json::Value>(&n.run(&["sync-status", "--json"]).stdout)
-            .map(|v| v["envelopes"].as_u64().unwrap_or(0))
-            .unwrap_or(0)
-    };
-    let all = envelopes(&a);
+    let all = envelopes_held(&a);
     // Damage one byte of a late chunk (the chunks are in the first segment, back to
     // back, in sending order: by then the bulk link is open) while A runs: A still lists
     // the chunk, and cannot load it to send.
@@ -323,7 +290,7 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     }
     let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
     wait_until(60, "every undamaged envelope on B", || {
-        envelopes(&b) == all - 1
+        envelopes_held(&b) == all - 1
     });
     // The damaged chunk never arrives, and the link keeps carrying: a post made now
     // arrives, and nothing else is missing.
@@ -332,7 +299,7 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
         String::from_utf8_lossy(&b.run(&["read", "imagery", "--json"]).stdout).contains(&late)
     });
     assert_eq!(
-        envelopes(&b),
+        envelopes_held(&b),
         all,
         "all but the damaged chunk, plus the later post"
     );
@@ -349,11 +316,31 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     // Restarted, A starts and offers what is intact.
     let da = a.start_daemon_with(&["--listen", QUIC]);
     assert_eq!(
-        envelopes(&a),
+        envelopes_held(&a),
         all,
         "the damaged chunk left out, the later post in"
     );
     da.stop();
+}
+
+/// Posts `mib` MiB of seeded random bytes as an attachment in `imagery`; returns the
+/// bytes and the message id.
+fn post_attachment(n: &TestNode, text: &str, mib: usize, seed: u64) -> (Vec<u8>, String) {
+    let file = n.dir.path().join("map.bin");
+    let mut rng = fieldmesh_tests::Rng(seed);
+    let data: Vec<u8> = (0..mib * 1024 * 1024 / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let msg = n.ok(&["post", "imagery", text, "--attach", file.to_str().unwrap()]);
+    (data, msg)
+}
+
+/// Envelopes a running node holds, as its daemon reports them (0 while it cannot say).
+fn envelopes_held(n: &TestNode) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(&n.run(&["sync-status", "--json"]).stdout)
+        .map(|v| v["envelopes"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// Envelopes in a stopped node's store, read directly.
