@@ -323,6 +323,55 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     da.stop();
 }
 
+/// A chunk damaged in the receiver's store after a transfer: read offline, the attachment
+/// is refused as incomplete (never returned wrong); at the node's next start the chunk is
+/// left out of its index, asked for again, and replaced by the peer's verified copy.
+#[test]
+fn a_damaged_chunk_is_healed_from_a_peer() {
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    a.ok(&["channel", "create", "imagery"]);
+    let (data, msg) = post_attachment(&a, "overhead imagery", 4, 11);
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    let all = envelopes_held(&a);
+    let peer = da.addr("quic");
+    let db = b.start_daemon_with(&["--peer", &peer]);
+    wait_until(60, "the attachment on B", || envelopes_held(&b) == all);
+    db.stop();
+    // Two flipped bytes 8 KiB apart in B's value log: at least one is inside a chunk
+    // (the zeros between group commits are under 4 KiB).
+    let seg = b.home().join("store").join("vlog").join("00000000.seg");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let mid = f.metadata().unwrap().len() / 2;
+        for at in [mid, mid + 8192] {
+            let mut byte = [0u8];
+            f.read_exact_at(&mut byte, at).unwrap();
+            f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+        }
+    }
+    let out = b.dir.path().join("map.out");
+    let get = |b: &TestNode| b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
+    let offline = get(&b);
+    assert!(
+        !offline.status.success(),
+        "a damaged attachment must not be returned"
+    );
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("incomplete"));
+    let db = b.start_daemon_with(&["--peer", &peer]);
+    wait_until(60, "the attachment healed on B", || {
+        get(&b).status.success()
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
+    assert_eq!(envelopes_held(&b), all, "repaired in place, counted once");
+    db.stop();
+    da.stop();
+}
+
 /// Posts `mib` MiB of seeded random bytes as an attachment in `imagery`; returns the
 /// bytes and the message id.
 fn post_attachment(n: &TestNode, text: &str, mib: usize, seed: u64) -> (Vec<u8>, String) {

@@ -38,6 +38,9 @@ pub struct SledStore {
     counters: Mutex<StoreStats>,
     /// Large envelopes' bytes.
     vlog: ValueLog,
+    /// Envelopes found damaged on disk (by a read). A verified copy that arrives later
+    /// replaces the damaged one instead of counting as a duplicate.
+    damaged: Mutex<std::collections::HashSet<EnvelopeId>>,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -197,6 +200,7 @@ impl SledStore {
             path: path.to_owned(),
             quota,
             poisoned: AtomicBool::new(false),
+            damaged: Mutex::new(std::collections::HashSet::new()),
             counters: Mutex::new(counters),
             vlog,
         })
@@ -220,8 +224,20 @@ impl SledStore {
     /// The envelope under `id`, from its sled value: the bytes themselves, or a pointer
     /// into the value log.
     fn decode(&self, id: &EnvelopeId, value: &[u8]) -> Result<Envelope, ReadError> {
-        Envelope::decode_stored(&self.resolve(id, value)?, id)
-            .map_err(|source| ReadError::Corrupt { id: *id, source })
+        let decoded = Envelope::decode_stored(&self.resolve(id, value)?, id)
+            .map_err(|source| ReadError::Corrupt { id: *id, source });
+        self.note_damage(id, decoded)
+    }
+
+    /// Remembers `id` as damaged if reading it failed that way.
+    fn note_damage<T>(&self, id: &EnvelopeId, r: Result<T, ReadError>) -> Result<T, ReadError> {
+        if let Err(ReadError::Corrupt { .. } | ReadError::CorruptIndex(_)) = &r {
+            self.damaged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*id);
+        }
+        r
     }
 
     /// The envelope bytes a sled value stands for: itself, or what its pointer names in
@@ -233,13 +249,16 @@ impl SledStore {
     ) -> Result<std::borrow::Cow<'a, [u8]>, ReadError> {
         match Pointer::decode(value) {
             None => Ok(std::borrow::Cow::Borrowed(value)),
-            Some(p) => self
-                .vlog
-                .read(&p)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| {
-                    ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
-                }),
+            Some(p) => {
+                let read = self
+                    .vlog
+                    .read(&p)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| {
+                        ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
+                    });
+                self.note_damage(id, read)
+            }
         }
     }
 }
@@ -254,17 +273,31 @@ impl Store for SledStore {
         let mut outcomes = Vec::with_capacity(envs.len());
         let mut adding = 0u64;
         let mut added = 0u64;
+        // Verified copies of envelopes held damaged: written again, counted once.
+        let mut repairs = Vec::new();
+        let damaged = self
+            .damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for e in envs {
-            let dup = !seen.insert(e.id()) || self.db.contains_key(envelope_key(&e.id()))?;
-            if dup {
+            let id = e.id();
+            if !seen.insert(id) {
                 outcomes.push(PutOutcome::Duplicate);
+            } else if self.db.contains_key(envelope_key(&id))? {
+                if damaged.contains(&id) {
+                    outcomes.push(PutOutcome::Inserted);
+                    repairs.push(id);
+                } else {
+                    outcomes.push(PutOutcome::Duplicate);
+                }
             } else {
                 outcomes.push(PutOutcome::Inserted);
                 adding += e.encoded_len() as u64;
                 added += 1;
             }
         }
-        if added == 0 {
+        if added == 0 && repairs.is_empty() {
             return Ok(outcomes);
         }
         let used = counters.bytes;
@@ -331,6 +364,16 @@ impl Store for SledStore {
             envelopes: count + added,
             bytes: used + adding,
         };
+        if !repairs.is_empty() {
+            let mut d = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &repairs {
+                d.remove(id);
+            }
+            tracing::info!(
+                repaired = repairs.len(),
+                "damaged envelopes replaced by verified copies"
+            );
+        }
         Ok(outcomes)
     }
 
@@ -349,9 +392,12 @@ impl Store for SledStore {
         };
         let bytes = self.resolve(id, &v)?.into_owned();
         if !bytes.starts_with(b"FMEV") {
-            return Err(ReadError::CorruptIndex(format!(
-                "envelope {id}: stored bytes are not an envelope"
-            )));
+            return self.note_damage(
+                id,
+                Err(ReadError::CorruptIndex(format!(
+                    "envelope {id}: stored bytes are not an envelope"
+                ))),
+            );
         }
         Ok(Some(bytes))
     }

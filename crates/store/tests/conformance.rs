@@ -275,7 +275,26 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     assert_eq!(s.get(&b.id()).unwrap().unwrap(), b);
     assert_eq!(s.get_bytes(&b.id()).unwrap().unwrap(), b.as_bytes());
     // The channel stays readable without the damaged envelope.
-    assert_eq!(s.channel_envelopes(&ChannelId([3; 32])).unwrap(), vec![b]);
+    assert_eq!(
+        s.channel_envelopes(&ChannelId([3; 32])).unwrap(),
+        vec![b.clone()]
+    );
+    // A verified copy (from a peer) replaces the damaged one, counted once; an intact
+    // envelope offered again is still a duplicate.
+    let before = s.stats().unwrap();
+    assert_eq!(s.put(&a).unwrap(), PutOutcome::Inserted);
+    assert_eq!(s.put(&b).unwrap(), PutOutcome::Duplicate);
+    assert_eq!(s.get(&a.id()).unwrap().unwrap(), a);
+    assert_eq!(s.get_bytes(&a.id()).unwrap().unwrap(), a.as_bytes());
+    assert_eq!(s.stats().unwrap(), before);
+    assert_eq!(s.put(&a).unwrap(), PutOutcome::Duplicate);
+    drop(s);
+    let s = SledStore::open(dir.path(), None).unwrap();
+    assert_eq!(s.get(&a.id()).unwrap().unwrap(), a, "the repair is durable");
+    assert_eq!(
+        s.channel_envelopes(&ChannelId([3; 32])).unwrap(),
+        vec![a, b]
+    );
 }
 
 /// The value log reuses its write buffer across group commits: a later, smaller commit
