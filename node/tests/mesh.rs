@@ -276,18 +276,7 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     // back, in sending order: by then the bulk link is open) while A runs: A still lists
     // the chunk, and cannot load it to send.
     let seg = a.home().join("store").join("vlog").join("00000000.seg");
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&seg)
-            .unwrap();
-        let at = f.metadata().unwrap().len() - 100_000;
-        let mut byte = [0u8];
-        f.read_exact_at(&mut byte, at).unwrap();
-        f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
-    }
+    flip_byte(&seg, std::fs::metadata(&seg).unwrap().len() - 100_000);
     let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
     wait_until(60, "every undamaged envelope on B", || {
         envelopes_held(&b) == all - 1
@@ -340,20 +329,9 @@ fn a_damaged_chunk_is_healed_from_a_peer() {
     // Two flipped bytes 8 KiB apart in B's value log: at least one is inside a chunk
     // (the zeros between group commits are under 4 KiB).
     let seg = b.home().join("store").join("vlog").join("00000000.seg");
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&seg)
-            .unwrap();
-        let mid = f.metadata().unwrap().len() / 2;
-        for at in [mid, mid + 8192] {
-            let mut byte = [0u8];
-            f.read_exact_at(&mut byte, at).unwrap();
-            f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
-        }
-    }
+    let mid = std::fs::metadata(&seg).unwrap().len() / 2;
+    flip_byte(&seg, mid);
+    flip_byte(&seg, mid + 8192);
     let out = b.dir.path().join("map.out");
     let get = |b: &TestNode| b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
     let offline = get(&b);
@@ -370,6 +348,19 @@ fn a_damaged_chunk_is_healed_from_a_peer() {
     assert_eq!(envelopes_held(&b), all, "repaired in place, counted once");
     db.stop();
     da.stop();
+}
+
+/// Damages one byte of a file in place (as a failing disk would).
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
 }
 
 /// Posts `mib` MiB of seeded random bytes as an attachment in `imagery`; returns the
