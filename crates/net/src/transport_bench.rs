@@ -19,6 +19,15 @@ const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/bench-stream/1"
 #[error("transport benchmark: {0}")]
 pub struct BenchError(String);
 
+/// A swarm's polling task, stopped when the measurement ends however it ends.
+struct Polling(tokio::task::JoinHandle<()>);
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
 }
@@ -58,11 +67,11 @@ pub async fn stream_throughput(bytes: usize, frame: usize) -> Result<Duration, B
         }
     };
     let server_id = *server.local_peer_id();
-    let server_task = tokio::spawn(async move {
+    let _server = Polling(tokio::spawn(async move {
         loop {
             server.select_next_some().await;
         }
-    });
+    }));
     client.dial(addr).map_err(err)?;
     loop {
         match client.select_next_some().await {
@@ -72,11 +81,11 @@ pub async fn stream_throughput(bytes: usize, frame: usize) -> Result<Duration, B
         }
     }
     let mut control = client.behaviour().new_control();
-    let client_task = tokio::spawn(async move {
+    let _client = Polling(tokio::spawn(async move {
         loop {
             client.select_next_some().await;
         }
-    });
+    }));
     let receiver = tokio::spawn(async move {
         let (_, mut stream) = incoming.next().await.ok_or_else(|| err("no stream"))?;
         let mut total = 0usize;
@@ -111,8 +120,6 @@ pub async fn stream_throughput(bytes: usize, frame: usize) -> Result<Duration, B
     }
     stream.close().await.map_err(err)?;
     let (got, end) = receiver.await.map_err(err)??;
-    server_task.abort();
-    client_task.abort();
     if got != bytes {
         return Err(err(format!("moved {got} of {bytes} bytes")));
     }
