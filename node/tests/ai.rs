@@ -633,10 +633,14 @@ fn a_second_model_fetch_waits_for_the_one_running_on_the_same_cache() {
     written.sort();
     let wheels = std::fs::read_dir(cache.join("wheels")).map_or(0, |d| d.count());
     // The whole process group: bash under `fieldmesh` would otherwise take the lock once
-    // the holder dies and start downloading.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &format!("-{}", fetch.id())])
-        .status();
+    // the holder dies and start downloading. `--` is required: procps' kill reads
+    // `-KILL -12345` as signal KILL to process group 1, i.e. every process it may signal
+    // (it killed the whole test run, as root, whenever the pid began with 1).
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{}", fetch.id())])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "the fetch's process group was not killed");
     let _ = fetch.wait();
     let _ = holder.kill();
     let _ = holder.wait();
