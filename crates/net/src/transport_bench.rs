@@ -7,7 +7,7 @@
 //! node's own pipeline costs.
 
 use crate::quic::{Config, QuicTransport};
-use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, identity::Keypair};
 use std::time::{Duration, Instant};
@@ -88,17 +88,15 @@ pub async fn stream_throughput(bytes: usize, frame: usize) -> Result<Duration, B
     }));
     let receiver = tokio::spawn(async move {
         let (_, mut stream) = incoming.next().await.ok_or_else(|| err("no stream"))?;
+        // The bulk link's own frame reader, so that both sides read alike.
+        let oversized = std::sync::atomic::AtomicU64::new(0);
         let mut total = 0usize;
-        let mut len = [0u8; 4];
         loop {
-            match stream.read_exact(&mut len).await {
-                Ok(()) => {}
+            match crate::protocol::read_frame(&mut stream, usize::MAX, &oversized).await {
+                Ok(frame) => total += frame.len(),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(err(e)),
             }
-            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-            stream.read_exact(&mut buf).await.map_err(err)?;
-            total += buf.len();
         }
         Ok::<_, BenchError>((total, Instant::now()))
     });

@@ -275,11 +275,7 @@ impl Store for SledStore {
         let mut added = 0u64;
         // Verified copies of envelopes held damaged: written again, counted once.
         let mut repairs = Vec::new();
-        let damaged = self
-            .damaged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
         for e in envs {
             let id = e.id();
             if !seen.insert(id) {
@@ -297,6 +293,7 @@ impl Store for SledStore {
                 added += 1;
             }
         }
+        drop(damaged);
         if added == 0 && repairs.is_empty() {
             return Ok(outcomes);
         }
