@@ -399,6 +399,13 @@ fn arr32(b: &[u8]) -> [u8; 32] {
 impl Envelope {
     /// Decodes and verifies: structure, limits, id and the author's signature.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        Self::check_len(bytes.len())?;
+        Self::decode_owned(bytes.to_vec())
+    }
+
+    /// As [`Envelope::decode`], keeping `bytes` as the envelope's encoding instead of
+    /// copying them (what arrives from a peer is verified and stored without a copy).
+    pub fn decode_owned(bytes: Vec<u8>) -> Result<Envelope, DecodeError> {
         let env = Self::parse(bytes)?;
         let author = &env.header.author.0;
         let authentic = match env.batch_proof() {
@@ -427,7 +434,8 @@ impl Envelope {
     /// that the content hashes to `expected` (which catches disk corruption), but skips
     /// the signature check. Never use it on bytes from the network.
     pub fn decode_stored(bytes: &[u8], expected: &EnvelopeId) -> Result<Envelope, DecodeError> {
-        let env = Self::parse(bytes)?;
+        Self::check_len(bytes.len())?;
+        let env = Self::parse(bytes.to_vec())?;
         env.check_id(expected)?;
         Ok(env)
     }
@@ -442,11 +450,17 @@ impl Envelope {
         Ok(())
     }
 
-    fn parse(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let n = bytes.len();
+    /// Refuses a length over the limit before anything is copied.
+    fn check_len(n: usize) -> Result<(), DecodeError> {
         if n > MAX_ENVELOPE_BYTES {
             return Err(DecodeError::TooLarge(n));
         }
+        Ok(())
+    }
+
+    fn parse(bytes: Vec<u8>) -> Result<Envelope, DecodeError> {
+        let n = bytes.len();
+        Self::check_len(n)?;
         if n < FIXED_HEADER + NONCE_LEN + 4 + SIGNATURE_LEN {
             return Err(DecodeError::Truncated(n));
         }
@@ -513,7 +527,7 @@ impl Envelope {
             header,
             payload_start,
             payload_len,
-            wire: bytes.to_vec(),
+            wire: bytes,
         })
     }
 

@@ -23,7 +23,7 @@
 
 use crate::Host;
 use fieldmesh_core::EnvelopeId;
-use fieldmesh_sync::frame::ENVELOPE_PREFIX;
+use fieldmesh_sync::frame::{BulkFrame, ENVELOPE_PREFIX};
 use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -76,7 +76,7 @@ pub(crate) enum Event {
         acks: watch::Sender<u64>,
     },
     /// A frame arrived on an inbound link.
-    Frame { link: LinkId, frame: Vec<u8> },
+    Frame { link: LinkId, frame: BulkFrame },
     /// A link ended (either direction).
     Closed { link: LinkId, why: String },
 }
@@ -281,7 +281,9 @@ async fn serve(
 
 /// Reads frames and hands them to the swarm task; a full event queue stops the reading,
 /// and QUIC flow control then stops the sender. A length over the cap ends the link (the
-/// stream cannot be resynchronised after it); it is counted as oversized.
+/// stream cannot be resynchronised after it); it is counted as oversized. Each frame's
+/// two-byte head is read apart from the rest, so an envelope's bytes arrive in a buffer
+/// of their own and are verified and stored without another copy.
 async fn read_frames(
     mut r: ReadHalf<Stream>,
     link: LinkId,
@@ -290,7 +292,7 @@ async fn read_frames(
     oversized: &AtomicU64,
 ) -> io::Result<()> {
     loop {
-        let frame = match crate::protocol::read_frame(&mut r, cap, oversized).await {
+        let frame = match read_frame(&mut r, cap, oversized).await {
             Ok(f) => f,
             // The sender closed the stream between frames (or mid-frame: nothing of a
             // partial frame was handed on either way).
@@ -301,6 +303,24 @@ async fn read_frames(
             return Ok(());
         }
     }
+}
+
+async fn read_frame(
+    r: &mut ReadHalf<Stream>,
+    cap: usize,
+    oversized: &AtomicU64,
+) -> io::Result<BulkFrame> {
+    let len = crate::protocol::read_frame_len(r, cap, oversized).await?;
+    if len < 2 {
+        let mut frame = vec![0u8; len];
+        r.read_exact(&mut frame).await?;
+        return Ok(BulkFrame::whole(frame));
+    }
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).await?;
+    let mut rest = vec![0u8; len - 2];
+    r.read_exact(&mut rest).await?;
+    Ok(BulkFrame::split(head, rest))
 }
 
 async fn write_acks(mut w: WriteHalf<Stream>, mut acks: watch::Receiver<u64>) -> io::Result<()> {

@@ -718,8 +718,9 @@ impl Driver {
             .unzip();
         let responses = std::mem::take(&mut self.deferred_responses);
         let host = self.host.clone();
-        let done =
-            tokio::task::spawn_blocking(move || bytes.iter().map(|b| host.verify(b)).collect());
+        let done = tokio::task::spawn_blocking(move || {
+            bytes.into_iter().map(|b| host.verify(b)).collect()
+        });
         self.verifying.push_back(Verifying {
             batch: Batch { peers, responses },
             done,

@@ -32,8 +32,9 @@ pub trait Host: Send + Sync + 'static {
     /// Checks bytes from a peer: a well-formed envelope, its id, its author's signature.
     /// CPU only: the driver calls it on blocking threads, several batches at once, while
     /// earlier envelopes are being written.
-    fn verify(&self, bytes: &[u8]) -> Result<Envelope, IngestError> {
-        Envelope::decode(bytes).map_err(|e| IngestError::Refused(e.to_string()))
+    /// The bytes become the envelope's own (not copied).
+    fn verify(&self, bytes: Vec<u8>) -> Result<Envelope, IngestError> {
+        Envelope::decode_owned(bytes).map_err(|e| IngestError::Refused(e.to_string()))
     }
 
     /// Durably stores verified envelopes with one write (group commit). An error means

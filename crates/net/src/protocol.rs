@@ -44,6 +44,19 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(
     cap: usize,
     oversized: &AtomicU64,
 ) -> io::Result<Vec<u8>> {
+    let len = read_frame_len(io, cap, oversized).await?;
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a frame's length, refusing (and counting) one over `cap`: nothing of such a
+/// frame is read, and the stream cannot be resynchronised after it.
+pub(crate) async fn read_frame_len<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    cap: usize,
+    oversized: &AtomicU64,
+) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -54,9 +67,7 @@ pub(crate) async fn read_frame<T: AsyncRead + Unpin + Send>(
             format!("frame of {len} bytes exceeds the cap of {cap}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    Ok(len)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &[u8]) -> io::Result<()> {

@@ -19,7 +19,7 @@
 //! * a peer that sends undecodable frames or forged envelopes collects strikes and is
 //!   disconnected at `max_strikes`.
 
-use crate::frame::{Frame, MAX_FRAME_BYTES};
+use crate::frame::{BulkFrame, Frame, MAX_FRAME_BYTES};
 use crate::ranger::{RangeMsg, Reconciler};
 use crate::{Index, Meta, TokenBucket, TransferQueue};
 use fieldmesh_core::{EnvelopeId, Precedence};
@@ -95,8 +95,8 @@ pub enum Input<P> {
     Bulk {
         /// From.
         peer: P,
-        /// The frame bytes.
-        frame: Vec<u8>,
+        /// The frame, as read.
+        frame: BulkFrame,
     },
     /// `P` answered one of our requests.
     Response {
@@ -460,16 +460,21 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         frame: &[u8],
         out: &mut Vec<Output<P>>,
     ) -> Option<Frame> {
-        if let Some(st) = self.peers.get_mut(peer) {
-            st.stats.bytes_received += frame.len() as u64;
-            st.stats.last_contact_ms = now_ms;
-        }
+        self.note_contact(now_ms, peer, frame.len());
         match Frame::decode(frame, self.config.max_frame_bytes) {
             Ok(f) => Some(f),
             Err(e) => {
                 self.strike(peer, &format!("undecodable frame: {e}"), out);
                 None
             }
+        }
+    }
+
+    /// Counts a frame of `len` bytes from `peer` as contact.
+    fn note_contact(&mut self, now_ms: u64, peer: &P, len: usize) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.stats.bytes_received += len as u64;
+            st.stats.last_contact_ms = now_ms;
         }
     }
 
@@ -547,21 +552,22 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
 
     /// A frame from the peer's bulk stream: an envelope to store, or a strike (nothing
     /// else travels there, and nothing is answered on it but the driver's acks).
-    fn on_bulk(&mut self, now_ms: u64, peer: P, frame: Vec<u8>, out: &mut Vec<Output<P>>) {
+    fn on_bulk(&mut self, now_ms: u64, peer: P, frame: BulkFrame, out: &mut Vec<Output<P>>) {
         if !self.peers.contains_key(&peer) {
             self.handle_peer_up_silently(now_ms, &peer);
         }
-        match self.decode(now_ms, &peer, &frame, out) {
-            Some(Frame::Envelope(bytes)) => out.push(Output::Ingest {
+        self.note_contact(now_ms, &peer, frame.len());
+        match frame.decode(self.config.max_frame_bytes) {
+            Ok(Frame::Envelope(bytes)) => out.push(Output::Ingest {
                 peer,
                 envelope: bytes,
             }),
-            Some(_) => self.strike(
+            Ok(_) => self.strike(
                 &peer,
                 "a frame other than an envelope on the bulk stream",
                 out,
             ),
-            None => {}
+            Err(e) => self.strike(&peer, &format!("undecodable frame: {e}"), out),
         }
     }
 

@@ -55,6 +55,8 @@ fn round_trip_and_accessors() {
     );
     let d = Envelope::decode(e.as_bytes()).unwrap();
     assert_eq!(d, e);
+    // The network's path keeps the buffer it is given: same envelope.
+    assert_eq!(Envelope::decode_owned(e.as_bytes().to_vec()).unwrap(), e);
     assert_eq!(d.ciphertext(), b"hello");
     assert_eq!(d.nonce(), [9; NONCE_LEN]);
     assert_eq!(d.header().deps.len(), 2);
@@ -76,6 +78,11 @@ fn every_flipped_bit_is_rejected() {
             assert!(
                 Envelope::decode(&b).is_err(),
                 "flip at byte {i} bit {bit:#x} accepted"
+            );
+            assert_eq!(
+                Envelope::decode_owned(b.clone()).err(),
+                Envelope::decode(&b).err(),
+                "the owned decode disagrees at byte {i} bit {bit:#x}"
             );
         }
     }

@@ -286,7 +286,7 @@ fn bulk_stream_carries_only_envelopes() {
         1,
         Input::Bulk {
             peer: 7,
-            frame: Frame::Envelope(env.clone()).encode(),
+            frame: BulkFrame::whole(Frame::Envelope(env.clone()).encode()),
         },
     );
     assert_eq!(
@@ -302,7 +302,7 @@ fn bulk_stream_carries_only_envelopes() {
         2,
         Input::Bulk {
             peer: 7,
-            frame: Frame::Prune(vec![]).encode(),
+            frame: BulkFrame::whole(Frame::Prune(vec![]).encode()),
         },
     );
     assert!(o.is_empty(), "{o:?}");
@@ -310,7 +310,7 @@ fn bulk_stream_carries_only_envelopes() {
         3,
         Input::Bulk {
             peer: 7,
-            frame: vec![0xde, 0xad],
+            frame: BulkFrame::whole(vec![0xde, 0xad]),
         },
     );
     assert!(
