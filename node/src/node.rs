@@ -134,8 +134,11 @@ impl Node {
         Ok(Arc::new(SledStore::open(path, Some(quota))?))
     }
 
-    /// Connects the network: local writes are announced from now on.
+    /// Connects the network: local writes are announced from now on, and an envelope a
+    /// read finds damaged is fetched again from a peer.
     pub fn attach_net(&self, net: fieldmesh_net::NetHandle) {
+        let tell = net.clone();
+        self.store.on_damage(Box::new(move |id| tell.damaged(id)));
         let _ = self.net.set(net);
     }
 

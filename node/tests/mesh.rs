@@ -350,6 +350,42 @@ fn a_damaged_chunk_is_healed_from_a_peer() {
     da.stop();
 }
 
+/// Damage found while the node runs is repaired while it runs: the read that finds it
+/// tells the network, which stops offering the envelope, and the next reconciliation
+/// fetches it again from the peer.
+#[test]
+fn a_chunk_damaged_while_running_is_healed_without_a_restart() {
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    a.ok(&["channel", "create", "imagery"]);
+    let (data, msg) = post_attachment(&a, "overhead imagery", 4, 12);
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    let all = envelopes_held(&a);
+    let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
+    wait_until(60, "the attachment on B", || envelopes_held(&b) == all);
+    // The disk fails under the running daemon.
+    let seg = b.home().join("store").join("vlog").join("00000000.seg");
+    let mid = std::fs::metadata(&seg).unwrap().len() / 2;
+    flip_byte(&seg, mid);
+    flip_byte(&seg, mid + 8192);
+    let out = b.dir.path().join("map.out");
+    let get = |b: &TestNode| b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
+    // The first read finds the damage and refuses what it cannot vouch for.
+    let first = get(&b);
+    assert!(
+        !first.status.success(),
+        "a damaged attachment must not be returned"
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("incomplete"));
+    wait_until(60, "the attachment healed on the running B", || {
+        get(&b).status.success()
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
+    assert_eq!(envelopes_held(&b), all, "repaired in place, counted once");
+    db.stop();
+    assert_eq!(held_offline(&b), all);
+    da.stop();
+}
+
 /// Damages one byte of a file in place (as a failing disk would).
 fn flip_byte(path: &std::path::Path, at: u64) {
     use std::os::unix::fs::FileExt;

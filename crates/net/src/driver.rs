@@ -32,6 +32,9 @@ const GROUP_COMMIT_MAX: usize = 64;
 /// batch meanwhile.
 const MAX_VERIFYING: usize = 2;
 
+/// Damage notices that can wait for the swarm task (one per damaged envelope).
+const DAMAGE_NOTICES: usize = 4096;
+
 /// A received envelope after verification.
 type Checked = Result<Envelope, crate::IngestError>;
 /// A verified envelope's id and metadata, once written (or why it was not).
@@ -144,6 +147,8 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct NetHandle {
     tx: mpsc::Sender<Command>,
+    /// Envelopes found damaged in the store (never blocks the reader that found it).
+    damaged: mpsc::Sender<EnvelopeId>,
 }
 
 impl std::fmt::Debug for Command {
@@ -163,6 +168,24 @@ impl NetHandle {
     pub fn inserted(&self, id: EnvelopeId, meta: Meta) {
         if self.tx.blocking_send(Command::Inserted(id, meta)).is_err() {
             tracing::debug!(%id, "network task stopped");
+        }
+    }
+
+    /// Tells the network that the stored copy of an envelope is damaged: it stops
+    /// offering it, and the next reconciliation with a peer that holds it fetches it
+    /// again (the store then replaces the damaged copy). Never blocks: past
+    /// 4,096 waiting notices, the envelope is left out of the index at the
+    /// next start instead (which reads every envelope), and repaired then.
+    pub fn damaged(&self, id: EnvelopeId) {
+        match self.damaged.try_send(id) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
+                %id,
+                "too many damaged envelopes at once; this one is fetched again after the next start"
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(%id, "network task stopped")
+            }
         }
     }
 
@@ -315,6 +338,7 @@ pub async fn spawn(
         oversized.clone(),
     ));
     let (tx, rx) = mpsc::channel(1024);
+    let (damaged_tx, damaged_rx) = mpsc::channel(DAMAGE_NOTICES);
     let mut driver = Driver {
         swarm,
         quic: quic_endpoints,
@@ -354,8 +378,14 @@ pub async fn spawn(
         out_links: HashMap::new(),
         in_links: HashMap::new(),
     };
-    tokio::spawn(async move { driver.run(rx, bulk_rx, config.tick).await });
-    Ok((NetHandle { tx }, bound))
+    tokio::spawn(async move { driver.run(rx, bulk_rx, damaged_rx, config.tick).await });
+    Ok((
+        NetHandle {
+            tx,
+            damaged: damaged_tx,
+        },
+        bound,
+    ))
 }
 
 /// Where the answer to an inbound frame goes.
@@ -440,6 +470,7 @@ impl Driver {
         &mut self,
         mut rx: mpsc::Receiver<Command>,
         mut bulk_rx: mpsc::Receiver<bulk::Event>,
+        mut damaged: mpsc::Receiver<EnvelopeId>,
         tick: Duration,
     ) {
         let mut ticker = tokio::time::interval(tick);
@@ -458,6 +489,10 @@ impl Driver {
                     None => break,
                 },
                 Some(ev) = bulk_rx.recv() => self.on_bulk(ev),
+                Some(id) = damaged.recv() => {
+                    tracing::warn!(%id, "stored envelope is damaged; it will be fetched again from a peer that holds it");
+                    self.feed(Input::Forget { id });
+                }
                 _ = ticker.tick() => {
                     self.redial();
                     self.feed(Input::Tick);

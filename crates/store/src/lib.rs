@@ -52,6 +52,9 @@ pub struct StoreStats {
 }
 
 /// An envelope store. Implementations are safe to share between threads.
+/// Told the id of an envelope found damaged on disk. Must not block.
+pub type DamageHook = Box<dyn Fn(EnvelopeId) + Send + Sync>;
+
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores one envelope durably.
     fn put(&self, env: &Envelope) -> Result<PutOutcome, WriteError> {
@@ -69,6 +72,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Whether an envelope is stored.
     fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError>;
+    /// Calls `hook` (once per finding, from whichever thread read it) when a read finds
+    /// a stored envelope damaged, so that a copy can be fetched again while the node
+    /// runs. A store that cannot be damaged (in memory) never calls it.
+    fn on_damage(&self, hook: DamageHook) {
+        let _ = hook;
+    }
     /// Every envelope of a channel, in (HLC, id) order. An envelope damaged on disk is
     /// left out (and logged); `get` reports it as corrupt.
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError>;

@@ -13,7 +13,7 @@ use crate::keys::{
 };
 use crate::mem::hex_key;
 use crate::vlog::{self, Pointer, ValueLog};
-use crate::{OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
+use crate::{DamageHook, OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
 use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const FORMAT_VERSION: u32 = 2;
 
 /// A durable store in a directory.
-#[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
@@ -41,6 +40,18 @@ pub struct SledStore {
     /// Envelopes found damaged on disk (by a read). A verified copy that arrives later
     /// replaces the damaged one instead of counting as a duplicate.
     damaged: Mutex<std::collections::HashSet<EnvelopeId>>,
+    /// Told of each envelope newly found damaged.
+    damage_hook: std::sync::OnceLock<DamageHook>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .field("quota", &self.quota)
+            .field("vlog", &self.vlog)
+            .finish_non_exhaustive()
+    }
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -201,6 +212,7 @@ impl SledStore {
             quota,
             poisoned: AtomicBool::new(false),
             damaged: Mutex::new(std::collections::HashSet::new()),
+            damage_hook: std::sync::OnceLock::new(),
             counters: Mutex::new(counters),
             vlog,
         })
@@ -232,10 +244,14 @@ impl SledStore {
     /// Remembers `id` as damaged if reading it failed that way.
     fn note_damage<T>(&self, id: &EnvelopeId, r: Result<T, ReadError>) -> Result<T, ReadError> {
         if let Err(ReadError::Corrupt { .. } | ReadError::CorruptIndex(_)) = &r {
-            self.damaged
+            let new = self
+                .damaged
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(*id);
+            if new && let Some(hook) = self.damage_hook.get() {
+                hook(*id);
+            }
         }
         r
     }
@@ -401,6 +417,12 @@ impl Store for SledStore {
 
     fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError> {
         Ok(self.db.contains_key(envelope_key(id))?)
+    }
+
+    fn on_damage(&self, hook: DamageHook) {
+        if self.damage_hook.set(hook).is_err() {
+            tracing::warn!("the store's damage hook is set already; the new one is ignored");
+        }
     }
 
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError> {

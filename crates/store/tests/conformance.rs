@@ -267,8 +267,13 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
         f.write_all_at(&[0x55], 500).unwrap();
     }
     let s = SledStore::open(dir.path(), None).unwrap();
+    // The node is told of each damaged envelope once, whichever read finds it.
+    let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tell = found.clone();
+    s.on_damage(Box::new(move |id| tell.lock().unwrap().push(id)));
     let err = s.get(&a.id()).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
+    assert_eq!(*found.lock().unwrap(), vec![a.id()]);
     // The bytes sent to peers are checked too (by the entry's checksum).
     let err = s.get_bytes(&a.id()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
@@ -279,6 +284,7 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
         s.channel_envelopes(&ChannelId([3; 32])).unwrap(),
         vec![b.clone()]
     );
+    assert_eq!(*found.lock().unwrap(), vec![a.id()], "told once");
     // A verified copy (from a peer) replaces the damaged one, counted once; an intact
     // envelope offered again is still a duplicate.
     let before = s.stats().unwrap();
@@ -288,6 +294,11 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     assert_eq!(s.get_bytes(&a.id()).unwrap().unwrap(), a.as_bytes());
     assert_eq!(s.stats().unwrap(), before);
     assert_eq!(s.put(&a).unwrap(), PutOutcome::Duplicate);
+    assert_eq!(
+        found.lock().unwrap().len(),
+        1,
+        "the repaired copy reads clean"
+    );
     drop(s);
     let s = SledStore::open(dir.path(), None).unwrap();
     assert_eq!(s.get(&a.id()).unwrap().unwrap(), a, "the repair is durable");

@@ -23,7 +23,7 @@ use crate::frame::{BulkFrame, Frame, MAX_FRAME_BYTES};
 use crate::ranger::{RangeMsg, Reconciler};
 use crate::{Index, Meta, TokenBucket, TransferQueue};
 use fieldmesh_core::{EnvelopeId, Precedence};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Engine parameters (from the firmware profile).
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +137,12 @@ pub enum Input<P> {
         /// From.
         peer: P,
     },
+    /// The local copy of an envelope turned out damaged (a failing disk): it leaves the
+    /// index, so the next reconciliation with a peer that holds it fetches it again.
+    Forget {
+        /// Which envelope.
+        id: EnvelopeId,
+    },
     /// Time passed.
     Tick,
 }
@@ -217,8 +223,12 @@ struct PeerState {
     /// Pushes sent and not yet acknowledged, and their bytes.
     inflight: BTreeSet<EnvelopeId>,
     inflight_bytes: u64,
-    /// Pushes the peer acknowledged on this connection.
+    /// Pushes the peer acknowledged recently, and when (oldest first): a want for one
+    /// of them was computed before it arrived, and is not served twice. Forgotten after
+    /// [`Engine::delivered_memory_ms`], so that a peer that has since lost its copy (a
+    /// damaged disk) and asks again gets it.
     delivered: BTreeSet<EnvelopeId>,
+    delivered_at: VecDeque<(u64, EnvelopeId)>,
     /// New envelopes go to this peer at once (true) or by announce only (pruned).
     eager: bool,
     /// When the open reconciliation session's first request left (for the RTT).
@@ -243,6 +253,7 @@ impl PeerState {
             inflight: BTreeSet::new(),
             inflight_bytes: 0,
             delivered: BTreeSet::new(),
+            delivered_at: VecDeque::new(),
             eager: true,
             session_sent_ms: None,
             srtt_ms: None,
@@ -367,15 +378,37 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
                         st.inflight_bytes = st.inflight_bytes.saturating_sub(size);
                     }
-                    if delivered {
-                        st.delivered.insert(id);
+                    if delivered && st.delivered.insert(id) {
+                        st.delivered_at.push_back((now_ms, id));
                     }
                     if !delivered && let Some(meta) = self.index.meta(&id) {
                         st.queue.push(id, meta);
                     }
                 }
             }
+            Input::Forget { id } => {
+                let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
+                if self.index.remove(&id) {
+                    // Not offered any more; a push already under way is no longer
+                    // counted against its window (its outcome finds nothing to settle).
+                    for st in self.peers.values_mut() {
+                        st.queue.cancel(&id);
+                        if st.inflight.remove(&id) {
+                            st.inflight_bytes = st.inflight_bytes.saturating_sub(size);
+                        }
+                    }
+                }
+            }
             Input::Tick => {
+                let memory = self.delivered_memory_ms();
+                for st in self.peers.values_mut() {
+                    while let Some((at, id)) = st.delivered_at.front().copied()
+                        && now_ms.saturating_sub(at) >= memory
+                    {
+                        st.delivered_at.pop_front();
+                        st.delivered.remove(&id);
+                    }
+                }
                 let due: Vec<P> = self
                     .peers
                     .iter()
@@ -671,6 +704,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             }
             self.send_range(&peer, vec![RangeMsg::Want { ids }], out);
         }
+    }
+
+    /// How long an acknowledged push keeps a want for it from being served again: two
+    /// resync intervals (a want is computed in one session and arrives within it), and
+    /// at least five seconds.
+    pub fn delivered_memory_ms(&self) -> u64 {
+        self.config.resync_interval_ms.saturating_mul(2).max(5_000)
     }
 
     fn queue_pushes(&mut self, peer: &P, ids: Vec<EnvelopeId>) {

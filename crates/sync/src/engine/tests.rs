@@ -177,6 +177,45 @@ fn two_peers_converge_on_the_union() {
 }
 
 #[test]
+fn a_forgotten_envelope_is_fetched_again_at_the_next_reconciliation() {
+    let items: Vec<_> = (0..50).map(|n| envelope(n, Precedence::Routine)).collect();
+    let net = all(&items);
+    let cfg = EngineConfig {
+        resync_interval_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    // Node 1 gets everything from node 0 (pushes, acknowledged).
+    let mut nodes = [node(cfg, &items), node(cfg, &[])];
+    let now = run(
+        &mut nodes,
+        &net,
+        vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+        0,
+        100,
+        2_000,
+    );
+    assert_eq!(nodes[1].arrivals.len(), 50);
+    // Then finds one copy damaged.
+    let lost = items[17].0;
+    nodes[1].held.remove(&lost);
+    let outs = nodes[1].engine.handle(now, Input::Forget { id: lost });
+    assert!(outs.is_empty(), "{outs:?}");
+    assert!(!nodes[1].engine.index().contains(&lost));
+    assert_eq!(nodes[1].engine.index().len(), 49);
+    // Forgetting what is not held changes nothing.
+    nodes[1].engine.handle(now, Input::Forget { id: lost });
+    assert_eq!(nodes[1].engine.index().len(), 49);
+    // Node 0 does not serve a want for what it delivered moments ago (a want computed
+    // before the push arrived), but does once that memory has passed.
+    let memory = nodes[0].engine.delivered_memory_ms();
+    run(&mut nodes, &net, vec![], now, 100, now + memory + 3_000);
+    assert_eq!(nodes[1].arrivals.len(), 51, "fetched again, and only it");
+    assert_eq!(nodes[1].arrivals[50], lost);
+    assert!(nodes[1].engine.index().contains(&lost));
+    assert_eq!(nodes[1].held[&lost], net[&lost].1);
+}
+
+#[test]
 fn flash_overtakes_routine_on_a_throttled_link() {
     let routine: Vec<_> = (0..1000)
         .map(|n| envelope(n, Precedence::Routine))
