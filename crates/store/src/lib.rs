@@ -31,7 +31,7 @@ pub use error::{OpenError, ReadError, WriteError};
 pub use mem::MemStore;
 pub use sled_store::{FORMAT_VERSION, SledStore};
 
-use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
+use fieldmesh_core::{ChannelId, Envelope, EnvelopeId, Hlc, Kind, Precedence};
 
 /// What a put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,33 @@ pub struct StoreStats {
 }
 
 /// An envelope store. Implementations are safe to share between threads.
+/// What the sync index and channel reads need to know of a stored envelope without
+/// reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its precedence.
+    pub precedence: Precedence,
+    /// Its timestamp.
+    pub hlc: Hlc,
+    /// Its encoded size in bytes.
+    pub size: u32,
+}
+
+impl Summary {
+    /// The summary of an envelope.
+    pub fn of(env: &Envelope) -> Summary {
+        let h = env.header();
+        Summary {
+            kind: h.kind,
+            precedence: h.precedence,
+            hlc: h.hlc,
+            size: u32::try_from(env.encoded_len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// Told the id of an envelope found damaged on disk. Must not block.
 pub type DamageHook = Box<dyn Fn(EnvelopeId) + Send + Sync>;
 
@@ -77,6 +104,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// runs. A store that cannot be damaged (in memory) never calls it.
     fn on_damage(&self, hook: DamageHook) {
         let _ = hook;
+    }
+    /// Every readable envelope's id and summary, in id order; envelopes found damaged
+    /// are left out (and logged). Cheap where the backend keeps summaries beside large
+    /// values: those are not read.
+    fn summaries(&self) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            match self.get(&id) {
+                Ok(Some(env)) => out.push((id, Summary::of(&env))),
+                Ok(None) => {}
+                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
+                    tracing::error!(%id, %e, "stored envelope is damaged; it is left out");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+    /// A channel's envelopes of the kinds `keep` accepts, in time order (damaged ones
+    /// left out, as [`Store::channel_envelopes`]). Where the backend knows a large
+    /// value's kind without reading it, values of other kinds are not read.
+    fn channel_envelopes_of(
+        &self,
+        channel: &ChannelId,
+        keep: &dyn Fn(Kind) -> bool,
+    ) -> Result<Vec<Envelope>, ReadError> {
+        let mut all = self.channel_envelopes(channel)?;
+        all.retain(|e| keep(e.header().kind));
+        Ok(all)
     }
     /// Every envelope of a channel, in (HLC, id) order. An envelope damaged on disk is
     /// left out (and logged); `get` reports it as corrupt.

@@ -13,15 +13,18 @@ use crate::keys::{
 };
 use crate::mem::hex_key;
 use crate::vlog::{self, Pointer, ValueLog};
-use crate::{DamageHook, OpenError, PutOutcome, ReadError, Store, StoreStats, WriteError};
-use fieldmesh_core::{ChannelId, Envelope, EnvelopeId};
+use crate::{DamageHook, OpenError, PutOutcome, ReadError, Store, StoreStats, Summary, WriteError};
+use fieldmesh_core::{ChannelId, Envelope, EnvelopeId, Kind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The store format this build writes and the newest it reads. 2: large envelopes live in
-/// the value log (a format-1 store opens and is marked 2 from then on).
-pub const FORMAT_VERSION: u32 = 2;
+/// the value log (a format-1 store opens and is marked 2 from then on). 3: value-log
+/// pointers carry the envelope's summary (a format-2 store opens and is marked 3; its
+/// older pointers are still read; a build that knows only format 2 refuses the store
+/// instead of taking the new pointers for damaged envelopes).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A durable store in a directory.
 pub struct SledStore {
@@ -350,8 +353,9 @@ impl Store for SledStore {
                 continue;
             }
             if e.encoded_len() >= vlog::MIN_BYTES {
-                let p = pointers.next().expect("one pointer per large envelope");
-                batch.insert(&envelope_key(&e.id())[..], &p.encode()[..]);
+                let mut p = pointers.next().expect("one pointer per large envelope");
+                p.summary = Some(Summary::of(e));
+                batch.insert(&envelope_key(&e.id())[..], p.encode());
             } else {
                 batch.insert(&envelope_key(&e.id())[..], e.as_bytes());
             }
@@ -426,6 +430,14 @@ impl Store for SledStore {
     }
 
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError> {
+        self.channel_envelopes_of(channel, &|_| true)
+    }
+
+    fn channel_envelopes_of(
+        &self,
+        channel: &ChannelId,
+        keep: &dyn Fn(Kind) -> bool,
+    ) -> Result<Vec<Envelope>, ReadError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(channel_prefix(channel)) {
             let (k, _) = kv?;
@@ -433,10 +445,17 @@ impl Store for SledStore {
             let v = self.db.get(envelope_key(&id))?.ok_or_else(|| {
                 ReadError::CorruptIndex(format!("channel index names missing envelope {id}"))
             })?;
+            // A large value of a kind not wanted is not read.
+            if let Some(s) = Pointer::decode(&v).and_then(|p| p.summary)
+                && !keep(s.kind)
+            {
+                continue;
+            }
             // One envelope damaged on disk must not make its whole channel unreadable:
             // it is left out (as if not yet received), and `get` still reports it.
             match self.decode(&id, &v) {
-                Ok(e) => out.push(e),
+                Ok(e) if keep(e.header().kind) => out.push(e),
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(%id, %e, "stored envelope is damaged; its channel is read without it")
                 }
@@ -472,7 +491,89 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn summaries(&self) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([crate::keys::ENVELOPE]) {
+            let (k, v) = kv?;
+            if k.len() != 33 {
+                return Err(ReadError::CorruptIndex(hex_key(&k)));
+            }
+            let id = EnvelopeId(k[1..].try_into().expect("32"));
+            // A large envelope's summary is beside its pointer: the value is not read
+            // (damage in it is found by the read that needs it, and repaired then).
+            if let Some(s) = Pointer::decode(&v).and_then(|p| p.summary) {
+                out.push((id, s));
+                continue;
+            }
+            match self.decode(&id, &v) {
+                Ok(env) => out.push((id, Summary::of(&env))),
+                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
+                    tracing::error!(%id, %e, "stored envelope is damaged; it is left out")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     fn stats(&self) -> Result<StoreStats, ReadError> {
         Ok(*self.counters.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldmesh_core::{ChannelId, CompartmentId, Header, Hlc, Precedence};
+    use fieldmesh_crypto::{NodeKey, PayloadKey, seal_envelope};
+
+    /// A store written before summaries were kept beside pointers still gives every
+    /// envelope's summary (by reading the value), and its pointers still resolve.
+    #[test]
+    fn pointers_without_a_summary_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = NodeKey::from_seed([3; 32]);
+        let header = Header {
+            kind: Kind::BLOB_CHUNK,
+            precedence: Precedence::Priority,
+            compartment: CompartmentId::OPEN,
+            epoch: 0,
+            channel: ChannelId([1; 32]),
+            author: k.node_id(),
+            hlc: Hlc(77),
+            deps: vec![],
+        };
+        let e = seal_envelope(&k, header, &PayloadKey::open_compartment(), &[5; 30_000]).unwrap();
+        let s = SledStore::open(dir.path(), None).unwrap();
+        s.put(&e).unwrap();
+        let key = envelope_key(&e.id());
+        let v = s.db.get(key).unwrap().unwrap();
+        let mut p = Pointer::decode(&v).unwrap();
+        assert_eq!(p.summary, Some(Summary::of(&e)));
+        // Rewrite it as the first format did.
+        p.summary = None;
+        let old = p.encode();
+        assert_eq!(old.len(), 24);
+        assert_eq!(&old[..4], b"FMVL");
+        s.db.insert(key, old).unwrap();
+        s.force_format_version(2).unwrap();
+        s.db.flush().unwrap();
+        drop(s);
+        // A format-2 store opens, and is marked with this build's format.
+        let s = SledStore::open(dir.path(), None).unwrap();
+        let format = s.db.get(meta_key("format")).unwrap().unwrap();
+        assert_eq!(be_u64(&format), u64::from(FORMAT_VERSION));
+        assert_eq!(s.summaries().unwrap(), vec![(e.id(), Summary::of(&e))]);
+        assert_eq!(s.get(&e.id()).unwrap().unwrap(), e);
+        assert_eq!(
+            s.channel_envelopes_of(&ChannelId([1; 32]), &|k| k == Kind::BLOB_CHUNK)
+                .unwrap(),
+            vec![e.clone()]
+        );
+        assert!(
+            s.channel_envelopes_of(&ChannelId([1; 32]), &|k| k.is_channel_change())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -24,6 +24,8 @@
 //! compacted; when retention deletes envelopes, a segment whose values are all gone can
 //! simply be removed.
 
+use crate::Summary;
+use fieldmesh_core::{Hlc, Kind, Precedence};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -35,43 +37,68 @@ use std::sync::{Arc, Mutex};
 pub(crate) const MIN_BYTES: usize = 8 * 1024;
 /// A segment is closed once it holds this much.
 const SEGMENT_BYTES: u64 = 256 << 20;
+/// A pointer as the first value-log format wrote it: where, and the CRC.
 const MAGIC: &[u8; 4] = b"FMVL";
-/// Bytes of a pointer record in sled.
-pub(crate) const POINTER_BYTES: usize = 24;
+/// A pointer that also carries the envelope's summary (kind, precedence, time).
+const MAGIC_SUMMARY: &[u8; 4] = b"FMVS";
+const POINTER_BYTES: usize = 24;
+/// Bytes of a pointer record this build writes.
+pub(crate) const SUMMARY_POINTER_BYTES: usize = POINTER_BYTES + 10;
 
 /// Where a value lives: segment, offset, length, and the value's CRC-32C, so that a
 /// read can be checked without hashing the envelope again (sending a chunk from the
-/// store costs a CRC instead of a SHA-256).
+/// store costs a CRC instead of a SHA-256); and what the envelope is, so that the sync
+/// index at start and a channel read that skips attachment chunks need not read it
+/// (pointers written before the summary was kept have none: those envelopes are read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pointer {
     seg: u32,
     offset: u64,
     len: u32,
     crc: u32,
+    pub(crate) summary: Option<Summary>,
 }
 
 impl Pointer {
-    pub(crate) fn encode(&self) -> [u8; POINTER_BYTES] {
-        let mut b = [0u8; POINTER_BYTES];
-        b[..4].copy_from_slice(MAGIC);
-        b[4..8].copy_from_slice(&self.seg.to_be_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        b[16..20].copy_from_slice(&self.len.to_be_bytes());
-        b[20..24].copy_from_slice(&self.crc.to_be_bytes());
+    /// The record stored in sled (with the summary when it is known).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(SUMMARY_POINTER_BYTES);
+        b.extend_from_slice(if self.summary.is_some() {
+            MAGIC_SUMMARY
+        } else {
+            MAGIC
+        });
+        b.extend_from_slice(&self.seg.to_be_bytes());
+        b.extend_from_slice(&self.offset.to_be_bytes());
+        b.extend_from_slice(&self.len.to_be_bytes());
+        b.extend_from_slice(&self.crc.to_be_bytes());
+        if let Some(s) = &self.summary {
+            b.push(s.kind.0);
+            b.push(s.precedence.as_u8());
+            b.extend_from_slice(&s.hlc.0.to_be_bytes());
+        }
         b
     }
 
     /// A pointer record, or `None` for anything else (an envelope stored inline starts
     /// with its own magic, `FMEV`).
     pub(crate) fn decode(v: &[u8]) -> Option<Pointer> {
-        if v.len() != POINTER_BYTES || &v[..4] != MAGIC {
-            return None;
-        }
+        let summary = match (v.len(), v.get(..4)?) {
+            (POINTER_BYTES, m) if m == MAGIC => None,
+            (SUMMARY_POINTER_BYTES, m) if m == MAGIC_SUMMARY => Some(Summary {
+                kind: Kind(v[24]),
+                precedence: Precedence::from_u8(v[25])?,
+                hlc: Hlc(u64::from_be_bytes(v[26..34].try_into().ok()?)),
+                size: u32::from_be_bytes(v[16..20].try_into().ok()?),
+            }),
+            _ => return None,
+        };
         Some(Pointer {
             seg: u32::from_be_bytes(v[4..8].try_into().ok()?),
             offset: u64::from_be_bytes(v[8..16].try_into().ok()?),
             len: u32::from_be_bytes(v[16..20].try_into().ok()?),
             crc: u32::from_be_bytes(v[20..24].try_into().ok()?),
+            summary,
         })
     }
 }
@@ -249,6 +276,7 @@ impl ValueLog {
                 offset: start + at as u64,
                 len,
                 crc: crc32fast::hash(v),
+                summary: None,
             });
             buf.bytes_mut()[at..at + v.len()].copy_from_slice(v);
             at += v.len();

@@ -2,7 +2,7 @@
 
 use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, Kind, Precedence};
 use fieldmesh_crypto::{NodeKey, PayloadKey, seal_envelope};
-use fieldmesh_store::{MemStore, PutOutcome, SledStore, Store, WriteError};
+use fieldmesh_store::{MemStore, PutOutcome, SledStore, Store, Summary, WriteError};
 
 fn env(key: &NodeKey, ch: u8, hlc: u64, kind: Kind, body: &[u8]) -> Envelope {
     let header = Header {
@@ -207,6 +207,19 @@ fn large_and_small_envelopes(s: &dyn Store) {
     let listed = s.channel_envelopes(&ChannelId([9; 32])).unwrap();
     assert_eq!(listed.len(), 6);
     assert_eq!(listed[1..], big[..]);
+    // Summaries describe every envelope, large or small, in id order.
+    let mut want: Vec<_> = big
+        .iter()
+        .chain([&g])
+        .map(|e| (e.id(), Summary::of(e)))
+        .collect();
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(s.summaries().unwrap(), want);
+    // A channel read by kind.
+    let genesis_only = s
+        .channel_envelopes_of(&ChannelId([9; 32]), &|k| k == Kind::CHANNEL_GENESIS)
+        .unwrap();
+    assert_eq!(genesis_only, vec![g.clone()]);
     let stats = s.stats().unwrap();
     assert_eq!(
         stats.bytes,
@@ -306,6 +319,57 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
         s.channel_envelopes(&ChannelId([3; 32])).unwrap(),
         vec![a, b]
     );
+}
+
+/// A large envelope's summary is kept beside its value-log pointer: the sync index at
+/// start and a channel read that skips attachment chunks do not read the chunks, so
+/// damage in a chunk costs neither; the read that needs the chunk finds it.
+#[test]
+fn sled_summaries_and_kind_filtered_reads_skip_large_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = NodeKey::from_seed([9; 32]);
+    let g = env(&k, 4, 1, Kind::CHANNEL_GENESIS, b"genesis");
+    let chunk = env(&k, 4, 2, Kind::BLOB_CHUNK, &[3; 40_000]);
+    let change = env(&k, 4, 3, Kind::CHANNEL_CHANGE, b"post");
+    {
+        let s = SledStore::open(dir.path(), None).unwrap();
+        s.put_batch(&[g.clone(), chunk.clone(), change.clone()])
+            .unwrap();
+    }
+    // The chunk is the only value in the log: damage it.
+    {
+        use std::os::unix::fs::FileExt;
+        let seg = dir.path().join("vlog").join("00000000.seg");
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0x55], 1000).unwrap();
+    }
+    let s = SledStore::open(dir.path(), None).unwrap();
+    let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tell = found.clone();
+    s.on_damage(Box::new(move |id| tell.lock().unwrap().push(id)));
+    let mut want: Vec<_> = [&g, &chunk, &change]
+        .iter()
+        .map(|e| (e.id(), Summary::of(e)))
+        .collect();
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        s.summaries().unwrap(),
+        want,
+        "from the pointer, not the value"
+    );
+    assert_eq!(
+        s.channel_envelopes_of(&ChannelId([4; 32]), &|k| k.is_channel_change())
+            .unwrap(),
+        vec![g.clone(), change.clone()]
+    );
+    assert!(found.lock().unwrap().is_empty(), "the chunk was never read");
+    // The read that needs the chunk finds the damage.
+    assert!(
+        s.channel_envelopes_of(&ChannelId([4; 32]), &|k| k == Kind::BLOB_CHUNK)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(*found.lock().unwrap(), vec![chunk.id()]);
 }
 
 /// The value log reuses its write buffer across group commits: a later, smaller commit
