@@ -58,6 +58,15 @@ fn hash_and_store(
             .open(path)
             .ok()
     };
+    if direct.is_none() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            println!(
+                "  note: {} refuses O_DIRECT: the least-work receiver writes through the page cache (and on tmpfs fdatasync does nothing)",
+                path.parent().unwrap_or(path).display()
+            )
+        });
+    }
     let mut buf = Vec::new();
     let (mut stored, mut at) = (0, 0u64);
     for batch in hashed {

@@ -173,19 +173,18 @@ impl NetHandle {
 
     /// Tells the network that the stored copy of an envelope is damaged: it stops
     /// offering it, and the next reconciliation with a peer that holds it fetches it
-    /// again (the store then replaces the damaged copy). Never blocks: past
-    /// 4,096 waiting notices, the envelope is left out of the index at the
-    /// next start instead (which reads every envelope), and repaired then.
-    pub fn damaged(&self, id: EnvelopeId) {
+    /// again (the store then replaces the damaged copy). Never blocks. False: the notice
+    /// was not taken (4,096 are waiting already); the store gives it again at the next
+    /// read that finds the damage.
+    pub fn damaged(&self, id: EnvelopeId) -> bool {
         match self.damaged.try_send(id) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
-                %id,
-                "too many damaged envelopes at once; this one is fetched again after the next start"
-            ),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!(%id, "network task stopped")
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%id, "too many damaged envelopes at once; this one is reported again when next read");
+                false
             }
+            // Nobody to tell: the network has stopped.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
         }
     }
 

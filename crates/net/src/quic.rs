@@ -139,6 +139,13 @@ impl QuicTransport {
             rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
             rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
         ];
+        // aws-lc seeds its random generator from CPU jitter the first time it is used
+        // (about 30 ms of CPU here): do that beside the node's start-up, not inside the
+        // first handshake, where it delayed the first sync with a peer.
+        let random = provider.secure_random;
+        let _ = std::thread::Builder::new()
+            .name("rng-seed".into())
+            .spawn(move || random.fill(&mut [0u8; 32]));
         let provider = Arc::new(provider);
         let verifier = Arc::new(PeerCertVerifier);
         // rustls's own certificate set-up parses the certificate with webpki, which refuses

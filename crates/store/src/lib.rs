@@ -51,7 +51,6 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
-/// An envelope store. Implementations are safe to share between threads.
 /// What the sync index and channel reads need to know of a stored envelope without
 /// reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +78,12 @@ impl Summary {
     }
 }
 
-/// Told the id of an envelope found damaged on disk. Must not block.
-pub type DamageHook = Box<dyn Fn(EnvelopeId) + Send + Sync>;
+/// Told the id of an envelope found damaged on disk; true once the notice is taken (a
+/// notice not taken is given again by the next read that finds the damage). Must not
+/// block.
+pub type DamageHook = Box<dyn Fn(EnvelopeId) -> bool + Send + Sync>;
 
+/// An envelope store. Implementations are safe to share between threads.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores one envelope durably.
     fn put(&self, env: &Envelope) -> Result<PutOutcome, WriteError> {
@@ -99,9 +101,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Whether an envelope is stored.
     fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError>;
-    /// Calls `hook` (once per finding, from whichever thread read it) when a read finds
-    /// a stored envelope damaged, so that a copy can be fetched again while the node
-    /// runs. A store that cannot be damaged (in memory) never calls it.
+    /// Calls `hook` (from whichever thread read it) when a read finds a stored envelope
+    /// damaged, once per envelope unless the hook does not take the notice, so that a
+    /// copy can be fetched again while the node runs; envelopes found damaged before the
+    /// hook was set are given to it at once. A store that cannot be damaged (in memory)
+    /// never calls it.
     fn on_damage(&self, hook: DamageHook) {
         let _ = hook;
     }

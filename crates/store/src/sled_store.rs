@@ -40,9 +40,10 @@ pub struct SledStore {
     counters: Mutex<StoreStats>,
     /// Large envelopes' bytes.
     vlog: ValueLog,
-    /// Envelopes found damaged on disk (by a read). A verified copy that arrives later
-    /// replaces the damaged one instead of counting as a duplicate.
-    damaged: Mutex<std::collections::HashSet<EnvelopeId>>,
+    /// Envelopes found damaged on disk (by a read), and whether the damage hook has
+    /// taken the notice. A verified copy that arrives later replaces the damaged one
+    /// instead of counting as a duplicate.
+    damaged: Mutex<std::collections::HashMap<EnvelopeId, bool>>,
     /// Told of each envelope newly found damaged.
     damage_hook: std::sync::OnceLock<DamageHook>,
 }
@@ -214,7 +215,7 @@ impl SledStore {
             path: path.to_owned(),
             quota,
             poisoned: AtomicBool::new(false),
-            damaged: Mutex::new(std::collections::HashSet::new()),
+            damaged: Mutex::new(std::collections::HashMap::new()),
             damage_hook: std::sync::OnceLock::new(),
             counters: Mutex::new(counters),
             vlog,
@@ -247,13 +248,24 @@ impl SledStore {
     /// Remembers `id` as damaged if reading it failed that way.
     fn note_damage<T>(&self, id: &EnvelopeId, r: Result<T, ReadError>) -> Result<T, ReadError> {
         if let Err(ReadError::Corrupt { .. } | ReadError::CorruptIndex(_)) = &r {
-            let new = self
+            let told = *self
                 .damaged
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(*id);
-            if new && let Some(hook) = self.damage_hook.get() {
-                hook(*id);
+                .entry(*id)
+                .or_insert(false);
+            // Told outside the lock; a hook that does not take the notice hears it again
+            // from the next read that finds the damage.
+            if !told
+                && let Some(hook) = self.damage_hook.get()
+                && hook(*id)
+                && let Some(t) = self
+                    .damaged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(id)
+            {
+                *t = true;
             }
         }
         r
@@ -273,8 +285,16 @@ impl SledStore {
                     .vlog
                     .read(&p)
                     .map(std::borrow::Cow::Owned)
-                    .map_err(|e| {
-                        ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
+                    .map_err(|e| match e.kind() {
+                        // The bytes are wrong or gone: damage.
+                        std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::NotFound => {
+                            ReadError::CorruptIndex(format!("envelope {id} in the value log: {e}"))
+                        }
+                        // The read failed (out of file handles, an I/O error): the
+                        // envelope may be intact, so it is not taken for damaged.
+                        _ => ReadError::Engine(sled::Error::Io(e)),
                     });
                 self.note_damage(id, read)
             }
@@ -300,7 +320,7 @@ impl Store for SledStore {
             if !seen.insert(id) {
                 outcomes.push(PutOutcome::Duplicate);
             } else if self.db.contains_key(envelope_key(&id))? {
-                if damaged.contains(&id) {
+                if damaged.contains_key(&id) {
                     outcomes.push(PutOutcome::Inserted);
                     repairs.push(id);
                 } else {
@@ -426,6 +446,25 @@ impl Store for SledStore {
     fn on_damage(&self, hook: DamageHook) {
         if self.damage_hook.set(hook).is_err() {
             tracing::warn!("the store's damage hook is set already; the new one is ignored");
+            return;
+        }
+        // What reads found before there was anyone to tell.
+        let untold: Vec<EnvelopeId> = self
+            .damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, told)| !**told)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(hook) = self.damage_hook.get() {
+            let taken: Vec<EnvelopeId> = untold.into_iter().filter(|id| hook(*id)).collect();
+            let mut damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+            for id in taken {
+                if let Some(t) = damaged.get_mut(&id) {
+                    *t = true;
+                }
+            }
         }
     }
 

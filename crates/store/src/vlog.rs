@@ -1,5 +1,7 @@
 //! The value log: large envelopes (attachment chunks) live in append-only segment files
-//! beside sled, which keeps a 20-byte pointer under the envelope's key.
+//! beside sled, which keeps a pointer under the envelope's key: 34 bytes with the
+//! envelope's summary (kind, precedence, time: the sync index and channel reads use it
+//! without reading the value), or 24 bytes without, as format-2 stores wrote them.
 //!
 //! sled writes a whole leaf page again whenever one of its (up to 17) values changes
 //! neighbourhood, and writes any log item over a quarter of its 512 KiB segments to a

@@ -280,16 +280,24 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
         f.write_all_at(&[0x55], 500).unwrap();
     }
     let s = SledStore::open(dir.path(), None).unwrap();
-    // The node is told of each damaged envelope once, whichever read finds it.
-    let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tell = found.clone();
-    s.on_damage(Box::new(move |id| tell.lock().unwrap().push(id)));
     let err = s.get(&a.id()).unwrap_err();
     assert!(err.to_string().contains("corrupt"), "{err}");
+    // The node is told of each damaged envelope: what was found before it listened, as
+    // soon as it does; a notice it does not take (a full queue), again by the next read
+    // that finds the damage; and then never again.
+    let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tell = found.clone();
+    s.on_damage(Box::new(move |id| {
+        let mut f = tell.lock().unwrap();
+        f.push(id);
+        f.len() > 1
+    }));
     assert_eq!(*found.lock().unwrap(), vec![a.id()]);
     // The bytes sent to peers are checked too (by the entry's checksum).
     let err = s.get_bytes(&a.id()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert_eq!(*found.lock().unwrap(), vec![a.id(), a.id()]);
+    assert!(s.get(&a.id()).is_err());
     assert_eq!(s.get(&b.id()).unwrap().unwrap(), b);
     assert_eq!(s.get_bytes(&b.id()).unwrap().unwrap(), b.as_bytes());
     // The channel stays readable without the damaged envelope.
@@ -297,7 +305,11 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
         s.channel_envelopes(&ChannelId([3; 32])).unwrap(),
         vec![b.clone()]
     );
-    assert_eq!(*found.lock().unwrap(), vec![a.id()], "told once");
+    assert_eq!(
+        found.lock().unwrap().len(),
+        2,
+        "told until taken, then not again"
+    );
     // A verified copy (from a peer) replaces the damaged one, counted once; an intact
     // envelope offered again is still a duplicate.
     let before = s.stats().unwrap();
@@ -309,7 +321,7 @@ fn sled_value_log_survives_reopen_torn_tails_and_damage() {
     assert_eq!(s.put(&a).unwrap(), PutOutcome::Duplicate);
     assert_eq!(
         found.lock().unwrap().len(),
-        1,
+        2,
         "the repaired copy reads clean"
     );
     drop(s);
@@ -346,7 +358,10 @@ fn sled_summaries_and_kind_filtered_reads_skip_large_values() {
     let s = SledStore::open(dir.path(), None).unwrap();
     let found = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let tell = found.clone();
-    s.on_damage(Box::new(move |id| tell.lock().unwrap().push(id)));
+    s.on_damage(Box::new(move |id| {
+        tell.lock().unwrap().push(id);
+        true
+    }));
     let mut want: Vec<_> = [&g, &chunk, &change]
         .iter()
         .map(|e| (e.id(), Summary::of(e)))

@@ -378,7 +378,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
                         st.inflight_bytes = st.inflight_bytes.saturating_sub(size);
                     }
-                    if delivered && st.delivered.insert(id) {
+                    // A forgotten envelope (damaged here: a push that could not be
+                    // loaded ends as "delivered") is not remembered as the peer's.
+                    if delivered && self.index.contains(&id) && st.delivered.insert(id) {
                         st.delivered_at.push_back((now_ms, id));
                     }
                     if !delivered && let Some(meta) = self.index.meta(&id) {
@@ -390,12 +392,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 let size = self.index.meta(&id).map_or(0, |m| u64::from(m.size));
                 if self.index.remove(&id) {
                     // Not offered any more; a push already under way is no longer
-                    // counted against its window (its outcome finds nothing to settle).
+                    // counted against its window (its outcome finds nothing to settle);
+                    // and no peer counts as having it from us (a push that failed to
+                    // load was reported done), so the repaired copy goes to them all.
                     for st in self.peers.values_mut() {
                         st.queue.cancel(&id);
                         if st.inflight.remove(&id) {
                             st.inflight_bytes = st.inflight_bytes.saturating_sub(size);
                         }
+                        st.delivered.remove(&id);
                     }
                 }
             }
@@ -718,8 +723,8 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             return;
         };
         for id in ids {
-            // Already on its way, or acknowledged on this connection (a want computed
-            // before it arrived): a resync must not send it twice.
+            // Already on its way, or acknowledged within the delivered memory (a want
+            // computed before it arrived): a resync must not send it twice.
             if st.inflight.contains(&id) || st.delivered.contains(&id) {
                 continue;
             }

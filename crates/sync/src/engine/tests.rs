@@ -206,13 +206,63 @@ fn a_forgotten_envelope_is_fetched_again_at_the_next_reconciliation() {
     nodes[1].engine.handle(now, Input::Forget { id: lost });
     assert_eq!(nodes[1].engine.index().len(), 49);
     // Node 0 does not serve a want for what it delivered moments ago (a want computed
-    // before the push arrived), but does once that memory has passed.
+    // before the push arrived): resyncs come every second, the push was acknowledged
+    // after time 0, and its memory lasts 5 s.
     let memory = nodes[0].engine.delivered_memory_ms();
-    run(&mut nodes, &net, vec![], now, 100, now + memory + 3_000);
+    assert_eq!(memory, 5_000);
+    let now = run(&mut nodes, &net, vec![], now, 100, now + 1_500);
+    assert_eq!(nodes[1].arrivals.len(), 50, "not served twice at once");
+    // Once that memory has passed, it is.
+    run(&mut nodes, &net, vec![], now, 100, now + memory + 1_000);
     assert_eq!(nodes[1].arrivals.len(), 51, "fetched again, and only it");
     assert_eq!(nodes[1].arrivals[50], lost);
     assert!(nodes[1].engine.index().contains(&lost));
     assert_eq!(nodes[1].held[&lost], net[&lost].1);
+}
+
+/// A push that could not be loaded (the copy here is damaged) is reported done, but the
+/// peer never got it: once the copy is repaired, it goes to that peer at once.
+#[test]
+fn a_repaired_envelope_goes_to_the_peer_its_failed_push_was_for() {
+    let (id, meta, _) = envelope(1, Precedence::Routine);
+    let mut n = node(EngineConfig::default(), &[]);
+    n.engine.handle(0, Input::PeerUp(7));
+    let first = n.engine.handle(
+        1,
+        Input::Inserted {
+            id,
+            meta,
+            from: None,
+        },
+    );
+    let pushes = |o: &[Output<u8>]| {
+        o.iter()
+            .filter(|x| matches!(x, Output::Push { peer: 7, id: i } if *i == id))
+            .count()
+    };
+    // The push goes out; loading it fails; the driver forgets it and reports it done.
+    let first = [first, n.engine.handle(2, Input::Tick)].concat();
+    assert_eq!(pushes(&first), 1, "{first:?}");
+    assert!(n.engine.handle(3, Input::Forget { id }).is_empty());
+    n.engine.handle(
+        4,
+        Input::PushDone {
+            peer: 7,
+            id,
+            delivered: true,
+        },
+    );
+    // Repaired from elsewhere: pushed to peer 7 again.
+    let o = n.engine.handle(
+        5,
+        Input::Inserted {
+            id,
+            meta,
+            from: Some(8),
+        },
+    );
+    let o = [o, n.engine.handle(6, Input::Tick)].concat();
+    assert_eq!(pushes(&o), 1, "{o:?}");
 }
 
 #[test]
