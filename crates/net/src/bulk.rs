@@ -209,8 +209,11 @@ async fn write_batch(
         };
         let len = u32::try_from(bytes.len() + ENVELOPE_PREFIX.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-        w.write_all(&len.to_be_bytes()).await?;
-        w.write_all(&ENVELOPE_PREFIX).await?;
+        // Length and frame head in one write: each write takes the connection's lock.
+        let mut head = [0u8; 6];
+        head[..4].copy_from_slice(&len.to_be_bytes());
+        head[4..].copy_from_slice(&ENVELOPE_PREFIX);
+        w.write_all(&head).await?;
         w.write_all(&bytes).await?;
     }
     Ok(())
