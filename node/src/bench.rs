@@ -301,6 +301,7 @@ fn startup_with_attachments(dir: &std::path::Path) -> Result<()> {
     );
     node.create_channel("imagery", None)?;
     let ch = "imagery";
+    let mut posted = Vec::new();
     for i in 0..4 {
         let data: Vec<u8> = (0..MIB * 1024 * 1024 / 4)
             .map(|j| (j.wrapping_mul(2_654_435_761) >> 7) as u8 ^ i as u8)
@@ -311,7 +312,7 @@ fn startup_with_attachments(dir: &std::path::Path) -> Result<()> {
             "application/octet-stream",
             &data,
         )?;
-        node.post(
+        let msg = node.post(
             ch,
             &PostRequest {
                 text: format!("map sheet {i}"),
@@ -320,6 +321,7 @@ fn startup_with_attachments(dir: &std::path::Path) -> Result<()> {
                 attachments: vec![att],
             },
         )?;
+        posted.push((msg.id, data));
     }
     let held = usize::try_from(store.len()?)?;
     let t = Instant::now();
@@ -358,6 +360,30 @@ fn startup_with_attachments(dir: &std::path::Path) -> Result<()> {
         full.as_secs_f64() * 1e3,
         all.len(),
         full.as_secs_f64() / only.as_secs_f64()
+    );
+    // A process that did not store the attachments opens every chunk of the channel for
+    // the first one it is asked for, and reads the others by their own chunks.
+    let fresh = Node::new(
+        NodeKey::from_seed([9; 32]),
+        "bench".into(),
+        store.clone(),
+        Profile::builtin("command-post-server")?,
+    );
+    let mut times = Vec::new();
+    for (msg, data) in &posted {
+        let t = Instant::now();
+        let got = fresh.get_attachment(msg, 0)?;
+        times.push(t.elapsed());
+        anyhow::ensure!(&got == data, "attachment differs");
+    }
+    let later = median(times[1..].to_vec());
+    println!(
+        "attachment get ({} MiB each, {} in the channel): first {:.0} ms (opens every chunk of the channel)   then {:.0} ms (median; its own chunks by id)   ({:.1}x)",
+        MIB / posted.len(),
+        posted.len(),
+        times[0].as_secs_f64() * 1e3,
+        later.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() / later.as_secs_f64()
     );
     Ok(())
 }

@@ -44,6 +44,36 @@ pub struct Node {
     net: std::sync::OnceLock<fieldmesh_net::NetHandle>,
     /// Models loaded by this process.
     pub(crate) ai: crate::ai::AiState,
+    /// Which chunk envelopes carry each attachment (by content hash), learnt by opening
+    /// them: a chunk's attachment is named only inside its sealed payload.
+    blob_chunks: Mutex<BlobIndex>,
+}
+
+/// Chunk envelope ids by attachment hash, for the attachments this process has opened.
+#[derive(Debug, Default)]
+struct BlobIndex {
+    chunks: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>>,
+    ids: usize,
+}
+
+impl BlobIndex {
+    /// At most this many chunk ids are remembered (32 MiB of ids; 48 GiB of attachments):
+    /// past it, the index starts again.
+    const MAX_IDS: usize = 1 << 20;
+
+    fn record(&mut self, found: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>>) {
+        let adding: usize = found.values().map(Vec::len).sum();
+        if self.ids + adding > Self::MAX_IDS {
+            self.chunks.clear();
+            self.ids = 0;
+        }
+        for (hash, ids) in found {
+            self.ids += ids.len();
+            if let Some(old) = self.chunks.insert(hash, ids) {
+                self.ids -= old.len();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -111,6 +141,7 @@ impl Node {
             events,
             net: std::sync::OnceLock::new(),
             ai: crate::ai::AiState::default(),
+            blob_chunks: Mutex::default(),
         };
         if let Err(e) = node.load_directory() {
             tracing::error!(%e, "could not load the directory");
@@ -675,6 +706,11 @@ impl Ops for Node {
         for e in &envs {
             self.announce(e);
         }
+        // Posting it, and reading it, find its chunks by id.
+        lock(&self.blob_chunks).record(HashMap::from([(
+            hash,
+            envs.iter().map(Envelope::id).collect(),
+        )]));
         Ok(AttachmentRef {
             hash: hex::encode(hash),
             name: name.to_owned(),
@@ -732,17 +768,38 @@ impl Ops for Node {
 }
 
 impl Node {
-    /// Reassembles and verifies a blob from the chunk envelopes stored in `channel`.
+    /// Reassembles and verifies a blob from the chunk envelopes stored in `channel`. The
+    /// chunks of an attachment opened before are read by id; otherwise (or if those no
+    /// longer make the whole attachment: chunks still arriving, one found damaged) every
+    /// chunk of the channel is opened, and what each belongs to is remembered.
     fn blob(&self, channel: &ChannelId, a: &AttachmentRef) -> Result<Vec<u8>, NodeError> {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(&a.hash, &mut hash)
             .map_err(|_| NodeError::BadRequest("attachment hash is not hex".into()))?;
-        let chunks = self
+        let known = lock(&self.blob_chunks).chunks.get(&hash).cloned();
+        if let Some(ids) = known {
+            let chunks = ids
+                .iter()
+                .filter_map(|id| self.store.get(id).ok().flatten())
+                .filter(|e| e.header().channel == *channel)
+                .filter_map(|e| self.open(&e).ok().flatten())
+                .filter_map(|p| crate::blob::decode(&p).ok());
+            if let Ok(data) = crate::blob::assemble(&hash, a.size, chunks) {
+                return Ok(data);
+            }
+        }
+        let mut found: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>> = HashMap::new();
+        let chunks: Vec<crate::blob::Chunk> = self
             .store
             .channel_envelopes_of(channel, &|k| k == fieldmesh_core::Kind::BLOB_CHUNK)?
             .into_iter()
-            .filter_map(|e| self.open(&e).ok().flatten())
-            .filter_map(|p| crate::blob::decode(&p).ok());
+            .filter_map(|e| {
+                let c = crate::blob::decode(&self.open(&e).ok().flatten()?).ok()?;
+                found.entry(c.hash).or_default().push(e.id());
+                (c.hash == hash).then_some(c)
+            })
+            .collect();
+        lock(&self.blob_chunks).record(found);
         crate::blob::assemble(&hash, a.size, chunks).map_err(NodeError::Conflict)
     }
 }
@@ -787,5 +844,130 @@ impl Node {
             .block_on(net.status())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         Ok(crate::ops::NetView::from(st))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldmesh_store::{MemStore, PutOutcome, ReadError, StoreStats};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The in-memory store, counting the reads of a channel's chunks.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: MemStore,
+        chunk_scans: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
+            self.inner.put_batch(envs)
+        }
+        fn get(&self, id: &fieldmesh_core::EnvelopeId) -> Result<Option<Envelope>, ReadError> {
+            self.inner.get(id)
+        }
+        fn contains(&self, id: &fieldmesh_core::EnvelopeId) -> Result<bool, ReadError> {
+            self.inner.contains(id)
+        }
+        fn channel_envelopes_of(
+            &self,
+            channel: &ChannelId,
+            keep: &dyn Fn(fieldmesh_core::Kind) -> bool,
+        ) -> Result<Vec<Envelope>, ReadError> {
+            if keep(fieldmesh_core::Kind::BLOB_CHUNK) {
+                self.chunk_scans.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.channel_envelopes_of(channel, keep)
+        }
+        fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError> {
+            self.inner.channel_envelopes(channel)
+        }
+        fn channels(&self) -> Result<Vec<(ChannelId, fieldmesh_core::EnvelopeId)>, ReadError> {
+            self.inner.channels()
+        }
+        fn ids(&self) -> Result<Vec<fieldmesh_core::EnvelopeId>, ReadError> {
+            self.inner.ids()
+        }
+        fn stats(&self) -> Result<StoreStats, ReadError> {
+            self.inner.stats()
+        }
+    }
+
+    /// Posting and getting attachments read each by its own chunks' ids (known from
+    /// storing them here, or from opening the channel's chunks once), byte-identical;
+    /// ids that no longer make the whole attachment send the read back to the channel.
+    #[test]
+    fn attachments_are_read_by_their_own_chunks() {
+        let store = Arc::new(Counting::default());
+        let node = Node::new(
+            NodeKey::from_seed([5; 32]),
+            "t".into(),
+            store.clone(),
+            Profile::builtin("ci-loopback").unwrap(),
+        );
+        node.create_channel("imagery", None).unwrap();
+        let mut posted = Vec::new();
+        for i in 0..3u8 {
+            let data: Vec<u8> = (0..200_000u32)
+                .map(|j| (j.wrapping_mul(31) as u8) ^ i)
+                .collect();
+            let att = node
+                .put_blob("imagery", "map.bin", "application/octet-stream", &data)
+                .unwrap();
+            let msg = node
+                .post(
+                    "imagery",
+                    &PostRequest {
+                        text: format!("sheet {i}"),
+                        precedence: None,
+                        reply_to: None,
+                        attachments: vec![att],
+                    },
+                )
+                .unwrap();
+            posted.push((msg.id, data));
+        }
+        let scans = || store.chunk_scans.load(Ordering::Relaxed);
+        assert_eq!(scans(), 0, "each post checked its attachment by id");
+        for (msg, data) in posted.iter().chain(posted.iter()) {
+            assert_eq!(&node.get_attachment(msg, 0).unwrap(), data);
+        }
+        assert_eq!(scans(), 0, "read by id");
+        // A process that did not store them (a restarted daemon) opens the channel once.
+        let fresh = Node::new(
+            NodeKey::from_seed([5; 32]),
+            "t".into(),
+            store.clone(),
+            Profile::builtin("ci-loopback").unwrap(),
+        );
+        for (msg, data) in posted.iter().rev() {
+            assert_eq!(&fresh.get_attachment(msg, 0).unwrap(), data);
+        }
+        assert_eq!(scans(), 1, "one scan taught it every attachment");
+        // A chunk that can no longer be read makes the known ids fall short: the whole
+        // channel is opened again, and the attachment is reported incomplete.
+        let index = lock(&node.blob_chunks);
+        let hash = *index
+            .chunks
+            .keys()
+            .find(|h| {
+                hex::encode(h) == {
+                    let ch = node.resolve("imagery").unwrap();
+                    node.with_channel(&ch, |c| Ok(c.message(&posted[0].0)))
+                        .unwrap()
+                        .unwrap()
+                        .attachments[0]
+                        .hash
+                        .clone()
+                }
+            })
+            .unwrap();
+        drop(index);
+        lock(&node.blob_chunks).chunks.get_mut(&hash).unwrap().pop();
+        assert_eq!(node.get_attachment(&posted[0].0, 0).unwrap(), posted[0].1);
+        assert_eq!(scans(), 2, "fell back to opening the channel");
+        assert_eq!(node.get_attachment(&posted[0].0, 0).unwrap(), posted[0].1);
+        assert_eq!(scans(), 2, "and learnt its chunks again");
     }
 }
