@@ -293,13 +293,7 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
         "all but the damaged chunk, plus the later post"
     );
     let out = b.dir.path().join("map.out");
-    let got = b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
-    assert!(
-        !got.status.success(),
-        "an incomplete attachment must not be returned"
-    );
-    let err = String::from_utf8_lossy(&got.stderr);
-    assert!(err.contains("incomplete"), "unclear error: {err}");
+    assert_incomplete(&b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]));
     db.stop();
     da.stop();
     // Restarted, A starts and serves. Its index comes from the store's summaries, so the
@@ -308,11 +302,7 @@ fn a_chunk_damaged_in_the_senders_store_does_not_stall_the_rest() {
     let da = a.start_daemon_with(&["--listen", QUIC]);
     assert_eq!(envelopes_held(&a), all + 1, "everything, the later post in");
     let out = a.dir.path().join("map.out");
-    let got = a.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
-    assert!(
-        !got.status.success(),
-        "a damaged attachment is not returned"
-    );
+    assert_incomplete(&a.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]));
     wait_until(10, "the damaged chunk no longer offered", || {
         envelopes_held(&a) == all
     });
@@ -334,20 +324,10 @@ fn a_damaged_chunk_is_healed_from_a_peer() {
     let db = b.start_daemon_with(&["--peer", &peer]);
     wait_until(60, "the attachment on B", || envelopes_held(&b) == all);
     db.stop();
-    // Two flipped bytes 8 KiB apart in B's value log: at least one is inside a chunk
-    // (the zeros between group commits are under 4 KiB).
-    let seg = b.home().join("store").join("vlog").join("00000000.seg");
-    let mid = std::fs::metadata(&seg).unwrap().len() / 2;
-    flip_byte(&seg, mid);
-    flip_byte(&seg, mid + 8192);
+    damage_value_log(&b);
     let out = b.dir.path().join("map.out");
     let get = |b: &TestNode| b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
-    let offline = get(&b);
-    assert!(
-        !offline.status.success(),
-        "a damaged attachment must not be returned"
-    );
-    assert!(String::from_utf8_lossy(&offline.stderr).contains("incomplete"));
+    assert_incomplete(&get(&b));
     let db = b.start_daemon_with(&["--peer", &peer]);
     wait_until(60, "the attachment healed on B", || {
         get(&b).status.success()
@@ -371,19 +351,11 @@ fn a_chunk_damaged_while_running_is_healed_without_a_restart() {
     let db = b.start_daemon_with(&["--peer", &da.addr("quic")]);
     wait_until(60, "the attachment on B", || envelopes_held(&b) == all);
     // The disk fails under the running daemon.
-    let seg = b.home().join("store").join("vlog").join("00000000.seg");
-    let mid = std::fs::metadata(&seg).unwrap().len() / 2;
-    flip_byte(&seg, mid);
-    flip_byte(&seg, mid + 8192);
+    damage_value_log(&b);
     let out = b.dir.path().join("map.out");
     let get = |b: &TestNode| b.run(&["attachment", "get", &msg, "--out", out.to_str().unwrap()]);
     // The first read finds the damage and refuses what it cannot vouch for.
-    let first = get(&b);
-    assert!(
-        !first.status.success(),
-        "a damaged attachment must not be returned"
-    );
-    assert!(String::from_utf8_lossy(&first.stderr).contains("incomplete"));
+    assert_incomplete(&get(&b));
     wait_until(60, "the attachment healed on the running B", || {
         get(&b).status.success()
     });
@@ -392,6 +364,25 @@ fn a_chunk_damaged_while_running_is_healed_without_a_restart() {
     db.stop();
     assert_eq!(held_offline(&b), all);
     da.stop();
+}
+
+/// Flips two bytes 8 KiB apart in the middle of a node's value log: at least one is
+/// inside a chunk (the zeros between group commits are under 4 KiB).
+fn damage_value_log(n: &TestNode) {
+    let seg = n.home().join("store").join("vlog").join("00000000.seg");
+    let mid = std::fs::metadata(&seg).unwrap().len() / 2;
+    flip_byte(&seg, mid);
+    flip_byte(&seg, mid + 8192);
+}
+
+/// `attachment get` refused the attachment as incomplete (never returned it wrong).
+fn assert_incomplete(got: &std::process::Output) {
+    assert!(
+        !got.status.success(),
+        "a damaged or incomplete attachment must not be returned"
+    );
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(err.contains("incomplete"), "unclear error: {err}");
 }
 
 /// Damages one byte of a file in place (as a failing disk would).
