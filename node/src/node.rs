@@ -6,7 +6,9 @@ use crate::ops::{Identity, ImportReport, NodeError, Ops, PostRequest, Posted, St
 use fieldmesh_channel::{
     AttachmentRef, Channel, ChannelSummary, Incoming, LocalChange, LocalOpError, MessageView,
 };
-use fieldmesh_core::{ChannelId, CompartmentId, Envelope, Header, Hlc, HlcClock, NodeId};
+use fieldmesh_core::{
+    ChannelId, CompartmentId, Envelope, EnvelopeId, Header, Hlc, HlcClock, NodeId,
+};
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
 use fieldmesh_profiles::Profile;
 use fieldmesh_store::{PutOutcome, SledStore, Store, WriteError};
@@ -44,35 +46,54 @@ pub struct Node {
     net: std::sync::OnceLock<fieldmesh_net::NetHandle>,
     /// Models loaded by this process.
     pub(crate) ai: crate::ai::AiState,
-    /// Which chunk envelopes carry each attachment (by content hash), learnt by opening
-    /// them: a chunk's attachment is named only inside its sealed payload.
+    /// Which chunk envelopes carry each attachment, learnt by storing or opening them: a
+    /// chunk's attachment is named only inside its sealed payload. Taken alone.
     blob_chunks: Mutex<BlobIndex>,
 }
 
-/// Chunk envelope ids by attachment hash, for the attachments this process has opened.
+/// An attachment in one channel: the same bytes attached in two channels are two sets
+/// of chunk envelopes.
+type BlobKey = (ChannelId, [u8; 32]);
+
+/// Chunk envelope ids of the attachments this process created, or opened in a scan of
+/// their channel.
 #[derive(Debug, Default)]
 struct BlobIndex {
-    chunks: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>>,
+    chunks: HashMap<BlobKey, Vec<EnvelopeId>>,
     ids: usize,
 }
 
 impl BlobIndex {
-    /// At most this many chunk ids are remembered (32 MiB of ids; 48 GiB of attachments):
-    /// past it, the index starts again.
-    const MAX_IDS: usize = 1 << 20;
+    /// At most this many chunk ids are remembered: 12 GiB of attachments, in 8 MiB of ids
+    /// (up to 35 MiB with the map's own cost when every attachment is a single chunk).
+    /// Recording past it starts the index again; what still does not fit is not kept.
+    const MAX_IDS: usize = 1 << 18;
 
-    fn record(&mut self, found: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>>) {
+    /// Remembers what a scan (or a post) found, `wanted` first.
+    fn record(&mut self, wanted: &BlobKey, mut found: HashMap<BlobKey, Vec<EnvelopeId>>) {
         let adding: usize = found.values().map(Vec::len).sum();
-        if self.ids + adding > Self::MAX_IDS {
+        let replacing: usize = found
+            .keys()
+            .filter_map(|k| self.chunks.get(k))
+            .map(Vec::len)
+            .sum();
+        if self.ids - replacing + adding > Self::MAX_IDS {
             self.chunks.clear();
             self.ids = 0;
         }
-        for (hash, ids) in found {
-            self.ids += ids.len();
-            if let Some(old) = self.chunks.insert(hash, ids) {
-                self.ids -= old.len();
+        let first = found.remove_entry(wanted);
+        for (key, ids) in first.into_iter().chain(found) {
+            let replaced = self.chunks.get(&key).map_or(0, Vec::len);
+            if self.ids - replaced + ids.len() > Self::MAX_IDS {
+                continue;
             }
+            self.ids = self.ids - replaced + ids.len();
+            self.chunks.insert(key, ids);
         }
+    }
+
+    fn get(&self, key: &BlobKey) -> Option<Vec<EnvelopeId>> {
+        self.chunks.get(key).cloned()
     }
 }
 
@@ -318,7 +339,7 @@ impl Node {
     fn channel_name(
         &self,
         id: &ChannelId,
-        genesis: &fieldmesh_core::EnvelopeId,
+        genesis: &EnvelopeId,
     ) -> Result<Option<String>, NodeError> {
         if let Some(ch) = lock(&self.channels).get(id) {
             return Ok(ch.genesis().map(|g| g.name.clone()));
@@ -618,7 +639,7 @@ impl Ops for Node {
             // Attach only what is complete and verified here.
             let id = self.resolve(spec)?;
             for a in &req.attachments {
-                self.blob(&id, a)?;
+                self.blob(&id, a, &self.node_id())?;
             }
         }
         let attachments = req.attachments.clone();
@@ -707,10 +728,9 @@ impl Ops for Node {
             self.announce(e);
         }
         // Posting it, and reading it, find its chunks by id.
-        lock(&self.blob_chunks).record(HashMap::from([(
-            hash,
-            envs.iter().map(Envelope::id).collect(),
-        )]));
+        let key = (channel, hash);
+        let ids = envs.iter().map(Envelope::id).collect();
+        lock(&self.blob_chunks).record(&key, HashMap::from([(key, ids)]));
         Ok(AttachmentRef {
             hash: hex::encode(hash),
             name: name.to_owned(),
@@ -729,7 +749,7 @@ impl Ops for Node {
                         m.attachments.len()
                     ))
                 })?;
-                return self.blob(&id, a);
+                return self.blob(&id, a, &m.author);
             }
         }
         Err(NodeError::NotFound(format!(
@@ -768,39 +788,66 @@ impl Ops for Node {
 }
 
 impl Node {
-    /// Reassembles and verifies a blob from the chunk envelopes stored in `channel`. The
-    /// chunks of an attachment opened before are read by id; otherwise (or if those no
+    /// Reassembles and verifies a blob from the chunk envelopes stored in `channel`,
+    /// preferring the chunks `author` signed (see [`crate::blob::assemble`]). The chunks
+    /// of an attachment stored or opened before are read by id; otherwise (or if those no
     /// longer make the whole attachment: chunks still arriving, one found damaged) every
     /// chunk of the channel is opened, and what each belongs to is remembered.
-    fn blob(&self, channel: &ChannelId, a: &AttachmentRef) -> Result<Vec<u8>, NodeError> {
+    fn blob(
+        &self,
+        channel: &ChannelId,
+        a: &AttachmentRef,
+        author: &NodeId,
+    ) -> Result<Vec<u8>, NodeError> {
+        crate::blob::check_size(a.size)?;
         let mut hash = [0u8; 32];
         hex::decode_to_slice(&a.hash, &mut hash)
             .map_err(|_| NodeError::BadRequest("attachment hash is not hex".into()))?;
-        let known = lock(&self.blob_chunks).chunks.get(&hash).cloned();
+        let key = (*channel, hash);
+        let chunk = |e: &Envelope| {
+            let h = e.header();
+            if h.kind != fieldmesh_core::Kind::BLOB_CHUNK || h.channel != *channel {
+                return None;
+            }
+            let chunk = crate::blob::decode(&self.open(e).ok().flatten()?).ok()?;
+            Some(crate::blob::Found {
+                signer: h.author,
+                id: e.id(),
+                chunk,
+            })
+        };
+        let reload = |id: &EnvelopeId| {
+            let e = self.store.get(id).ok().flatten()?;
+            chunk(&e).map(|f| f.chunk)
+        };
+        let known = lock(&self.blob_chunks).get(&key);
         if let Some(ids) = known {
             let chunks = ids
                 .iter()
                 .filter_map(|id| self.store.get(id).ok().flatten())
-                .filter(|e| e.header().channel == *channel)
-                .filter_map(|e| self.open(&e).ok().flatten())
-                .filter_map(|p| crate::blob::decode(&p).ok());
-            if let Ok(data) = crate::blob::assemble(&hash, a.size, chunks) {
-                return Ok(data);
+                .filter_map(|e| chunk(&e));
+            match crate::blob::assemble(&hash, a.size, author, chunks, reload) {
+                Ok(data) => return Ok(data),
+                Err(e) => {
+                    tracing::debug!(attachment = %a.hash, %e, "known chunks fall short; opening the channel's");
+                }
             }
         }
-        let mut found: HashMap<[u8; 32], Vec<fieldmesh_core::EnvelopeId>> = HashMap::new();
-        let chunks: Vec<crate::blob::Chunk> = self
+        let mut found: HashMap<BlobKey, Vec<EnvelopeId>> = HashMap::new();
+        let envelopes = self
             .store
-            .channel_envelopes_of(channel, &|k| k == fieldmesh_core::Kind::BLOB_CHUNK)?
-            .into_iter()
-            .filter_map(|e| {
-                let c = crate::blob::decode(&self.open(&e).ok().flatten()?).ok()?;
-                found.entry(c.hash).or_default().push(e.id());
-                (c.hash == hash).then_some(c)
-            })
-            .collect();
-        lock(&self.blob_chunks).record(found);
-        crate::blob::assemble(&hash, a.size, chunks).map_err(NodeError::Conflict)
+            .channel_envelopes_of(channel, &|k| k == fieldmesh_core::Kind::BLOB_CHUNK)?;
+        let chunks = envelopes.iter().filter_map(|e| {
+            let f = chunk(e)?;
+            found
+                .entry((*channel, f.chunk.hash))
+                .or_default()
+                .push(f.id);
+            (f.chunk.hash == hash).then_some(f)
+        });
+        let assembled = crate::blob::assemble(&hash, a.size, author, chunks, reload);
+        lock(&self.blob_chunks).record(&key, found);
+        assembled.map_err(NodeError::Conflict)
     }
 }
 
@@ -809,7 +856,7 @@ impl Node {
 pub struct NodeHost(pub Arc<Node>);
 
 impl fieldmesh_net::Host for NodeHost {
-    fn load(&self, id: &fieldmesh_core::EnvelopeId) -> Option<Vec<u8>> {
+    fn load(&self, id: &EnvelopeId) -> Option<Vec<u8>> {
         match self.0.store.get_bytes(id) {
             Ok(b) => b,
             Err(e) => {
@@ -864,10 +911,10 @@ mod tests {
         fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
             self.inner.put_batch(envs)
         }
-        fn get(&self, id: &fieldmesh_core::EnvelopeId) -> Result<Option<Envelope>, ReadError> {
+        fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError> {
             self.inner.get(id)
         }
-        fn contains(&self, id: &fieldmesh_core::EnvelopeId) -> Result<bool, ReadError> {
+        fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError> {
             self.inner.contains(id)
         }
         fn channel_envelopes_of(
@@ -883,10 +930,10 @@ mod tests {
         fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError> {
             self.inner.channel_envelopes(channel)
         }
-        fn channels(&self) -> Result<Vec<(ChannelId, fieldmesh_core::EnvelopeId)>, ReadError> {
+        fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
             self.inner.channels()
         }
-        fn ids(&self) -> Result<Vec<fieldmesh_core::EnvelopeId>, ReadError> {
+        fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError> {
             self.inner.ids()
         }
         fn stats(&self) -> Result<StoreStats, ReadError> {
@@ -922,15 +969,15 @@ mod tests {
                         text: format!("sheet {i}"),
                         precedence: None,
                         reply_to: None,
-                        attachments: vec![att],
+                        attachments: vec![att.clone()],
                     },
                 )
                 .unwrap();
-            posted.push((msg.id, data));
+            posted.push((msg.id, data, att.hash));
         }
         let scans = || store.chunk_scans.load(Ordering::Relaxed);
         assert_eq!(scans(), 0, "each post checked its attachment by id");
-        for (msg, data) in posted.iter().chain(posted.iter()) {
+        for (msg, data, _) in posted.iter().chain(posted.iter()) {
             assert_eq!(&node.get_attachment(msg, 0).unwrap(), data);
         }
         assert_eq!(scans(), 0, "read by id");
@@ -941,33 +988,94 @@ mod tests {
             store.clone(),
             Profile::builtin("ci-loopback").unwrap(),
         );
-        for (msg, data) in posted.iter().rev() {
+        for (msg, data, _) in posted.iter().rev() {
             assert_eq!(&fresh.get_attachment(msg, 0).unwrap(), data);
         }
         assert_eq!(scans(), 1, "one scan taught it every attachment");
-        // A chunk that can no longer be read makes the known ids fall short: the whole
-        // channel is opened again, and the attachment is reported incomplete.
-        let index = lock(&node.blob_chunks);
-        let hash = *index
-            .chunks
-            .keys()
-            .find(|h| {
-                hex::encode(h) == {
-                    let ch = node.resolve("imagery").unwrap();
-                    node.with_channel(&ch, |c| Ok(c.message(&posted[0].0)))
-                        .unwrap()
-                        .unwrap()
-                        .attachments[0]
-                        .hash
-                        .clone()
-                }
-            })
-            .unwrap();
-        drop(index);
-        lock(&node.blob_chunks).chunks.get_mut(&hash).unwrap().pop();
+        // Known ids that no longer make the whole attachment (one forgotten here; a
+        // damaged chunk does the same) send the read back to the channel, which still
+        // holds every chunk: the attachment is whole again, and its ids are learnt again.
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&posted[0].2, &mut hash).unwrap();
+        let key = (node.resolve("imagery").unwrap(), hash);
+        lock(&node.blob_chunks).chunks.get_mut(&key).unwrap().pop();
         assert_eq!(node.get_attachment(&posted[0].0, 0).unwrap(), posted[0].1);
         assert_eq!(scans(), 2, "fell back to opening the channel");
         assert_eq!(node.get_attachment(&posted[0].0, 0).unwrap(), posted[0].1);
         assert_eq!(scans(), 2, "and learnt its chunks again");
+    }
+
+    /// A member who signs a chunk claiming another's attachment, with other bytes, cannot
+    /// spoil it: the message author's chunks are the ones assembled, both on the poster
+    /// and on a process that learns the chunks by opening the channel (real sled store).
+    #[test]
+    fn a_forged_chunk_does_not_spoil_an_attachment() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile::builtin("ci-loopback").unwrap();
+        let store = Node::open_store(dir.path(), &profile).unwrap();
+        let node = Node::new(
+            NodeKey::from_seed([5; 32]),
+            "t".into(),
+            store.clone(),
+            profile.clone(),
+        );
+        node.create_channel("imagery", None).unwrap();
+        let data: Vec<u8> = (0..150_000u32).map(|j| (j % 241) as u8).collect();
+        let att = node
+            .put_blob("imagery", "grid.bin", "application/octet-stream", &data)
+            .unwrap();
+        let msg = node
+            .post(
+                "imagery",
+                &PostRequest {
+                    text: "grid".into(),
+                    precedence: None,
+                    reply_to: None,
+                    attachments: vec![att],
+                },
+            )
+            .unwrap();
+
+        let channel = node.resolve("imagery").unwrap();
+        let compartment = node.channel_compartment(&channel).unwrap();
+        let (epoch, key) = node.sealing_key(&compartment).unwrap();
+        let (_, payloads) = crate::blob::split(&data);
+        // One forger backdates its chunks and one postdates them, so a scan meets
+        // forgeries both before and after the real chunks.
+        let mut forged = Vec::new();
+        for (seed, hlc) in [(6u8, Hlc(1)), (7, Hlc(u64::MAX >> 20))] {
+            let forger = NodeKey::from_seed([seed; 32]);
+            for (i, p) in payloads.iter().enumerate() {
+                let mut bad = p.clone();
+                *bad.last_mut().unwrap() ^= seed;
+                let header = Header {
+                    kind: fieldmesh_core::Kind::BLOB_CHUNK,
+                    precedence: fieldmesh_core::Precedence::Routine,
+                    compartment,
+                    epoch,
+                    channel,
+                    author: forger.node_id(),
+                    hlc: Hlc(hlc.0 + i as u64),
+                    deps: vec![],
+                };
+                forged.push(seal_envelope(&forger, header, &key, &bad).unwrap());
+            }
+        }
+        let (inserted, _, _) = node.ingest(forged, false).unwrap();
+        assert_eq!(
+            inserted,
+            2 * payloads.len(),
+            "the forgeries are stored and forwarded"
+        );
+
+        assert_eq!(node.get_attachment(&msg.id, 0).unwrap(), data);
+        // A process that learns the chunks by opening the channel meets every forgery,
+        // remembers them with the real chunks, and still reads the real attachment by id.
+        let fresh = Node::new(NodeKey::from_seed([5; 32]), "t".into(), store, profile);
+        assert_eq!(fresh.get_attachment(&msg.id, 0).unwrap(), data);
+        let key = (channel, crate::blob::split(&data).0);
+        let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
+        assert_eq!(remembered, 3 * payloads.len(), "real and forged chunks");
+        assert_eq!(fresh.get_attachment(&msg.id, 0).unwrap(), data);
     }
 }

@@ -247,13 +247,22 @@ impl SledStore {
 
     /// Remembers `id` as damaged if reading it failed that way.
     fn note_damage<T>(&self, id: &EnvelopeId, r: Result<T, ReadError>) -> Result<T, ReadError> {
-        if let Err(ReadError::Corrupt { .. } | ReadError::CorruptIndex(_)) = &r {
-            let told = *self
+        if let Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) = &r {
+            let (told, first) = match self
                 .damaged
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(*id)
-                .or_insert(false);
+            {
+                std::collections::hash_map::Entry::Occupied(o) => (*o.get(), false),
+                std::collections::hash_map::Entry::Vacant(v) => (*v.insert(false), true),
+            };
+            // Logged once: every later read of the same envelope meets the same damage.
+            if first {
+                tracing::error!(%id, %e, "stored envelope is damaged; it reads as missing until a verified copy replaces it");
+            } else {
+                tracing::debug!(%id, %e, "stored envelope still damaged");
+            }
             // Told outside the lock; a hook that does not take the notice hears it again
             // from the next read that finds the damage.
             if !told
@@ -496,7 +505,7 @@ impl Store for SledStore {
                 Ok(e) if keep(e.header().kind) => out.push(e),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(%id, %e, "stored envelope is damaged; its channel is read without it")
+                    tracing::debug!(%id, %e, "channel read without a damaged envelope")
                 }
             }
         }
@@ -547,7 +556,7 @@ impl Store for SledStore {
             match self.decode(&id, &v) {
                 Ok(env) => out.push((id, Summary::of(&env))),
                 Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
-                    tracing::error!(%id, %e, "stored envelope is damaged; it is left out")
+                    tracing::debug!(%id, %e, "summaries left out a damaged envelope")
                 }
                 Err(e) => return Err(e),
             }
