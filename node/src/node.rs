@@ -941,6 +941,21 @@ mod tests {
         }
     }
 
+    /// Posts `text` to the channel `imagery` with `data` attached: the message id and
+    /// the attachment reference.
+    fn post_attached(node: &Node, text: &str, data: &[u8]) -> (String, AttachmentRef) {
+        let att = node
+            .put_blob("imagery", "map.bin", "application/octet-stream", data)
+            .unwrap();
+        let request = PostRequest {
+            text: text.into(),
+            precedence: None,
+            reply_to: None,
+            attachments: vec![att.clone()],
+        };
+        (node.post("imagery", &request).unwrap().id, att)
+    }
+
     /// Posting and getting attachments read each by its own chunks' ids (known from
     /// storing them here, or from opening the channel's chunks once), byte-identical;
     /// ids that no longer make the whole attachment send the read back to the channel.
@@ -959,21 +974,8 @@ mod tests {
             let data: Vec<u8> = (0..200_000u32)
                 .map(|j| (j.wrapping_mul(31) as u8) ^ i)
                 .collect();
-            let att = node
-                .put_blob("imagery", "map.bin", "application/octet-stream", &data)
-                .unwrap();
-            let msg = node
-                .post(
-                    "imagery",
-                    &PostRequest {
-                        text: format!("sheet {i}"),
-                        precedence: None,
-                        reply_to: None,
-                        attachments: vec![att.clone()],
-                    },
-                )
-                .unwrap();
-            posted.push((msg.id, data, att.hash));
+            let (msg, att) = post_attached(&node, &format!("sheet {i}"), &data);
+            posted.push((msg, data, att.hash));
         }
         let scans = || store.chunk_scans.load(Ordering::Relaxed);
         assert_eq!(scans(), 0, "each post checked its attachment by id");
@@ -1021,20 +1023,7 @@ mod tests {
         );
         node.create_channel("imagery", None).unwrap();
         let data: Vec<u8> = (0..150_000u32).map(|j| (j % 241) as u8).collect();
-        let att = node
-            .put_blob("imagery", "grid.bin", "application/octet-stream", &data)
-            .unwrap();
-        let msg = node
-            .post(
-                "imagery",
-                &PostRequest {
-                    text: "grid".into(),
-                    precedence: None,
-                    reply_to: None,
-                    attachments: vec![att],
-                },
-            )
-            .unwrap();
+        let (msg, _) = post_attached(&node, "grid", &data);
 
         let channel = node.resolve("imagery").unwrap();
         let compartment = node.channel_compartment(&channel).unwrap();
@@ -1068,14 +1057,14 @@ mod tests {
             "the forgeries are stored and forwarded"
         );
 
-        assert_eq!(node.get_attachment(&msg.id, 0).unwrap(), data);
+        assert_eq!(node.get_attachment(&msg, 0).unwrap(), data);
         // A process that learns the chunks by opening the channel meets every forgery,
         // remembers them with the real chunks, and still reads the real attachment by id.
         let fresh = Node::new(NodeKey::from_seed([5; 32]), "t".into(), store, profile);
-        assert_eq!(fresh.get_attachment(&msg.id, 0).unwrap(), data);
+        assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
         let key = (channel, crate::blob::split(&data).0);
         let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
         assert_eq!(remembered, 3 * payloads.len(), "real and forged chunks");
-        assert_eq!(fresh.get_attachment(&msg.id, 0).unwrap(), data);
+        assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
     }
 }
