@@ -402,7 +402,11 @@ fn mesh_transfer(
     let b = Client::new(&rb.http);
     // Raw quinn is timed from an established connection; so is the mesh (the daemon's
     // start-up and the handshake are reported separately).
-    while !b.net().map(|s| !s.peers.is_empty()).unwrap_or(false) {
+    while !b
+        .net()
+        .map(|s| s.peers.iter().any(|p| p.connected))
+        .unwrap_or(false)
+    {
         if t0.elapsed() > Duration::from_secs(60) {
             bail!("B never connected to A");
         }

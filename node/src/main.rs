@@ -593,11 +593,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Peers { json } => {
             let view = backend(&home, &profile()?)?.net()?;
+            let connected: Vec<&ops::PeerView> =
+                view.peers.iter().filter(|p| p.connected).collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&view.peers)?);
+                println!("{}", serde_json::to_string_pretty(&connected)?);
             } else {
-                println!("{} peer(s) connected to {}", view.peers.len(), view.peer_id);
-                for p in &view.peers {
+                println!("{} peer(s) connected to {}", connected.len(), view.peer_id);
+                for p in connected {
                     println!("{}  {}", p.peer, p.addresses.join(" "));
                 }
             }
@@ -621,8 +623,19 @@ fn run(cli: Cli) -> Result<()> {
                         .filter(|(_, n)| **n > 0)
                         .map(|(k, n)| format!("{k}:{n}"))
                         .collect();
+                    let state = if p.banned_until_ms > now {
+                        format!(
+                            "banned {}s more ({} strikes)",
+                            (p.banned_until_ms - now).div_ceil(1000),
+                            p.strikes
+                        )
+                    } else if p.connected {
+                        "connected".to_owned()
+                    } else {
+                        "gone".to_owned()
+                    };
                     println!(
-                        "{}  last contact {:.1}s ago  sent {} env / {} B  received {} env / {} B  backlog [{}]",
+                        "{}  {state}  last contact {:.1}s ago  sent {} env / {} B  received {} env / {} B  backlog [{}]",
                         p.peer,
                         now.saturating_sub(p.last_contact_ms) as f64 / 1000.0,
                         p.envelopes_sent,

@@ -118,7 +118,12 @@ pub struct PeerView {
     pub envelopes_received: u64,
     pub bytes_received: u64,
     pub sessions: u64,
+    /// Strikes for misbehaviour, kept across reconnections.
     pub strikes: u32,
+    /// Whether a connection is up now (peers stay listed after they leave).
+    pub connected: bool,
+    /// Refused until then (ms since the epoch) for misbehaviour; 0 when not banned.
+    pub banned_until_ms: u64,
     /// Envelopes queued for this peer, by precedence.
     pub backlog: std::collections::BTreeMap<String, usize>,
 }
@@ -154,6 +159,8 @@ impl From<fieldmesh_net::NetStatus> for NetView {
                     bytes_received: p.stats.bytes_received,
                     sessions: p.stats.sessions,
                     strikes: p.stats.strikes,
+                    connected: p.stats.connected,
+                    banned_until_ms: p.stats.banned_until_ms,
                     backlog: p
                         .stats
                         .backlog

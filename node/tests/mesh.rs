@@ -37,6 +37,7 @@ fn a_message_crosses_a_relay_between_nodes_that_never_meet() {
     // C only ever talked to B.
     let status: serde_json::Value =
         serde_json::from_str(&c.ok(&["sync-status", "--json"])).unwrap();
+    assert_eq!(connected(&status), 1);
     assert_eq!(status["peers"].as_array().unwrap().len(), 1);
     let b_status: serde_json::Value =
         serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
@@ -62,16 +63,21 @@ fn a_returning_node_catches_up_on_everything_it_missed() {
     wait_until(30, "the channel on B", || {
         b.run(&["read", &ch]).status.success()
     });
-    let peers_of_a = || -> usize {
-        let st: serde_json::Value =
-            serde_json::from_str(&a.ok(&["sync-status", "--json"])).unwrap();
-        st["peers"].as_array().unwrap().len()
+    let status_of_a = || -> serde_json::Value {
+        serde_json::from_str(&a.ok(&["sync-status", "--json"])).unwrap()
     };
+    let peers_of_a = || connected(&status_of_a());
     assert_eq!(peers_of_a(), 1);
     db.stop();
     // B closed its connection on the way out: A sees it leave at once, not after QUIC's
     // 10 s idle timeout (and so takes B's return for a new connection, not a second one).
     wait_until(4, "A to see B leave", || peers_of_a() == 0);
+    // B stays listed, with what was exchanged and when it was last heard from.
+    let gone = status_of_a()["peers"][0].clone();
+    assert_eq!(gone["connected"], false, "{gone}");
+    assert!(gone["last_contact_ms"].as_u64().unwrap() > 0, "{gone}");
+    assert!(gone["envelopes_sent"].as_u64().unwrap() > 0, "{gone}");
+    let sent_before = gone["envelopes_sent"].as_u64().unwrap();
 
     let mut ids = Vec::new();
     for i in 0..100 {
@@ -86,8 +92,25 @@ fn a_returning_node_catches_up_on_everything_it_missed() {
     want.sort();
     assert_eq!(got_ids, want);
     assert_eq!(a.read_json(&ch), got, "both views are identical");
+    // B's return continued its counters on A.
+    let back = status_of_a()["peers"][0].clone();
+    assert_eq!(back["connected"], true, "{back}");
+    assert!(
+        back["envelopes_sent"].as_u64().unwrap() >= sent_before + 100,
+        "{back}"
+    );
     db.stop();
     da.stop();
+}
+
+/// Peers with a connection up, in a `sync-status --json` answer.
+fn connected(status: &serde_json::Value) -> usize {
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["connected"] == true)
+        .count()
 }
 
 /// The README's first command: the demo runs, converges and says so.
@@ -175,7 +198,7 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
     );
     // An oversized length prefix ends that stream (it cannot be resynchronised).
     let report =
-        fieldmesh_tests::hostile::attack_bulk(target, vec![vec![0u8; 2 * 1024 * 1024]], 20);
+        fieldmesh_tests::hostile::attack_bulk(target.clone(), vec![vec![0u8; 2 * 1024 * 1024]], 20);
     assert_eq!(report.answered, 0, "{report:?}");
     let n_bad = n_bad + n_bulk as u64 + 1;
     wait_until(10, "every bad bulk frame counted", || {
@@ -183,6 +206,36 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
             serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
         status["rejected"].as_u64().unwrap() >= n_bad
     });
+    // One identity that keeps at it: past ten strikes it is disconnected and banned, and
+    // coming back under the same identity gets it nowhere; B lists it as banned.
+    let hostile = fieldmesh_tests::hostile::Keypair::generate_ed25519();
+    let hostile_id = hostile.public().to_peer_id().to_string();
+    let forgeries = vec![Frame::Envelope(bad_sig.clone()).encode(); 12];
+    fieldmesh_tests::hostile::attack_as(hostile.clone(), target.clone(), forgeries, 20);
+    let banned = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == hostile_id.as_str())
+            .cloned()
+    };
+    wait_until(10, "the hostile peer banned", || {
+        banned().is_some_and(|p| p["banned_until_ms"].as_u64().unwrap() > 0)
+    });
+    let peer = banned().unwrap();
+    assert_eq!(peer["connected"], false, "{peer}");
+    assert!(peer["strikes"].as_u64().unwrap() >= 10, "{peer}");
+    let again = fieldmesh_tests::hostile::attack_as(
+        hostile,
+        target.clone(),
+        vec![Frame::Envelope(genuine.clone()).encode()],
+        10,
+    );
+    assert_eq!(again.answered, 0, "a banned peer is not served: {again:?}");
+
     // Still serving: a new message from the honest peer arrives.
     let id = a.ok(&["post", "ops", "still here?", "--precedence", "immediate"]);
     wait_until(30, "the new message on B", || {

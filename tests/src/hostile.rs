@@ -3,6 +3,7 @@
 
 use fieldmesh_net::protocol::{FrameCodec, PROTOCOL};
 use futures_util::StreamExt;
+pub use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, request_response, swarm::SwarmEvent};
 use std::time::Duration;
 
@@ -19,14 +20,15 @@ pub struct AttackReport {
     pub disconnected: bool,
 }
 
-/// A throwaway identity's swarm with QUIC and TCP and the given behaviour, dialling
+/// A swarm of identity `key` with QUIC and TCP and the given behaviour, dialling
 /// `target` (call from inside a tokio runtime). Its QUIC is libp2p's own transport
 /// (`libp2p-quic`), not the node's: the attacker is another libp2p implementation.
 fn attacker<B: libp2p::swarm::NetworkBehaviour>(
+    key: Keypair,
     target: Multiaddr,
     behaviour: impl FnOnce() -> B,
 ) -> libp2p::Swarm<B> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             libp2p::tcp::Config::default(),
@@ -55,8 +57,13 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Sends each of `frames` as a sync request to `target` (oversized frames included: the
 /// attacker's codec has no cap), then waits up to `secs` for the outcome.
 pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
+    attack_as(Keypair::generate_ed25519(), target, frames, secs)
+}
+
+/// [`attack`] from a given identity (the same attacker coming back).
+pub fn attack_as(key: Keypair, target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
     runtime().block_on(async move {
-        let mut swarm = attacker(target, || {
+        let mut swarm = attacker(key, target, || {
             request_response::Behaviour::with_codec(
                 FrameCodec::new(64 << 20),
                 [(PROTOCOL, request_response::ProtocolSupport::Full)],
@@ -111,7 +118,11 @@ pub fn attack(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackRepor
 pub fn attack_bulk(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
     use futures_util::{AsyncReadExt, AsyncWriteExt};
     runtime().block_on(async move {
-        let mut swarm = attacker(target, libp2p_stream::Behaviour::new);
+        let mut swarm = attacker(
+            Keypair::generate_ed25519(),
+            target,
+            libp2p_stream::Behaviour::new,
+        );
         let mut control = swarm.behaviour().new_control();
         let mut report = AttackReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

@@ -40,12 +40,21 @@ pub struct EngineConfig {
     pub resync_interval_ms: u64,
     /// Misbehaviour tolerated before disconnecting a peer.
     pub max_strikes: u32,
+    /// How long a peer disconnected for misbehaviour is refused when it comes back; its
+    /// strikes start again from zero afterwards.
+    pub ban_ms: u64,
     /// Pushes per peer awaiting acknowledgement (transport streams are finite).
     pub max_inflight: usize,
     /// Bytes of pushes per peer awaiting acknowledgement: enough to keep a fast link busy
     /// while the receiver's group commit is on disk, small enough that a slow one is never
     /// buried under data it cannot carry (the token bucket paces what leaves).
     pub max_inflight_bytes: u64,
+    /// IMMEDIATE and FLASH pushes allowed per peer beyond a full window, in envelopes
+    /// and bytes: on a link slower than its budget, acknowledgements of bulk come back
+    /// slowly and the window stays full, and urgent traffic must not wait for them.
+    pub urgent_reserve: usize,
+    /// See [`EngineConfig::urgent_reserve`].
+    pub urgent_reserve_bytes: u64,
     /// New envelopes up to this size are pushed eagerly along the tree; larger ones are
     /// only announced.
     pub eager_push_max_bytes: u32,
@@ -63,13 +72,22 @@ impl Default for EngineConfig {
             link_burst_bytes: 1024 * 1024,
             resync_interval_ms: 30_000,
             max_strikes: 10,
+            ban_ms: 10 * 60 * 1000,
             max_inflight: 256,
             max_inflight_bytes: 16 * 1024 * 1024,
+            urgent_reserve: 64,
+            urgent_reserve_bytes: 1024 * 1024,
             eager_push_max_bytes: 16 * 1024,
             lazy_want_delay_ms: 1_000,
         }
     }
 }
+
+/// Disconnected peers whose counters are kept (see `Engine::past`).
+pub const MAX_PAST_PEERS: usize = 1024;
+
+/// Precedences that may use [`EngineConfig::urgent_reserve`].
+const URGENT: Precedence = Precedence::Immediate;
 
 /// Identifies an inbound request so that the driver can route the answer.
 pub type RequestId = u64;
@@ -207,8 +225,12 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// Reconciliation sessions completed.
     pub sessions: u64,
-    /// Strikes for misbehaviour.
+    /// Strikes for misbehaviour (kept across reconnections).
     pub strikes: u32,
+    /// Whether a connection to the peer is up (peers stay listed after they leave).
+    pub connected: bool,
+    /// Refused until then (ms), for misbehaviour; 0 when not banned.
+    pub banned_until_ms: u64,
     /// Backlog queued for the peer, by precedence (most urgent first).
     pub backlog: Vec<(Precedence, usize)>,
 }
@@ -268,6 +290,10 @@ pub struct Engine<P: Ord + Clone> {
     config: EngineConfig,
     index: Index,
     peers: BTreeMap<P, PeerState>,
+    /// Counters of peers no longer connected, so that `sync-status` still shows when
+    /// they were last heard from, and strikes and bans outlive a reconnection. At most
+    /// [`MAX_PAST_PEERS`], the longest silent dropped first.
+    past: BTreeMap<P, PeerStats>,
     /// Strikes ever given, across peers (survives disconnects).
     total_strikes: u64,
     /// Announced envelopes we lack: when to ask for them, and whom.
@@ -282,6 +308,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             index,
             peers: BTreeMap::new(),
             total_strikes: 0,
+            past: BTreeMap::new(),
             wants: BTreeMap::new(),
         }
     }
@@ -293,13 +320,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
 
     /// Connected peers and their counters.
     pub fn peer_stats(&self) -> Vec<(P, PeerStats)> {
-        self.peers
-            .iter()
-            .map(|(p, s)| {
-                let mut st = s.stats.clone();
-                st.backlog = s.queue.backlog().to_vec();
-                (p.clone(), st)
-            })
+        let connected = self.peers.iter().map(|(p, s)| {
+            let mut st = s.stats.clone();
+            st.backlog = s.queue.backlog().to_vec();
+            (p.clone(), st)
+        });
+        connected
+            .chain(self.past.iter().map(|(p, s)| (p.clone(), s.clone())))
             .collect()
     }
 
@@ -308,16 +335,30 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let mut out = Vec::new();
         match input {
             Input::PeerUp(peer) => {
-                let st = PeerState::new(
-                    &self.config,
-                    now_ms,
-                    now_ms + self.config.resync_interval_ms,
-                );
-                self.peers.entry(peer.clone()).or_insert(st);
-                self.open_session(now_ms, &peer, &mut out);
+                let next_resync = now_ms + self.config.resync_interval_ms;
+                if self.admit(now_ms, &peer, next_resync, &mut out) {
+                    self.open_session(now_ms, &peer, &mut out);
+                }
             }
             Input::PeerDown(peer) => {
-                self.peers.remove(&peer);
+                if let Some(st) = self.peers.remove(&peer) {
+                    let mut stats = st.stats;
+                    stats.connected = false;
+                    stats.backlog.clear();
+                    if stats.strikes >= self.config.max_strikes {
+                        stats.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
+                    }
+                    self.past.insert(peer, stats);
+                    if self.past.len() > MAX_PAST_PEERS
+                        && let Some(oldest) = self
+                            .past
+                            .iter()
+                            .min_by_key(|(_, s)| s.last_contact_ms)
+                            .map(|(p, _)| p.clone())
+                    {
+                        self.past.remove(&oldest);
+                    }
+                }
             }
             Input::Request {
                 peer,
@@ -525,8 +566,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         let ack = Frame::Range(Vec::new()).encode();
-        if !self.peers.contains_key(&peer) {
-            self.handle_peer_up_silently(now_ms, &peer);
+        // A request before the connection event (or from a banned peer, unanswered).
+        if !self.admit(now_ms, &peer, now_ms, out) {
+            return;
         }
         let reply = match self.decode(now_ms, &peer, &frame, out) {
             Some(Frame::Range(msgs)) => match self.respond(&peer, &msgs) {
@@ -583,16 +625,48 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     /// A request can arrive before the driver reports the connection.
-    fn handle_peer_up_silently(&mut self, now_ms: u64, peer: &P) {
-        self.peers
-            .insert(peer.clone(), PeerState::new(&self.config, now_ms, now_ms));
+    /// Takes `peer` in as connected (continuing what is known of it from an earlier
+    /// connection), unless it is banned: then the driver is told to drop it, and false.
+    fn admit(
+        &mut self,
+        now_ms: u64,
+        peer: &P,
+        next_resync_ms: u64,
+        out: &mut Vec<Output<P>>,
+    ) -> bool {
+        if self.peers.contains_key(peer) {
+            return true;
+        }
+        let mut st = PeerState::new(&self.config, now_ms, next_resync_ms);
+        if let Some(mut before) = self.past.remove(peer) {
+            if before.banned_until_ms > now_ms {
+                out.push(Output::Disconnect {
+                    peer: peer.clone(),
+                    reason: format!(
+                        "banned for misbehaviour for {} s more",
+                        (before.banned_until_ms - now_ms).div_ceil(1000)
+                    ),
+                });
+                self.past.insert(peer.clone(), before);
+                return false;
+            }
+            if before.banned_until_ms != 0 {
+                before.strikes = 0;
+                before.banned_until_ms = 0;
+            }
+            before.last_contact_ms = now_ms;
+            st.stats = before;
+        }
+        st.stats.connected = true;
+        self.peers.insert(peer.clone(), st);
+        true
     }
 
     /// A frame from the peer's bulk stream: an envelope to store, or a strike (nothing
     /// else travels there, and nothing is answered on it but the driver's acks).
     fn on_bulk(&mut self, now_ms: u64, peer: P, frame: BulkFrame, out: &mut Vec<Output<P>>) {
-        if !self.peers.contains_key(&peer) {
-            self.handle_peer_up_silently(now_ms, &peer);
+        if !self.admit(now_ms, &peer, now_ms, out) {
+            return;
         }
         self.note_contact(now_ms, &peer, frame.len());
         match frame.decode(self.config.max_frame_bytes) {
@@ -735,17 +809,35 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     fn flush_pushes(&mut self, now_ms: u64, out: &mut Vec<Output<P>>) {
+        let cfg = &self.config;
         for (peer, st) in self.peers.iter_mut() {
             if st.queue.is_empty() {
                 continue;
             }
-            let window = self
-                .config
+            let mut budget = st.bucket.available(now_ms);
+            // Urgent envelopes first, in a window widened by the reserve.
+            let mut ids = Vec::new();
+            let mut urgent_bytes = 0;
+            if st.queue.head_precedence() >= Some(URGENT) {
+                let window = (cfg.max_inflight_bytes + cfg.urgent_reserve_bytes)
+                    .saturating_sub(st.inflight_bytes);
+                let room =
+                    (cfg.max_inflight + cfg.urgent_reserve).saturating_sub(st.inflight.len());
+                ids = st.queue.take_at_least(URGENT, budget.min(window), room);
+                urgent_bytes = ids
+                    .iter()
+                    .filter_map(|id| self.index.meta(id))
+                    .map(|m| u64::from(m.size))
+                    .sum();
+                budget = budget.saturating_sub(urgent_bytes);
+            }
+            let window = cfg
                 .max_inflight_bytes
-                .saturating_sub(st.inflight_bytes);
-            let budget = st.bucket.available(now_ms).min(window);
-            let room = self.config.max_inflight.saturating_sub(st.inflight.len());
-            let mut ids = st.queue.take(budget, room);
+                .saturating_sub(st.inflight_bytes + urgent_bytes);
+            let room = cfg
+                .max_inflight
+                .saturating_sub(st.inflight.len() + ids.len());
+            ids.extend(st.queue.take(budget.min(window), room));
             // An envelope larger than the whole burst still goes when the bucket is full
             // (and fits the window, unless nothing else is in flight).
             if ids.is_empty() && room > 0 && st.bucket.is_full() {
@@ -778,10 +870,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             next = next.min(st.next_resync_ms.max(now_ms));
             // With every push slot taken, the next acknowledgement (an input) is what
             // frees the queue, not time.
-            if !st.queue.is_empty()
-                && st.inflight.len() < self.config.max_inflight
-                && st.inflight_bytes < self.config.max_inflight_bytes
-            {
+            let (room, window) = if st.queue.head_precedence() >= Some(URGENT) {
+                (
+                    self.config.max_inflight + self.config.urgent_reserve,
+                    self.config.max_inflight_bytes + self.config.urgent_reserve_bytes,
+                )
+            } else {
+                (self.config.max_inflight, self.config.max_inflight_bytes)
+            };
+            if !st.queue.is_empty() && st.inflight.len() < room && st.inflight_bytes < window {
                 next = next.min(now_ms + st.bucket.wait_ms(1500).max(1));
             }
         }

@@ -104,10 +104,25 @@ impl TransferQueue {
     /// Takes the most urgent envelopes whose sizes fit in `budget` bytes, in sending
     /// order. Stops at the first that does not fit, so a large routine envelope never
     /// lets smaller ones of lower precedence jump ahead of it.
-    pub fn take(&mut self, mut budget: u64, max: usize) -> Vec<EnvelopeId> {
+    pub fn take(&mut self, budget: u64, max: usize) -> Vec<EnvelopeId> {
+        self.take_at_least(Precedence::Routine, budget, max)
+    }
+
+    /// Precedence of the envelope that would go next.
+    pub fn head_precedence(&self) -> Option<Precedence> {
+        self.heap.peek().map(|((p, _, _), _)| *p)
+    }
+
+    /// Like [`TransferQueue::take`], stopping at the first envelope below `at_least`.
+    pub fn take_at_least(
+        &mut self,
+        at_least: Precedence,
+        mut budget: u64,
+        max: usize,
+    ) -> Vec<EnvelopeId> {
         let mut out = Vec::new();
-        while let Some(&((_, _, Reverse(id)), size)) = self.heap.peek() {
-            if u64::from(size) > budget || out.len() >= max {
+        while let Some(&((p, _, Reverse(id)), size)) = self.heap.peek() {
+            if p < at_least || u64::from(size) > budget || out.len() >= max {
                 break;
             }
             self.heap.pop();

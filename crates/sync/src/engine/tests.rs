@@ -11,6 +11,9 @@ struct Node {
     held: BTreeMap<EnvelopeId, Vec<u8>>,
     arrivals: Vec<EnvelopeId>,
     disconnected: Vec<u8>,
+    /// Pushes are sent but never arrive nor get acknowledged (a link far slower than
+    /// its budget): they are recorded here instead.
+    stall_pushes: Option<Vec<EnvelopeId>>,
 }
 
 fn envelope(n: u64, p: Precedence) -> (EnvelopeId, Meta, Vec<u8>) {
@@ -38,6 +41,7 @@ fn node(cfg: EngineConfig, items: &[(EnvelopeId, Meta, Vec<u8>)]) -> Node {
         held,
         arrivals: vec![],
         disconnected: vec![],
+        stall_pushes: None,
     }
 }
 
@@ -88,6 +92,9 @@ fn run(
                             frame,
                         },
                     )),
+                    Output::Push { id, .. } if nodes[to].stall_pushes.is_some() => {
+                        nodes[to].stall_pushes.as_mut().expect("checked").push(id);
+                    }
                     Output::Push { id, .. } => {
                         let bytes = nodes[to].held[&id].clone();
                         next_push += 1;
@@ -323,6 +330,57 @@ fn flash_overtakes_routine_on_a_throttled_link() {
     );
 }
 
+/// On a link slower than its budget the window fills with bulk awaiting acknowledgement;
+/// an IMMEDIATE or FLASH envelope still goes at once (within the reserve), and routine
+/// traffic does not.
+#[test]
+fn urgent_traffic_does_not_wait_for_a_full_window() {
+    let routine: Vec<_> = (0..300).map(|n| envelope(n, Precedence::Routine)).collect();
+    let cfg = EngineConfig::default();
+    let mut nodes = [node(cfg, &routine), node(cfg, &[])];
+    nodes[0].stall_pushes = Some(vec![]);
+    let t = run(
+        &mut nodes,
+        &all(&routine),
+        vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+        0,
+        100,
+        1_000,
+    );
+    let stalled = nodes[0].stall_pushes.as_ref().map_or(0, Vec::len);
+    assert_eq!(stalled, cfg.max_inflight, "the window is full");
+
+    let late_routine = envelope(6000, Precedence::Routine);
+    let flash = envelope(5000, Precedence::Flash);
+    let immediate = envelope(5001, Precedence::Immediate);
+    for (id, meta, bytes) in [&late_routine, &flash, &immediate] {
+        nodes[0].held.insert(*id, bytes.clone());
+        let o = nodes[0].engine.handle(
+            t,
+            Input::Inserted {
+                id: *id,
+                meta: *meta,
+                from: None,
+            },
+        );
+        let pushed: Vec<_> = o
+            .iter()
+            .filter_map(|o| match o {
+                Output::Push { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if meta.precedence >= Precedence::Immediate {
+            assert_eq!(pushed, vec![*id], "urgent goes at once: {o:?}");
+        } else {
+            assert!(pushed.is_empty(), "routine waits for the window: {o:?}");
+        }
+    }
+    // Ticks change nothing while no acknowledgement comes back.
+    let o = nodes[0].engine.handle(t + 5_000, Input::Tick);
+    assert!(!o.iter().any(|o| matches!(o, Output::Push { .. })), "{o:?}");
+}
+
 #[test]
 fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     let items: Vec<_> = (0..10).map(|n| envelope(n, Precedence::Routine)).collect();
@@ -360,6 +418,65 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
         "{o:?}"
     );
     assert_eq!(n.engine.peer_stats()[0].1.strikes, 3);
+
+    // Gone, the peer stays listed with its strikes, and is banned.
+    n.engine.handle(4, Input::PeerDown(7));
+    let (_, st) = &n.engine.peer_stats()[0];
+    assert!(!st.connected);
+    assert_eq!((st.strikes, st.banned_until_ms), (3, 4 + cfg.ban_ms));
+    // Coming back within the ban: refused at once, and still banned.
+    let o = n.engine.handle(5, Input::PeerUp(7));
+    assert!(
+        matches!(o.as_slice(), [Output::Disconnect { peer: 7, reason }] if reason.contains("banned")),
+        "{o:?}"
+    );
+    assert!(!n.engine.peer_stats()[0].1.connected);
+    // Nor is a request answered that arrives before (or without) a connection event.
+    let o = n.engine.handle(
+        6,
+        Input::Request {
+            peer: 7,
+            request: 3,
+            frame: Frame::Range(vec![]).encode(),
+        },
+    );
+    assert!(
+        matches!(o.as_slice(), [Output::Disconnect { peer: 7, .. }]),
+        "{o:?}"
+    );
+    // After the ban, it starts again from zero strikes.
+    let o = n.engine.handle(4 + cfg.ban_ms, Input::PeerUp(7));
+    assert!(
+        !o.iter().any(|x| matches!(x, Output::Disconnect { .. })),
+        "{o:?}"
+    );
+    let (_, st) = &n.engine.peer_stats()[0];
+    assert!(st.connected);
+    assert_eq!((st.strikes, st.banned_until_ms), (0, 0));
+}
+
+/// Strikes short of a ban are kept across reconnections: a hostile peer cannot wipe
+/// them by reconnecting.
+#[test]
+fn strikes_outlive_a_reconnection() {
+    let cfg = EngineConfig {
+        max_strikes: 3,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &[]);
+    for round in 0..2u64 {
+        n.engine.handle(10 * round, Input::PeerUp(7));
+        let o = n.engine.handle(10 * round + 1, Input::Refused { peer: 7 });
+        assert!(!o.iter().any(|x| matches!(x, Output::Disconnect { .. })));
+        n.engine.handle(10 * round + 2, Input::PeerDown(7));
+    }
+    n.engine.handle(30, Input::PeerUp(7));
+    let o = n.engine.handle(31, Input::Refused { peer: 7 });
+    assert!(
+        o.iter()
+            .any(|x| matches!(x, Output::Disconnect { peer: 7, .. })),
+        "third strike over three connections: {o:?}"
+    );
 }
 
 #[test]
