@@ -566,6 +566,12 @@ fn run(cli: Cli) -> Result<()> {
             for r in &report.channel_rejects {
                 println!("stored but refused by channel rules: {r}");
             }
+            if report.declined > 0 {
+                println!(
+                    "{} envelopes for others not kept: this node's relay quota is full",
+                    report.declined
+                );
+            }
             if !report.rejected.is_empty() {
                 for r in &report.rejected {
                     eprintln!("rejected {r}");
@@ -614,6 +620,10 @@ fn run(cli: Cli) -> Result<()> {
                     view.peer_id,
                     view.envelopes,
                     view.listen.join(" ")
+                );
+                println!(
+                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it",
+                    view.relay_bytes, view.relay_quota_bytes, view.relay_declined
                 );
                 let now = node::now_ms();
                 for p in &view.peers {

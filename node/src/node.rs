@@ -49,6 +49,29 @@ pub struct Node {
     /// Which chunk envelopes carry each attachment, learnt by storing or opening them: a
     /// chunk's attachment is named only inside its sealed payload. Taken alone.
     blob_chunks: Mutex<BlobIndex>,
+    /// What this node carries for others (see [`Node::carried_for_others`]).
+    relay: Mutex<Relay>,
+}
+
+/// Store-and-forward accounting: bytes stored for others, against the profile's relay
+/// quota. Taken before `access`, never while holding `channels`.
+#[derive(Debug, Default)]
+struct Relay {
+    /// Bytes stored for others, counted from the store on first need.
+    used: Option<u64>,
+    /// Envelopes declined since start, over the quota.
+    declined: u64,
+}
+
+/// What [`Node::ingest`] did with a batch.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    pub inserted: usize,
+    pub duplicates: usize,
+    /// Authentic envelopes, stored, whose change the channel rules refused.
+    pub channel_rejects: Vec<String>,
+    /// Others' traffic not kept: over the relay quota.
+    pub declined: Vec<EnvelopeId>,
 }
 
 /// An attachment in one channel: the same bytes attached in two channels are two sets
@@ -163,6 +186,7 @@ impl Node {
             net: std::sync::OnceLock::new(),
             ai: crate::ai::AiState::default(),
             blob_chunks: Mutex::default(),
+            relay: Mutex::default(),
         };
         if let Err(e) = node.load_directory() {
             tracing::error!(%e, "could not load the directory");
@@ -514,12 +538,17 @@ impl Node {
     /// Stores and applies verified envelopes from outside: a bundle, or a peer. `announce`
     /// tells the network about them (bundles); envelopes from the network itself are
     /// reported to the sync engine by its driver.
-    pub fn ingest(
-        &self,
-        envs: Vec<Envelope>,
-        announce: bool,
-    ) -> Result<(usize, usize, Vec<String>), NodeError> {
-        let outcomes = self.store.put_batch(&envs)?;
+    /// Envelopes this node only carries for others are kept within the relay quota.
+    pub fn ingest(&self, envs: Vec<Envelope>, announce: bool) -> Result<Ingested, NodeError> {
+        let (envs, declined, reserved) = self.admit_relayed(envs)?;
+        let outcomes = match self.store.put_batch(&envs) {
+            Ok(o) => o,
+            Err(e) => {
+                let mut relay = lock(&self.relay);
+                relay.used = relay.used.map(|u| u.saturating_sub(reserved));
+                return Err(e.into());
+            }
+        };
         let mut inserted = 0;
         let mut duplicates = 0;
         let mut channel_rejects = Vec::new();
@@ -568,7 +597,96 @@ impl Node {
             drop(cache);
             self.schedule_duties();
         }
-        Ok((inserted, duplicates, channel_rejects))
+        Ok(Ingested {
+            inserted,
+            duplicates,
+            channel_rejects,
+            declined,
+        })
+    }
+
+    /// Whether this node stores `h`'s envelope only to carry it for others: it is sealed
+    /// for a compartment this node holds no key of (directory traffic is everyone's).
+    fn carried_for_others(&self, h: &Header) -> bool {
+        h.compartment != CompartmentId::OPEN
+            && !h.kind.is_directory()
+            && !lock(&self.access).may_read(&h.compartment)
+    }
+
+    /// Bytes stored for others, counted from the store on first need: the channels
+    /// whose genesis is sealed for a compartment this node cannot read.
+    fn relay_used(&self, relay: &mut Relay) -> Result<u64, NodeError> {
+        if let Some(used) = relay.used {
+            return Ok(used);
+        }
+        let mut total = 0;
+        for (channel, genesis) in self.store.channels()? {
+            if let Some(g) = self.store.get(&genesis)?
+                && self.carried_for_others(g.header())
+            {
+                total += self.store.channel_bytes(&channel)?;
+            }
+        }
+        relay.used = Some(total);
+        Ok(total)
+    }
+
+    /// Splits envelopes from outside into those to store and those declined: others'
+    /// routine and priority traffic beyond the relay quota (IMMEDIATE and FLASH are
+    /// always carried, within the store's own budget). Returns the quota reserved for
+    /// what is kept.
+    fn admit_relayed(
+        &self,
+        envs: Vec<Envelope>,
+    ) -> Result<(Vec<Envelope>, Vec<EnvelopeId>, u64), NodeError> {
+        if !envs.iter().any(|e| self.carried_for_others(e.header())) {
+            return Ok((envs, Vec::new(), 0));
+        }
+        let quota = self.profile.storage.relay_quota_bytes();
+        let mut relay = lock(&self.relay);
+        let mut used = self.relay_used(&mut relay)?;
+        let mut reserved = 0;
+        let mut keep = Vec::with_capacity(envs.len());
+        let mut declined = Vec::new();
+        let mut counted = std::collections::HashSet::new();
+        for e in envs {
+            if self.carried_for_others(e.header())
+                && counted.insert(e.id())
+                && !self.store.contains(&e.id())?
+            {
+                let size = e.encoded_len() as u64;
+                let urgent = e.header().precedence >= fieldmesh_core::Precedence::Immediate;
+                if used + size > quota && !urgent {
+                    declined.push(e.id());
+                    continue;
+                }
+                used += size;
+                reserved += size;
+            }
+            keep.push(e);
+        }
+        relay.used = Some(used);
+        relay.declined += declined.len() as u64;
+        if !declined.is_empty() {
+            tracing::warn!(
+                declined = declined.len(),
+                used,
+                quota,
+                "relay quota full: others' envelopes declined"
+            );
+        }
+        Ok((keep, declined, reserved))
+    }
+
+    /// Relay use: bytes carried for others, the quota, envelopes declined since start.
+    pub fn relay_status(&self) -> Result<(u64, u64, u64), NodeError> {
+        let mut relay = lock(&self.relay);
+        let used = self.relay_used(&mut relay)?;
+        Ok((
+            used,
+            self.profile.storage.relay_quota_bytes(),
+            relay.declined,
+        ))
     }
 }
 
@@ -776,13 +894,14 @@ impl Ops for Node {
             }
         }
         let total = good.len() + rejected.len();
-        let (inserted, duplicates, channel_rejects) = self.ingest(good, true)?;
+        let done = self.ingest(good, true)?;
         Ok(ImportReport {
             total,
-            inserted,
-            duplicates,
+            inserted: done.inserted,
+            duplicates: done.duplicates,
+            declined: done.declined.len(),
             rejected,
-            channel_rejects,
+            channel_rejects: done.channel_rejects,
         })
     }
 }
@@ -867,15 +986,18 @@ impl fieldmesh_net::Host for NodeHost {
     }
 
     /// One durable write for the whole batch (the driver's group commit).
-    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<(), fieldmesh_net::IngestError> {
-        let (_, _, rejects) = self
+    fn store_batch(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<EnvelopeId>, fieldmesh_net::IngestError> {
+        let done = self
             .0
             .ingest(envelopes, false)
             .map_err(|e| fieldmesh_net::IngestError::Storage(e.to_string()))?;
-        for r in rejects {
+        for r in done.channel_rejects {
             tracing::warn!(reason = %r, "stored envelope refused by channel rules");
         }
-        Ok(())
+        Ok(done.declined)
     }
 }
 
@@ -890,7 +1012,13 @@ impl Node {
         let st = handle
             .block_on(net.status())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
-        Ok(crate::ops::NetView::from(st))
+        let mut view = crate::ops::NetView::from(st);
+        (
+            view.relay_bytes,
+            view.relay_quota_bytes,
+            view.relay_declined,
+        ) = self.relay_status()?;
+        Ok(view)
     }
 }
 
@@ -1050,7 +1178,7 @@ mod tests {
                 forged.push(seal_envelope(&forger, header, &key, &bad).unwrap());
             }
         }
-        let (inserted, _, _) = node.ingest(forged, false).unwrap();
+        let inserted = node.ingest(forged, false).unwrap().inserted;
         assert_eq!(
             inserted,
             2 * payloads.len(),
@@ -1066,5 +1194,86 @@ mod tests {
         let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
         assert_eq!(remembered, 3 * payloads.len(), "real and forged chunks");
         assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
+    }
+
+    /// Others' traffic (a compartment this node holds no key of) is kept within the
+    /// relay quota; past it, routine traffic is declined and urgent traffic still kept;
+    /// the node's own compartments are not counted; a restarted node counts what it
+    /// carries from the store.
+    #[test]
+    fn traffic_for_others_is_carried_within_the_relay_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile::builtin("ci-loopback").unwrap();
+        let quota = profile.storage.relay_quota_bytes();
+        let store = Node::open_store(dir.path(), &profile).unwrap();
+        let relay = Node::new(
+            NodeKey::from_seed([5; 32]),
+            "relay".into(),
+            store.clone(),
+            profile.clone(),
+        );
+        let author = NodeKey::from_seed([8; 32]);
+        let key = PayloadKey::from_bytes([42; 32]);
+        let compartment = CompartmentId([9; 32]);
+        let channel = ChannelId([10; 32]);
+        let seal = |n: u64, kind, precedence| {
+            let header = Header {
+                kind,
+                precedence,
+                compartment,
+                epoch: 1,
+                channel,
+                author: author.node_id(),
+                hlc: Hlc(1_000 + n),
+                deps: vec![],
+            };
+            seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
+        };
+        use fieldmesh_core::{Kind, Precedence};
+        let genesis = seal(0, Kind::CHANNEL_GENESIS, Precedence::Routine);
+        let size = genesis.encoded_len() as u64;
+        let fit = (quota / size) as usize;
+        let mut batch = vec![genesis];
+        batch.extend((1..fit as u64 + 20).map(|n| seal(n, Kind::BLOB_CHUNK, Precedence::Routine)));
+        let done = relay.ingest(batch, false).unwrap();
+        assert_eq!(done.inserted, fit);
+        assert_eq!(done.declined.len(), 20);
+        assert!(
+            !store.contains(&done.declined[0]).unwrap(),
+            "declined is not stored"
+        );
+        let (used, q, declined) = relay.relay_status().unwrap();
+        assert_eq!((used, q, declined), (fit as u64 * size, quota, 20));
+
+        // Urgent traffic is carried past the quota; a duplicate costs nothing.
+        let flash = seal(9_999, Kind::BLOB_CHUNK, Precedence::Flash);
+        let done = relay.ingest(vec![flash.clone(), flash], false).unwrap();
+        assert_eq!((done.inserted, done.declined.len()), (1, 0));
+        // The node's own (open) traffic is not counted against the quota.
+        relay.create_channel("own", None).unwrap();
+        relay
+            .post(
+                "own",
+                &PostRequest {
+                    text: "still room for our own".into(),
+                    precedence: None,
+                    reply_to: None,
+                    attachments: vec![],
+                },
+            )
+            .unwrap();
+        let (used, _, _) = relay.relay_status().unwrap();
+        assert_eq!(used, (fit as u64 + 1) * size);
+
+        // A restarted node counts what it carries from the store.
+        let again = Node::new(NodeKey::from_seed([5; 32]), "relay".into(), store, profile);
+        assert_eq!(again.relay_status().unwrap(), (used, quota, 0));
+        let more = again
+            .ingest(
+                vec![seal(20_000, Kind::BLOB_CHUNK, Precedence::Routine)],
+                false,
+            )
+            .unwrap();
+        assert_eq!(more.declined.len(), 1, "still full after a restart");
     }
 }

@@ -94,6 +94,9 @@ pub struct ImportReport {
     pub total: usize,
     pub inserted: usize,
     pub duplicates: usize,
+    /// Others' traffic not kept: over this node's relay quota.
+    #[serde(default)]
+    pub declined: usize,
     /// Frames that failed verification, with reasons. None of them was stored.
     pub rejected: Vec<String>,
     /// Authentic envelopes, stored, whose change the channel rules refused.
@@ -136,6 +139,14 @@ pub struct NetView {
     pub envelopes: usize,
     /// Frames and envelopes rejected from misbehaving peers since start.
     pub rejected: u64,
+    /// Bytes stored for others (compartments this node holds no key of), the profile's
+    /// relay quota, and envelopes declined over it since start.
+    #[serde(default)]
+    pub relay_bytes: u64,
+    #[serde(default)]
+    pub relay_quota_bytes: u64,
+    #[serde(default)]
+    pub relay_declined: u64,
     pub peers: Vec<PeerView>,
 }
 
@@ -146,6 +157,9 @@ impl From<fieldmesh_net::NetStatus> for NetView {
             listen: s.listen.iter().map(|a| a.to_string()).collect(),
             envelopes: s.envelopes,
             rejected: s.rejected,
+            relay_bytes: 0,
+            relay_quota_bytes: 0,
+            relay_declined: 0,
             peers: s
                 .peers
                 .into_iter()

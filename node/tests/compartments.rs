@@ -167,6 +167,13 @@ fn a_partner_relays_a_compartment_it_cannot_read_and_revocation_cuts_off_new_tra
     );
     let err = jpn2.fails(&["post", &ch, "still here?"], 1);
     assert!(err.contains("no key for epoch 2"), "{err}");
+    // GBR counts what it carries for others against its relay quota (ci-loopback: 16
+    // MiB), and has declined nothing yet.
+    let st: serde_json::Value = serde_json::from_str(&gbr.ok(&["sync-status", "--json"])).unwrap();
+    let carried = st["relay_bytes"].as_u64().unwrap();
+    assert!(carried > 0 && carried < 16 << 20, "{st}");
+    assert_eq!(st["relay_quota_bytes"], 16u64 << 20, "{st}");
+    assert_eq!(st["relay_declined"], 0, "{st}");
 
     for d in [du, dj, dj2, dg] {
         d.stop();

@@ -57,7 +57,7 @@ struct Verifying {
 /// keeps receiving and later batches are verified.
 struct Commit {
     batches: Vec<(Batch, Vec<Stored>)>,
-    done: tokio::task::JoinHandle<Result<(), crate::IngestError>>,
+    done: tokio::task::JoinHandle<Result<Vec<EnvelopeId>, crate::IngestError>>,
     started: Instant,
     envelopes: usize,
 }
@@ -824,9 +824,11 @@ impl Driver {
     /// before the envelopes are durable). A write that panicked acknowledges nothing. A
     /// write that failed (disk full) acknowledges what it handled, as answered: the
     /// envelopes are not in the index, so the next reconciliation asks for them again.
+    /// Envelopes the node declined (over its relay quota) are acknowledged too, and the
+    /// engine counts them as held so that they are not offered again.
     fn commit_done(
         &mut self,
-        written: Result<Result<(), crate::IngestError>, tokio::task::JoinError>,
+        written: Result<Result<Vec<EnvelopeId>, crate::IngestError>, tokio::task::JoinError>,
     ) {
         let Some(commit) = self.commit.take() else {
             return;
@@ -844,11 +846,11 @@ impl Driver {
                 .sum::<u64>(),
             "group commit done"
         );
-        let stored = match written {
-            Ok(Ok(())) => true,
+        let (stored, declined) = match written {
+            Ok(Ok(declined)) => (true, declined.into_iter().collect()),
             Ok(Err(e)) => {
                 tracing::error!(%e, "could not store envelopes from peers");
-                false
+                (false, std::collections::HashSet::new())
             }
             Err(e) => {
                 tracing::error!(%e, "group commit failed; nothing from it is acknowledged");
@@ -861,6 +863,9 @@ impl Driver {
         for (batch, results) in commit.batches {
             for (peer, result) in batch.peers.into_iter().zip(results) {
                 match result {
+                    Ok((id, meta)) if stored && declined.contains(&id) => {
+                        self.feed(Input::Declined { id, meta });
+                    }
                     Ok((id, meta)) if stored => self.feed(Input::Inserted {
                         id,
                         meta,

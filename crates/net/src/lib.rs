@@ -37,9 +37,10 @@ pub trait Host: Send + Sync + 'static {
         Envelope::decode_owned(bytes).map_err(|e| IngestError::Refused(e.to_string()))
     }
 
-    /// Durably stores verified envelopes with one write (group commit). An error means
-    /// none of them is durable.
-    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<(), IngestError>;
+    /// Durably stores verified envelopes with one write (group commit), and returns the
+    /// ids of those it chose not to keep (others' traffic over its relay quota). An
+    /// error means none of them is durable.
+    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<Vec<EnvelopeId>, IngestError>;
 }
 
 /// Why an envelope from a peer was not stored.

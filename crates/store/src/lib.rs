@@ -141,6 +141,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every envelope of a channel, in (HLC, id) order. An envelope damaged on disk is
     /// left out (and logged); `get` reports it as corrupt.
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError>;
+    /// Bytes of a channel's envelopes as stored (their encoded sizes). Where the backend
+    /// keeps a large value's size beside its pointer, the value is not read.
+    fn channel_bytes(&self, channel: &ChannelId) -> Result<u64, ReadError> {
+        Ok(self
+            .channel_envelopes(channel)?
+            .iter()
+            .map(|e| e.encoded_len() as u64)
+            .sum())
+    }
     /// Channels for which a genesis envelope is stored, with its id.
     fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
     /// All envelope ids, ascending.

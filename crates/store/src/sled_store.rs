@@ -539,6 +539,23 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn channel_bytes(&self, channel: &ChannelId) -> Result<u64, ReadError> {
+        let mut total = 0;
+        for kv in self.db.scan_prefix(channel_prefix(channel)) {
+            let (k, _) = kv?;
+            let id = id_from_channel_key(&k).ok_or_else(|| ReadError::CorruptIndex(hex_key(&k)))?;
+            if let Some(v) = self.db.get(envelope_key(&id))? {
+                total += match Pointer::decode(&v) {
+                    Some(p) => p
+                        .summary
+                        .map_or(u64::from(p.record_len()), |s| u64::from(s.size)),
+                    None => v.len() as u64,
+                };
+            }
+        }
+        Ok(total)
+    }
+
     fn summaries(&self) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix([crate::keys::ENVELOPE]) {

@@ -62,6 +62,11 @@ pub(crate) struct Pointer {
 }
 
 impl Pointer {
+    /// Bytes of the record it points at.
+    pub(crate) fn record_len(&self) -> u32 {
+        self.len
+    }
+
     /// The record stored in sled (with the summary when it is known).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SUMMARY_POINTER_BYTES);

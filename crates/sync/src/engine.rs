@@ -140,6 +140,14 @@ pub enum Input<P> {
         /// The peer it came from, if any.
         from: Option<P>,
     },
+    /// An authentic envelope from a peer that this node chose not to keep (it carries
+    /// others' traffic only within a quota): peers are not to offer it again.
+    Declined {
+        /// Its id.
+        id: EnvelopeId,
+        /// Its metadata.
+        meta: Meta,
+    },
     /// A `Push` finished: the peer acknowledged it (`delivered`), or the request failed
     /// and the envelope goes back in the queue.
     PushDone {
@@ -404,6 +412,16 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     let frame = Frame::Prune(vec![id]).encode();
                     st.stats.bytes_sent += frame.len() as u64;
                     out.push(Output::Request { peer: p, frame });
+                }
+            }
+            Input::Declined { id, meta } => {
+                // Counted as held, so that reconciliation does not offer it again; not
+                // announced, and never pushed (a peer asking for it gets nothing).
+                self.wants.remove(&id);
+                if self.index.insert(id, meta) {
+                    for st in self.peers.values_mut() {
+                        st.queue.cancel(&id);
+                    }
                 }
             }
             Input::Refused { peer } => {
