@@ -127,6 +127,11 @@ pub struct PeerView {
     pub connected: bool,
     /// Refused until then (ms since the epoch) for misbehaviour; 0 when not banned.
     pub banned_until_ms: u64,
+    /// UDP bytes to and from the peer over QUIC, everything included (TCP not counted).
+    #[serde(default)]
+    pub wire_bytes_sent: u64,
+    #[serde(default)]
+    pub wire_bytes_received: u64,
     /// Envelopes queued for this peer, by precedence.
     pub backlog: std::collections::BTreeMap<String, usize>,
 }
@@ -173,6 +178,8 @@ impl From<fieldmesh_net::NetStatus> for NetView {
                     bytes_received: p.stats.bytes_received,
                     sessions: p.stats.sessions,
                     strikes: p.stats.strikes,
+                    wire_bytes_sent: p.wire_sent,
+                    wire_bytes_received: p.wire_received,
                     connected: p.stats.connected,
                     banned_until_ms: p.stats.banned_until_ms,
                     backlog: p

@@ -119,6 +119,11 @@ pub struct PeerStatus {
     pub addresses: Vec<Multiaddr>,
     /// Sync counters.
     pub stats: PeerStats,
+    /// UDP bytes sent to and received from the peer over QUIC (headers, acknowledgements
+    /// and handshakes included; TCP connections are not counted).
+    pub wire_sent: u64,
+    /// See `wire_sent`.
+    pub wire_received: u64,
 }
 
 /// The network's state.
@@ -566,10 +571,15 @@ impl Driver {
                 .engine
                 .peer_stats()
                 .into_iter()
-                .map(|(peer, stats)| PeerStatus {
-                    peer,
-                    addresses: self.addresses.get(&peer).cloned().unwrap_or_default(),
-                    stats,
+                .map(|(peer, stats)| {
+                    let (wire_sent, wire_received) = self.quic.wire_bytes(&peer);
+                    PeerStatus {
+                        peer,
+                        addresses: self.addresses.get(&peer).cloned().unwrap_or_default(),
+                        stats,
+                        wire_sent,
+                        wire_received,
+                    }
                 })
                 .collect(),
             envelopes: self.engine.index().len(),

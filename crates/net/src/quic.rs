@@ -357,6 +357,7 @@ impl Transport for QuicTransport {
             .connect_with(self.client.clone(), to, "l")
             .map_err(|e| TransportError::Other(e.into()))?;
         let limit = self.config.handshake_timeout;
+        let book = self.endpoints.clone();
         Ok(async move {
             let conn = tokio::time::timeout(limit, connecting)
                 .await
@@ -366,6 +367,7 @@ impl Transport for QuicTransport {
                 conn.close(0u32.into(), b"wrong peer");
                 return Err(QuicError::WrongPeer(Box::new((expected, found))));
             }
+            book.track(found, &conn);
             Ok((found, Connection::new(conn)))
         }
         .boxed())
@@ -382,7 +384,9 @@ impl Transport for QuicTransport {
         let n = this.listeners.len();
         for k in 0..n {
             let i = (this.next_poll + k) % n;
-            if let Some((ev, remove)) = poll_listener(&mut this.listeners[i], cx, limit) {
+            if let Some((ev, remove)) =
+                poll_listener(&mut this.listeners[i], cx, limit, &this.endpoints)
+            {
                 if remove {
                     this.listeners.remove(i);
                 }
@@ -458,9 +462,22 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// Socket buffer size asked for, each way (granted up to the kernel's maximum).
 const UDP_BUFFER_BYTES: usize = 4 << 20;
 
-/// The transport's QUIC endpoints.
+/// The transport's QUIC endpoints, and the UDP bytes of its connections.
 #[derive(Debug, Clone, Default)]
-pub struct Endpoints(Arc<std::sync::Mutex<Vec<quinn::Endpoint>>>);
+pub struct Endpoints(
+    Arc<std::sync::Mutex<Vec<quinn::Endpoint>>>,
+    Arc<std::sync::Mutex<WireBook>>,
+);
+
+/// UDP bytes sent and received per peer, QUIC headers, acknowledgements and handshakes
+/// included: what the radio would carry.
+#[derive(Debug, Default)]
+pub struct WireBook {
+    /// Connections up, by quinn's stable id.
+    live: std::collections::HashMap<usize, (PeerId, quinn::Connection)>,
+    /// Totals of closed connections.
+    closed: std::collections::HashMap<PeerId, (u64, u64)>,
+}
 
 impl Endpoints {
     fn add(&self, e: &quinn::Endpoint) {
@@ -468,6 +485,40 @@ impl Endpoints {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(e.clone());
+    }
+
+    /// Counts `conn`'s UDP bytes towards `peer`, until and after it closes.
+    fn track(&self, peer: PeerId, conn: &quinn::Connection) {
+        let book = self.1.clone();
+        let key = conn.stable_id();
+        book.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .insert(key, (peer, conn.clone()));
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.closed().await;
+            let st = conn.stats();
+            let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
+            book.live.remove(&key);
+            let t = book.closed.entry(peer).or_default();
+            t.0 += st.udp_tx.bytes;
+            t.1 += st.udp_rx.bytes;
+        });
+    }
+
+    /// UDP bytes sent to and received from `peer` over QUIC since start.
+    pub fn wire_bytes(&self, peer: &PeerId) -> (u64, u64) {
+        let book = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = book.closed.get(peer).copied().unwrap_or_default();
+        for (p, conn) in book.live.values() {
+            if p == peer {
+                let st = conn.stats();
+                total.0 += st.udp_tx.bytes;
+                total.1 += st.udp_rx.bytes;
+            }
+        }
+        total
     }
 
     /// Waits until every closed connection's close has been sent and its draining period
@@ -503,6 +554,7 @@ fn poll_listener(
     l: &mut Listener,
     cx: &mut Context<'_>,
     limit: Duration,
+    book: &Endpoints,
 ) -> Option<(TransportEvent<Upgrade, QuicError>, bool)> {
     if let Some(ev) = l.events.pop_front() {
         let gone = matches!(ev, TransportEvent::ListenerClosed { .. });
@@ -554,12 +606,15 @@ fn poll_listener(
             l.accept = accept(l.endpoint.clone());
             let local_ip = incoming.local_ip().unwrap_or(l.local.ip());
             let send_back_addr = quic_multiaddr(incoming.remote_address());
+            let book = book.clone();
             let upgrade = async move {
                 let connecting = incoming.accept()?;
                 let conn = tokio::time::timeout(limit, connecting)
                     .await
                     .map_err(|_| QuicError::HandshakeTimeout(limit))??;
-                Ok((peer_of(&conn)?, Connection::new(conn)))
+                let peer = peer_of(&conn)?;
+                book.track(peer, &conn);
+                Ok((peer, Connection::new(conn)))
             }
             .boxed();
             let ev = TransportEvent::Incoming {

@@ -263,6 +263,10 @@ struct PeerState {
     eager: bool,
     /// When the open reconciliation session's first request left (for the RTT).
     session_sent_ms: Option<u64>,
+    /// When the last session with this peer opened, and the last envelope from it
+    /// arrived: a periodic session waits while a transfer either way is under way.
+    last_session_ms: u64,
+    last_envelope_ms: Option<u64>,
     /// Smoothed round-trip time to this peer.
     srtt_ms: Option<u64>,
     /// Coded symbols of the session this peer has open with us.
@@ -286,6 +290,8 @@ impl PeerState {
             delivered_at: VecDeque::new(),
             eager: true,
             session_sent_ms: None,
+            last_session_ms: now_ms,
+            last_envelope_ms: None,
             srtt_ms: None,
             decoder: crate::riblt::Decoder::default(),
         }
@@ -400,9 +406,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                             st.queue.push(id, &meta);
                         }
                     }
-                    out.push(Output::Announce {
-                        frame: Frame::Announce(vec![id]).encode(),
-                    });
+                    // Announced to whoever may lack it: not when the one it came from is
+                    // the only peer connected.
+                    if self.peers.keys().any(|p| Some(p) != from.as_ref()) {
+                        out.push(Output::Announce {
+                            frame: Frame::Announce(vec![id]).encode(),
+                        });
+                    }
                 } else if let Some(p) = from
                     && let Some(st) = self.peers.get_mut(&p)
                     && st.eager
@@ -473,12 +483,27 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         st.delivered.remove(&id);
                     }
                 }
-                let due: Vec<P> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, s)| !s.session_open && now_ms >= s.next_resync_ms)
-                    .map(|(p, _)| p.clone())
-                    .collect();
+                let interval = self.config.resync_interval_ms;
+                let mut due = Vec::new();
+                for (p, st) in self.peers.iter_mut() {
+                    if st.session_open || now_ms < st.next_resync_ms {
+                        continue;
+                    }
+                    // While envelopes still flow either way, a session would only find
+                    // again the difference being sent (and cost bytes in proportion to
+                    // it): it waits, up to ten intervals.
+                    let sending = !st.queue.is_empty() || !st.inflight.is_empty();
+                    let receiving = st
+                        .last_envelope_ms
+                        .is_some_and(|at| now_ms.saturating_sub(at) < interval);
+                    let overdue =
+                        now_ms.saturating_sub(st.last_session_ms) >= interval.saturating_mul(10);
+                    if (sending || receiving) && !overdue {
+                        st.next_resync_ms = now_ms + interval;
+                        continue;
+                    }
+                    due.push(p.clone());
+                }
                 for p in due {
                     self.open_session(now_ms, &p, &mut out);
                 }
@@ -494,6 +519,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         if let Some(st) = self.peers.get_mut(peer) {
             st.session_open = true;
             st.session_sent_ms = Some(now_ms);
+            st.last_session_ms = now_ms;
             st.next_resync_ms = now_ms + self.config.resync_interval_ms;
         }
         self.send_range(peer, msgs, out);
@@ -619,6 +645,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 }
             },
             Some(Frame::Envelope(bytes)) => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.last_envelope_ms = Some(now_ms);
+                }
                 out.push(Output::Ingest {
                     peer: peer.clone(),
                     envelope: bytes,
@@ -688,10 +717,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         }
         self.note_contact(now_ms, &peer, frame.len());
         match frame.decode(self.config.max_frame_bytes) {
-            Ok(Frame::Envelope(bytes)) => out.push(Output::Ingest {
-                peer,
-                envelope: bytes,
-            }),
+            Ok(Frame::Envelope(bytes)) => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.last_envelope_ms = Some(now_ms);
+                }
+                out.push(Output::Ingest {
+                    peer,
+                    envelope: bytes,
+                });
+            }
             Ok(_) => self.strike(
                 &peer,
                 "a frame other than an envelope on the bulk stream",

@@ -381,6 +381,41 @@ fn urgent_traffic_does_not_wait_for_a_full_window() {
     assert!(!o.iter().any(|o| matches!(o, Output::Push { .. })), "{o:?}");
 }
 
+/// A periodic session waits while a transfer to the peer is under way (it would only
+/// find the difference being sent again, at a cost in bytes that grows with it), and
+/// opens once the transfer is done, or after ten intervals at the latest.
+#[test]
+fn resync_waits_for_a_transfer_under_way() {
+    let routine: Vec<_> = (0..300).map(|n| envelope(n, Precedence::Routine)).collect();
+    let cfg = EngineConfig {
+        resync_interval_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let mut nodes = [node(cfg, &routine), node(cfg, &[])];
+    nodes[0].stall_pushes = Some(vec![]);
+    run(
+        &mut nodes,
+        &all(&routine),
+        vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+        0,
+        100,
+        500,
+    );
+    let sessions = |o: &[Output<u8>]| {
+        o.iter()
+            .filter(|o| matches!(o, Output::Request { .. }))
+            .count()
+    };
+    // The first session is done and pushes are in flight: no session for 9 intervals.
+    for t in (1_000..10_000).step_by(500) {
+        let o = nodes[0].engine.handle(t, Input::Tick);
+        assert_eq!(sessions(&o), 0, "at {t} ms: {o:?}");
+    }
+    // The tenth interval forces one.
+    let o = nodes[0].engine.handle(10_600, Input::Tick);
+    assert_eq!(sessions(&o), 1, "{o:?}");
+}
+
 #[test]
 fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     let items: Vec<_> = (0..10).map(|n| envelope(n, Precedence::Routine)).collect();
