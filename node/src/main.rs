@@ -590,6 +590,9 @@ fn run(cli: Cli) -> Result<()> {
             peer,
             mdns,
         } => {
+            for a in listen.iter().chain(&peer) {
+                fieldmesh_net::check_address(a).map_err(anyhow::Error::msg)?;
+            }
             let net = NetArgs {
                 listen,
                 peers: peer,
@@ -778,6 +781,7 @@ fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
         peers: args.peers,
         mdns: args.mdns,
         engine,
+        max_inbound: profile.sync.max_peers,
         ..Default::default()
     }
 }

@@ -138,6 +138,23 @@ fn bad_input_is_rejected_clearly_and_loses_nothing() {
     let b = TestNode::init("bravo");
     a.ok(&["channel", "create", "ops"]);
     a.ok(&["post", "ops", "first"]);
+    // Addresses the node cannot use are refused before it starts, not retried for ever;
+    // ones that do not parse are refused by the command line itself.
+    for bad in [
+        "/ip4/127.0.0.1/udp/4001/quic",
+        "/dns4/example.org/tcp/4001",
+        "/ip4/127.0.0.1/tcp/4001/ws",
+    ] {
+        let err = a.fails(&["run", "--peer", bad], 1);
+        assert!(
+            err.contains("unsupported address") && err.contains("quic-v1"),
+            "{err}"
+        );
+        let err = a.fails(&["run", "--listen", bad], 1);
+        assert!(err.contains("unsupported address"), "{err}");
+    }
+    let err = a.fails(&["run", "--peer", "not-an-address"], 2);
+    assert!(err.contains("--peer"), "{err}");
     let good = a.dir.path().join("good.fmb");
     a.ok(&["bundle", "export", "--out", good.to_str().unwrap()]);
     let bytes = std::fs::read(&good).unwrap();

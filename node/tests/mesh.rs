@@ -251,6 +251,25 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
     db.stop();
 }
 
+/// A crowd of strangers cannot take every connection: past the profile's `max_peers` (8
+/// on ci-loopback) inbound connections are refused, and once the crowd is gone a peer
+/// connects and syncs as usual.
+#[test]
+fn inbound_connections_are_capped_at_the_profiles_max_peers() {
+    let (a, b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    let ch = a.ok(&["channel", "create", "ops"]);
+    let db = b.start_daemon_with(&["--listen", QUIC]);
+    let target: fieldmesh_net::Multiaddr = db.addr("quic").parse().unwrap();
+    let held = fieldmesh_tests::hostile::crowd(target, 12, 3);
+    assert_eq!(held, 8, "12 strangers connected at once, the cap is 8");
+    let da = a.start_daemon_with(&["--peer", &db.addr("quic")]);
+    wait_until(30, "the channel on B after the crowd left", || {
+        b.run(&["read", &ch]).status.success()
+    });
+    da.stop();
+    db.stop();
+}
+
 /// A 50 MB attachment: the receiver is killed mid-transfer, comes back, and the transfer
 /// resumes where it stopped; the result is byte-identical.
 #[test]

@@ -42,6 +42,7 @@ fn attacker<B: libp2p::swarm::NetworkBehaviour>(
         .expect("quic")
         .with_behaviour(|_| behaviour())
         .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     swarm.dial(target).expect("dial");
     swarm
@@ -52,6 +53,40 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Opens `n` connections to `target` at once, each from a new identity, and returns how
+/// many the target still holds open after `secs` seconds.
+pub fn crowd(target: Multiaddr, n: usize, secs: u64) -> usize {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    runtime().block_on(async move {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let up = Arc::new(AtomicBool::new(false));
+            held.push(up.clone());
+            let mut swarm = attacker(
+                Keypair::generate_ed25519(),
+                target.clone(),
+                libp2p::ping::Behaviour::default,
+            );
+            tokio::spawn(async move {
+                loop {
+                    match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. } => {
+                            up.store(true, Ordering::SeqCst)
+                        }
+                        SwarmEvent::ConnectionClosed {
+                            num_established: 0, ..
+                        } => up.store(false, Ordering::SeqCst),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        held.iter().filter(|u| u.load(Ordering::SeqCst)).count()
+    })
 }
 
 /// Sends each of `frames` as a sync request to `target` (oversized frames included: the

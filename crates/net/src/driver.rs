@@ -76,6 +76,9 @@ pub struct NetConfig {
     pub engine: EngineConfig,
     /// Tick period of the engine (resync and budget refills).
     pub tick: Duration,
+    /// Most connections other nodes may open to this one (and handshakes in progress):
+    /// past it, inbound connections are refused. Dials this node makes are not limited.
+    pub max_inbound: u32,
 }
 
 impl Default for NetConfig {
@@ -86,6 +89,7 @@ impl Default for NetConfig {
             mdns: false,
             engine: EngineConfig::default(),
             tick: Duration::from_millis(100),
+            max_inbound: 32,
         }
     }
 }
@@ -217,6 +221,9 @@ impl NetHandle {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First: a connection it denies is never shown to the behaviours after it (which
+    /// would otherwise count it as established).
+    limits: libp2p::connection_limits::Behaviour,
     sync: request_response::Behaviour<FrameCodec>,
     bulk: libp2p_stream::Behaviour,
     gossip: gossipsub::Behaviour,
@@ -294,6 +301,12 @@ pub async fn spawn(
                 )),
                 ping: ping::Behaviour::default(),
                 mdns: Toggle::from(mdns),
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_established_incoming(Some(config.max_inbound))
+                        .with_max_pending_incoming(Some(config.max_inbound))
+                        .with_max_established_per_peer(Some(2)),
+                ),
             })
         })
         .map_err(|e| build(&e))?

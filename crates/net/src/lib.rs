@@ -55,6 +55,34 @@ pub enum IngestError {
     Storage(String),
 }
 
+/// Checks that `addr` is one this node can listen on or dial: `/ip4/A/udp/P/quic-v1` or
+/// `/ip4/A/tcp/P` (or `/ip6/...`), optionally ending in `/p2p/PEER_ID`. Anything else
+/// (an old `/quic` address, a DNS name, a relay circuit) would only fail in the
+/// background, dial after dial.
+pub fn check_address(addr: &Multiaddr) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip = matches!(it.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)));
+    let transport = match it.next() {
+        Some(Protocol::Tcp(_)) => true,
+        Some(Protocol::Udp(_)) => matches!(it.next(), Some(Protocol::QuicV1)),
+        _ => false,
+    };
+    let rest = match it.next() {
+        None => true,
+        Some(Protocol::P2p(_)) => it.next().is_none(),
+        Some(_) => false,
+    };
+    if ip && transport && rest {
+        Ok(())
+    } else {
+        Err(format!(
+            "unsupported address {addr}: use /ip4/ADDR/udp/PORT/quic-v1 or /ip4/ADDR/tcp/PORT \
+             (or /ip6/...), optionally ending in /p2p/PEER_ID"
+        ))
+    }
+}
+
 /// The libp2p identity for a node key seed (the same Ed25519 key: peer id = node id).
 pub fn keypair_from_seed(mut seed: [u8; 32]) -> libp2p::identity::Keypair {
     libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
