@@ -767,8 +767,8 @@ struct NetArgs {
 
 fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
     let engine = fieldmesh_sync::engine::EngineConfig {
-        max_frame_bytes: (profile.sync.max_frame_bytes as usize)
-            .max(fieldmesh_core::MAX_ENVELOPE_BYTES + 64),
+        // At least the largest envelope and its frame (the profile's validation).
+        max_frame_bytes: profile.sync.max_frame_bytes as usize,
         link_rate_bytes_per_s: profile.sync.per_link_budget_bytes_per_s,
         // One second of budget: urgent traffic is never stuck behind a long burst of bulk
         // (an envelope larger than the burst still goes once the bucket is full).

@@ -1069,6 +1069,15 @@ mod tests {
         }
     }
 
+    /// A profile's smallest frame cap holds the largest valid envelope in its frame, so
+    /// no node strands an envelope another node could send.
+    #[test]
+    fn the_smallest_frame_cap_fits_the_largest_envelope() {
+        let floor = *fieldmesh_profiles::FRAME_RANGE.start() as usize;
+        let needed = fieldmesh_core::MAX_ENVELOPE_BYTES + 64;
+        assert!(floor >= needed, "{floor} < {needed}");
+    }
+
     /// Posts `text` to the channel `imagery` with `data` attached: the message id and
     /// the attachment reference.
     fn post_attached(node: &Node, text: &str, data: &[u8]) -> (String, AttachmentRef) {

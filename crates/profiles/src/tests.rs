@@ -179,12 +179,15 @@ fn none_disables_a_task() {
 
 #[test]
 fn frame_size_in_range() {
-    rejects("sync.max_frame_bytes", |p| p.sync.max_frame_bytes = 1023);
+    rejects("sync.max_frame_bytes", |p| {
+        p.sync.max_frame_bytes = 320 * 1024 - 1
+    });
+    rejects("sync.max_frame_bytes", |p| p.sync.max_frame_bytes = 65536);
     rejects("sync.max_frame_bytes", |p| {
         p.sync.max_frame_bytes = 16 * 1024 * 1024 + 1;
     });
     accepts(|p| {
-        p.sync.max_frame_bytes = 1024;
+        p.sync.max_frame_bytes = 320 * 1024;
         p.sync.max_message_bytes = 1024;
     });
     accepts(|p| p.sync.max_frame_bytes = 16 * 1024 * 1024);

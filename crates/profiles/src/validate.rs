@@ -9,8 +9,11 @@ use crate::schema::{LlmTask, ModelTask, Profile};
 pub const MIN_MEMORY_MB: u32 = 256;
 /// Allowed `bearers[].mtu_bytes`.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 64..=65535;
-/// Allowed `sync.max_frame_bytes`: 1 KiB ..= 16 MiB.
-pub const FRAME_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
+/// Allowed `sync.max_frame_bytes`: 320 KiB ..= 16 MiB. Every node must pass the largest
+/// valid envelope (256 KiB of payload, its header, dependencies, signature and batch
+/// proof; the node's tests check the floor against it), whatever its own profile: a
+/// smaller cap would strand such envelopes at this node.
+pub const FRAME_RANGE: std::ops::RangeInclusive<u32> = 320 * 1024..=16 * 1024 * 1024;
 
 /// Accumulates the context needed to build [`LoadError::Invalid`].
 struct Checker<'a> {

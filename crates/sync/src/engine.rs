@@ -363,15 +363,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         stats.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
                     }
                     self.past.insert(peer, stats);
-                    if self.past.len() > MAX_PAST_PEERS
-                        && let Some(oldest) = self
-                            .past
-                            .iter()
-                            .min_by_key(|(_, s)| s.last_contact_ms)
-                            .map(|(p, _)| p.clone())
-                    {
-                        self.past.remove(&oldest);
-                    }
+                    self.trim_past();
                 }
             }
             Input::Request {
@@ -565,6 +557,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     fn strike(&mut self, peer: &P, why: &str, out: &mut Vec<Output<P>>) {
         self.total_strikes += 1;
         let Some(st) = self.peers.get_mut(peer) else {
+            // Not connected (yet, or any more): kept for when it comes back.
+            self.past.entry(peer.clone()).or_default().strikes += 1;
+            self.trim_past();
             return;
         };
         st.stats.strikes += 1;
@@ -672,6 +667,19 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     /// A request can arrive before the driver reports the connection.
+    /// Keeps at most [`MAX_PAST_PEERS`] disconnected peers, dropping the longest silent.
+    fn trim_past(&mut self) {
+        if self.past.len() > MAX_PAST_PEERS
+            && let Some(oldest) = self
+                .past
+                .iter()
+                .min_by_key(|(_, s)| s.last_contact_ms)
+                .map(|(p, _)| p.clone())
+        {
+            self.past.remove(&oldest);
+        }
+    }
+
     /// Takes `peer` in as connected (continuing what is known of it from an earlier
     /// connection), unless it is banned: then the driver is told to drop it, and false.
     fn admit(

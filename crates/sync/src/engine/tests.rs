@@ -490,6 +490,21 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     assert_eq!((st.strikes, st.banned_until_ms), (0, 0));
 }
 
+/// A strike for a peer not connected (an event arriving after it left) is kept for its
+/// return.
+#[test]
+fn a_strike_after_the_peer_left_is_kept() {
+    let mut n = node(EngineConfig::default(), &[]);
+    n.engine.handle(0, Input::PeerUp(7));
+    n.engine.handle(1, Input::PeerDown(7));
+    n.engine.handle(2, Input::Refused { peer: 7 });
+    assert_eq!(n.engine.peer_stats()[0].1.strikes, 1);
+    n.engine.handle(3, Input::PeerUp(7));
+    let (_, st) = &n.engine.peer_stats()[0];
+    assert!(st.connected);
+    assert_eq!(st.strikes, 1);
+}
+
 /// Strikes short of a ban are kept across reconnections: a hostile peer cannot wipe
 /// them by reconnecting.
 #[test]
