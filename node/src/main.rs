@@ -590,6 +590,16 @@ fn run(cli: Cli) -> Result<()> {
             peer,
             mdns,
         } => {
+            let profile = profile()?;
+            let mut peer = peer;
+            for (i, a) in profile.sync.peers.iter().enumerate() {
+                let addr = a.parse().map_err(|e| {
+                    anyhow::anyhow!("profile {}: sync.peers[{i}] {a:?}: {e}", profile.name)
+                })?;
+                if !peer.contains(&addr) {
+                    peer.push(addr);
+                }
+            }
             for a in listen.iter().chain(&peer) {
                 fieldmesh_net::check_address(a).map_err(anyhow::Error::msg)?;
             }
@@ -598,7 +608,7 @@ fn run(cli: Cli) -> Result<()> {
                 peers: peer,
                 mdns,
             };
-            daemon(&home, profile()?, http, net)?
+            daemon(&home, profile, http, net)?
         }
         Cmd::Peers { json } => {
             let view = backend(&home, &profile()?)?.net()?;

@@ -251,6 +251,34 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
     db.stop();
 }
 
+/// Static peers can come from the profile: a node whose profile file names another's
+/// address connects to it without `--peer`; a profile naming an address the node cannot
+/// use is refused at start.
+#[test]
+fn a_profile_names_the_peers_to_keep() {
+    let (a, mut b) = (TestNode::init("alpha"), TestNode::init("bravo"));
+    let ch = a.ok(&["channel", "create", "ops"]);
+    let da = a.start_daemon_with(&["--listen", QUIC]);
+    let with_peer = |addr: &str| {
+        let toml = fieldmesh_profiles::builtin_toml("ci-loopback")
+            .unwrap()
+            .replace("[sync]\n", &format!("[sync]\npeers = [\"{addr}\"]\n"));
+        let path = b.dir.path().join("with-peer.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    b.profile = with_peer("/ip4/127.0.0.1/udp/9/quic");
+    let err = b.fails(&["run"], 1);
+    assert!(err.contains("unsupported address"), "{err}");
+    b.profile = with_peer(&da.addr("quic"));
+    let db = b.start_daemon_with(&[]);
+    wait_until(30, "the channel on B, from the profile's peer", || {
+        b.run(&["read", &ch]).status.success()
+    });
+    db.stop();
+    da.stop();
+}
+
 /// A crowd of strangers cannot take every connection: past the profile's `max_peers` (8
 /// on ci-loopback) inbound connections are refused, and once the crowd is gone a peer
 /// connects and syncs as usual.

@@ -210,7 +210,7 @@ fn enabled(model: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncBudget {
-    /// Largest sync frame on the wire, in bytes (1024..=16 MiB).
+    /// Largest sync frame on the wire, in bytes (320 KiB..=16 MiB).
     pub max_frame_bytes: u32,
     /// Largest single envelope, in bytes (1..=`max_frame_bytes`); bigger content travels
     /// as chunked blobs.
@@ -221,6 +221,10 @@ pub struct SyncBudget {
     pub max_peers: u32,
     /// Seconds between reconciliation rounds with a connected peer (>= 1).
     pub reconcile_interval_s: u32,
+    /// Peers to keep a connection to, as multiaddrs (`/ip4/A/udp/P/quic-v1` or
+    /// `/ip4/A/tcp/P`), besides those given with `run --peer`.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 impl SyncBudget {
