@@ -1069,6 +1069,22 @@ mod tests {
         }
     }
 
+    /// A node on the ci-loopback profile over `store` (a real sled store; a second node
+    /// over the same store is the same node restarted).
+    fn node_on(store: &Arc<SledStore>) -> Node {
+        let profile = Profile::builtin("ci-loopback").unwrap();
+        Node::new(
+            NodeKey::from_seed([5; 32]),
+            "t".into(),
+            store.clone(),
+            profile,
+        )
+    }
+
+    fn sled_store(dir: &std::path::Path) -> Arc<SledStore> {
+        Node::open_store(dir, &Profile::builtin("ci-loopback").unwrap()).unwrap()
+    }
+
     /// A profile's smallest frame cap holds the largest valid envelope in its frame, so
     /// no node strands an envelope another node could send.
     #[test]
@@ -1150,14 +1166,8 @@ mod tests {
     #[test]
     fn a_forged_chunk_does_not_spoil_an_attachment() {
         let dir = tempfile::tempdir().unwrap();
-        let profile = Profile::builtin("ci-loopback").unwrap();
-        let store = Node::open_store(dir.path(), &profile).unwrap();
-        let node = Node::new(
-            NodeKey::from_seed([5; 32]),
-            "t".into(),
-            store.clone(),
-            profile.clone(),
-        );
+        let store = sled_store(dir.path());
+        let node = node_on(&store);
         node.create_channel("imagery", None).unwrap();
         let data: Vec<u8> = (0..150_000u32).map(|j| (j % 241) as u8).collect();
         let (msg, _) = post_attached(&node, "grid", &data);
@@ -1197,7 +1207,7 @@ mod tests {
         assert_eq!(node.get_attachment(&msg, 0).unwrap(), data);
         // A process that learns the chunks by opening the channel meets every forgery,
         // remembers them with the real chunks, and still reads the real attachment by id.
-        let fresh = Node::new(NodeKey::from_seed([5; 32]), "t".into(), store, profile);
+        let fresh = node_on(&store);
         assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
         let key = (channel, crate::blob::split(&data).0);
         let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
@@ -1212,15 +1222,9 @@ mod tests {
     #[test]
     fn traffic_for_others_is_carried_within_the_relay_quota() {
         let dir = tempfile::tempdir().unwrap();
-        let profile = Profile::builtin("ci-loopback").unwrap();
-        let quota = profile.storage.relay_quota_bytes();
-        let store = Node::open_store(dir.path(), &profile).unwrap();
-        let relay = Node::new(
-            NodeKey::from_seed([5; 32]),
-            "relay".into(),
-            store.clone(),
-            profile.clone(),
-        );
+        let store = sled_store(dir.path());
+        let relay = node_on(&store);
+        let quota = relay.profile().storage.relay_quota_bytes();
         let author = NodeKey::from_seed([8; 32]);
         let key = PayloadKey::from_bytes([42; 32]);
         let compartment = CompartmentId([9; 32]);
@@ -1275,7 +1279,7 @@ mod tests {
         assert_eq!(used, (fit as u64 + 1) * size);
 
         // A restarted node counts what it carries from the store.
-        let again = Node::new(NodeKey::from_seed([5; 32]), "relay".into(), store, profile);
+        let again = node_on(&store);
         assert_eq!(again.relay_status().unwrap(), (used, quota, 0));
         let more = again
             .ingest(
