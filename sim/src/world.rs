@@ -775,6 +775,7 @@ impl World {
                             self.send(n, p, Msg::Announce(frame.clone()));
                         }
                     }
+                    Output::Unanswered { .. } => {}
                     Output::Disconnect { peer, .. } => {
                         self.counters.disconnects += 1;
                         self.nodes[n as usize].banned.insert(peer);

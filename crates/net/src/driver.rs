@@ -946,6 +946,9 @@ impl Driver {
                         self.deferred_responses.push((request, frame));
                     }
                     Output::Respond { request, frame } => self.respond(request, frame),
+                    Output::Unanswered { request } => {
+                        self.inbound.remove(&request);
+                    }
                     Output::Push { peer, id } => {
                         if !self.push(peer, id) {
                             pending.push(Input::PushDone {

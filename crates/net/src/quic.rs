@@ -865,6 +865,14 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// libp2p drops a connection without closing it on some errors (a keep-alive timeout);
+/// the handles kept for statistics would otherwise keep it open.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"");
+    }
+}
+
 impl Connection {
     fn new(conn: quinn::Connection) -> Self {
         if tracing::enabled!(tracing::Level::DEBUG) {

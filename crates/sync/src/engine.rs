@@ -209,6 +209,11 @@ pub enum Output<P> {
         /// Frame bytes.
         frame: Vec<u8>,
     },
+    /// Drop an inbound request without an answer (its sender is banned).
+    Unanswered {
+        /// The request.
+        request: RequestId,
+    },
     /// Drop the connection to `peer`.
     Disconnect {
         /// Whom.
@@ -607,6 +612,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let ack = Frame::Range(Vec::new()).encode();
         // A request before the connection event (or from a banned peer, unanswered).
         if !self.admit(now_ms, &peer, now_ms, out) {
+            out.push(Output::Unanswered { request });
             return;
         }
         let reply = match self.decode(now_ms, &peer, &frame, out) {
@@ -667,13 +673,14 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     /// A request can arrive before the driver reports the connection.
-    /// Keeps at most [`MAX_PAST_PEERS`] disconnected peers, dropping the longest silent.
+    /// Keeps at most [`MAX_PAST_PEERS`] disconnected peers, dropping the longest silent
+    /// (banned ones last, so that a crowd of new identities cannot lift a ban).
     fn trim_past(&mut self) {
         if self.past.len() > MAX_PAST_PEERS
             && let Some(oldest) = self
                 .past
                 .iter()
-                .min_by_key(|(_, s)| s.last_contact_ms)
+                .min_by_key(|(_, s)| (s.banned_until_ms > 0, s.last_contact_ms))
                 .map(|(p, _)| p.clone())
         {
             self.past.remove(&oldest);
@@ -694,6 +701,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         }
         let mut st = PeerState::new(&self.config, now_ms, next_resync_ms);
         if let Some(mut before) = self.past.remove(peer) {
+            // Struck out while not connected (its last frames were judged after it left):
+            // the ban starts now.
+            if before.strikes >= self.config.max_strikes && before.banned_until_ms == 0 {
+                before.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
+            }
             if before.banned_until_ms > now_ms {
                 out.push(Output::Disconnect {
                     peer: peer.clone(),

@@ -136,6 +136,7 @@ fn run(
                         },
                     )),
                     Output::Disconnect { peer, .. } => nodes[to].disconnected.push(peer),
+                    Output::Unanswered { .. } => {}
                 }
             }
         }
@@ -476,7 +477,13 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
         },
     );
     assert!(
-        matches!(o.as_slice(), [Output::Disconnect { peer: 7, .. }]),
+        matches!(
+            o.as_slice(),
+            [
+                Output::Disconnect { peer: 7, .. },
+                Output::Unanswered { request: 3 }
+            ]
+        ),
         "{o:?}"
     );
     // After the ban, it starts again from zero strikes.
@@ -503,6 +510,27 @@ fn a_strike_after_the_peer_left_is_kept() {
     let (_, st) = &n.engine.peer_stats()[0];
     assert!(st.connected);
     assert_eq!(st.strikes, 1);
+}
+
+/// A peer whose last bad frames were judged after it left (reaching the strike limit
+/// while away) is banned when it comes back.
+#[test]
+fn struck_out_while_away_is_banned_on_return() {
+    let cfg = EngineConfig {
+        max_strikes: 2,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &[]);
+    n.engine.handle(0, Input::PeerUp(7));
+    n.engine.handle(1, Input::PeerDown(7));
+    n.engine.handle(2, Input::Refused { peer: 7 });
+    n.engine.handle(3, Input::Refused { peer: 7 });
+    let o = n.engine.handle(4, Input::PeerUp(7));
+    assert!(
+        matches!(o.as_slice(), [Output::Disconnect { peer: 7, reason }] if reason.contains("banned")),
+        "{o:?}"
+    );
+    assert_eq!(n.engine.peer_stats()[0].1.banned_until_ms, 4 + cfg.ban_ms);
 }
 
 /// Strikes short of a ban are kept across reconnections: a hostile peer cannot wipe
