@@ -750,6 +750,8 @@ impl Driver {
                         id,
                         delivered: false,
                     });
+                } else {
+                    self.feed(Input::RequestFailed { peer });
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -148,6 +148,13 @@ pub enum Input<P> {
         /// Its metadata.
         meta: Meta,
     },
+    /// A request to `peer` (not a push) failed: timed out, or its stream was reset. An
+    /// open reconciliation session with the peer is given up, and the next one starts
+    /// after the resync interval (otherwise none would start again until a reconnect).
+    RequestFailed {
+        /// To whom.
+        peer: P,
+    },
     /// A `Push` finished: the peer acknowledged it (`delivered`), or the request failed
     /// and the envelope goes back in the queue.
     PushDone {
@@ -429,6 +436,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     for st in self.peers.values_mut() {
                         st.queue.cancel(&id);
                     }
+                }
+            }
+            Input::RequestFailed { peer } => {
+                if let Some(st) = self.peers.get_mut(&peer)
+                    && st.session_open
+                {
+                    st.session_open = false;
+                    st.session_sent_ms = None;
+                    st.next_resync_ms = now_ms + self.config.resync_interval_ms;
                 }
             }
             Input::Refused { peer } => {

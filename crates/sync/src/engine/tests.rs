@@ -497,6 +497,40 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     assert_eq!((st.strikes, st.banned_until_ms), (0, 0));
 }
 
+/// A session whose request fails (a link that drops it) is given up, and the next one
+/// starts after the resync interval instead of never.
+#[test]
+fn a_failed_session_request_does_not_stop_resync() {
+    let cfg = EngineConfig {
+        resync_interval_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &[envelope(1, Precedence::Routine)]);
+    let requests = |o: &[Output<u8>]| {
+        o.iter()
+            .filter(|o| matches!(o, Output::Request { peer: 7, .. }))
+            .count()
+    };
+    assert_eq!(
+        requests(&n.engine.handle(0, Input::PeerUp(7))),
+        1,
+        "session opened"
+    );
+    // The request is lost: without news, no session ever starts again.
+    assert_eq!(requests(&n.engine.handle(5_000, Input::Tick)), 0);
+    n.engine.handle(5_001, Input::RequestFailed { peer: 7 });
+    assert_eq!(
+        requests(&n.engine.handle(5_500, Input::Tick)),
+        0,
+        "waits an interval"
+    );
+    assert_eq!(
+        requests(&n.engine.handle(6_001, Input::Tick)),
+        1,
+        "then a new session"
+    );
+}
+
 /// A strike for a peer not connected (an event arriving after it left) is kept for its
 /// return.
 #[test]
