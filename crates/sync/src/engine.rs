@@ -83,6 +83,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// Declined envelope ids remembered (see `Engine::declined`): 32 MiB.
+pub const MAX_DECLINED: usize = 1 << 20;
+
 /// Disconnected peers whose counters are kept (see `Engine::past`).
 pub const MAX_PAST_PEERS: usize = 1024;
 
@@ -324,6 +327,9 @@ pub struct Engine<P: Ord + Clone> {
     total_strikes: u64,
     /// Announced envelopes we lack: when to ask for them, and whom.
     wants: BTreeMap<EnvelopeId, (u64, P)>,
+    /// Envelopes declined here (see [`Input::Declined`]): held in the index, never
+    /// pushed. At most [`MAX_DECLINED`]; past that the set starts again.
+    declined: BTreeSet<EnvelopeId>,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
@@ -336,6 +342,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             total_strikes: 0,
             past: BTreeMap::new(),
             wants: BTreeMap::new(),
+            declined: BTreeSet::new(),
         }
     }
 
@@ -437,6 +444,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         st.queue.cancel(&id);
                     }
                 }
+                if self.declined.len() >= MAX_DECLINED {
+                    self.declined.clear();
+                }
+                self.declined.insert(id);
             }
             Input::RequestFailed { peer } => {
                 if let Some(st) = self.peers.get_mut(&peer)
@@ -887,7 +898,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         for id in ids {
             // Already on its way, or acknowledged within the delivered memory (a want
             // computed before it arrived): a resync must not send it twice.
-            if st.inflight.contains(&id) || st.delivered.contains(&id) {
+            if st.inflight.contains(&id)
+                || st.delivered.contains(&id)
+                || self.declined.contains(&id)
+            {
                 continue;
             }
             if let Some(meta) = self.index.meta(&id) {

@@ -531,6 +531,27 @@ fn a_failed_session_request_does_not_stop_resync() {
     );
 }
 
+/// An envelope this node declined counts as held (peers do not offer it again) but is
+/// never pushed: a peer that wants it is not sent a push that cannot load.
+#[test]
+fn a_declined_envelope_is_never_pushed() {
+    let (id, meta, _) = envelope(42, Precedence::Routine);
+    let mut n = node(EngineConfig::default(), &[]);
+    n.engine.handle(0, Input::PeerUp(7));
+    n.engine.handle(1, Input::Declined { id, meta });
+    assert!(n.engine.index().contains(&id));
+    let o = n.engine.handle(
+        2,
+        Input::Request {
+            peer: 7,
+            request: 1,
+            frame: Frame::Range(vec![crate::ranger::RangeMsg::Want { ids: vec![id] }]).encode(),
+        },
+    );
+    let o = [o, n.engine.handle(3, Input::Tick)].concat();
+    assert!(!o.iter().any(|x| matches!(x, Output::Push { .. })), "{o:?}");
+}
+
 /// A strike for a peer not connected (an event arriving after it left) is kept for its
 /// return.
 #[test]
