@@ -545,7 +545,7 @@ fn a_declined_envelope_is_never_pushed() {
         Input::Request {
             peer: 7,
             request: 1,
-            frame: Frame::Range(vec![crate::ranger::RangeMsg::Want { ids: vec![id] }]).encode(),
+            frame: Frame::Range(vec![RangeMsg::Want { ids: vec![id] }]).encode(),
         },
     );
     let o = [o, n.engine.handle(3, Input::Tick)].concat();
