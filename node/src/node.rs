@@ -658,27 +658,36 @@ impl Node {
         let mut reserved = 0;
         let mut keep = Vec::with_capacity(envs.len());
         let mut declined = Vec::new();
-        let mut counted = std::collections::HashSet::new();
-        let mut refused = std::collections::HashSet::new();
+        // Each id is judged once per batch (group commits merge peers' batches): kept?
+        let mut judged: HashMap<EnvelopeId, bool> = HashMap::new();
         for e in envs {
-            if refused.contains(&e.id()) {
+            if !self.carried_for_others(e.header()) {
+                keep.push(e);
                 continue;
             }
-            if self.carried_for_others(e.header())
-                && counted.insert(e.id())
-                && !self.store.contains(&e.id())?
-            {
-                let size = e.encoded_len() as u64;
-                let urgent = e.header().precedence >= fieldmesh_core::Precedence::Immediate;
-                if used + size > quota && !urgent {
-                    declined.push(e.id());
-                    refused.insert(e.id());
-                    continue;
+            let id = e.id();
+            let kept = match judged.get(&id) {
+                Some(&kept) => kept,
+                None => {
+                    let size = e.encoded_len() as u64;
+                    let urgent = e.header().precedence >= fieldmesh_core::Precedence::Immediate;
+                    let kept = if self.store.contains(&id)? {
+                        true
+                    } else if used + size > quota && !urgent {
+                        declined.push(id);
+                        false
+                    } else {
+                        used += size;
+                        reserved += size;
+                        true
+                    };
+                    judged.insert(id, kept);
+                    kept
                 }
-                used += size;
-                reserved += size;
+            };
+            if kept {
+                keep.push(e);
             }
-            keep.push(e);
         }
         relay.used = Some(used);
         relay.declined += declined.len() as u64;

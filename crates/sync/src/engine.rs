@@ -378,9 +378,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     let mut stats = st.stats;
                     stats.connected = false;
                     stats.backlog.clear();
-                    if stats.strikes >= self.config.max_strikes {
-                        stats.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
-                    }
+                    self.ban_if_struck_out(&mut stats, now_ms);
                     self.past.insert(peer, stats);
                     self.trim_past();
                 }
@@ -700,6 +698,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
     }
 
     /// A request can arrive before the driver reports the connection.
+    /// Starts a ban for a peer at the strike limit that is not banned yet.
+    fn ban_if_struck_out(&self, stats: &mut PeerStats, now_ms: u64) {
+        if stats.strikes >= self.config.max_strikes && stats.banned_until_ms == 0 {
+            stats.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
+        }
+    }
+
     /// Keeps at most [`MAX_PAST_PEERS`] disconnected peers, dropping the longest silent
     /// (banned ones last, so that a crowd of new identities cannot lift a ban).
     fn trim_past(&mut self) {
@@ -730,9 +735,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         if let Some(mut before) = self.past.remove(peer) {
             // Struck out while not connected (its last frames were judged after it left):
             // the ban starts now.
-            if before.strikes >= self.config.max_strikes && before.banned_until_ms == 0 {
-                before.banned_until_ms = now_ms.saturating_add(self.config.ban_ms);
-            }
+            self.ban_if_struck_out(&mut before, now_ms);
             if before.banned_until_ms > now_ms {
                 out.push(Output::Disconnect {
                     peer: peer.clone(),
