@@ -175,8 +175,14 @@ fn measured_on_quic(
     let dir = crate::bench::tempfile_dir()?;
     let profile = fieldmesh_profiles::Profile::builtin("ci-loopback")?;
     println!(
-        "{:>7} | {:>12} | {:>14} | {:>15} | {:>20} | {:>6}",
-        "diff", "wire bytes", "x payload", "x envelopes", "x payload past meeting", "secs"
+        "{:>7} | {:>12} | {:>10} | {:>11} | {:>26} | {:>16} | {:>6}",
+        "diff",
+        "wire bytes",
+        "x payload",
+        "x envelopes",
+        "past meeting: x pl. / x env.",
+        "datagrams (avg)",
+        "secs"
     );
     let mut meeting = None;
     for diff in [0usize, 1, 100, 10_000] {
@@ -203,7 +209,10 @@ fn measured_on_quic(
         // Caught up, and each side has finished a reconciliation session with the other.
         let done = |c: &Client, n: usize| {
             c.net().is_ok_and(|v| {
-                v.envelopes >= n && v.peers.iter().any(|p| p.connected && p.sessions > 0)
+                v.envelopes >= n
+                    && v.peers
+                        .iter()
+                        .any(|p| p.connected && p.sessions + p.sessions_answered > 0)
             })
         };
         while !(done(&cb, want) && done(&ca, want)) {
@@ -221,22 +230,32 @@ fn measured_on_quic(
             .iter()
             .map(|p| p.wire_bytes_sent + p.wire_bytes_received)
             .sum();
+        let datagrams: u64 = view
+            .peers
+            .iter()
+            .map(|p| p.wire_datagrams_sent + p.wire_datagrams_received)
+            .sum();
+        let datagrams = format!("{datagrams} ({})", wire / datagrams.max(1));
         let new = &envs[size..size + diff];
         let payload: usize = new.iter().map(payload_of).sum::<Result<usize>>()?;
         let env_bytes: usize = new.iter().map(|e| e.encoded_len()).sum();
         if diff == 0 {
             meeting = Some(wire);
             println!(
-                "{diff:>7} | {wire:>12} | {:>14} | {:>15} | {:>20} | {secs:>6.2}",
+                "{diff:>7} | {wire:>12} | {:>10} | {:>11} | {:>26} | {datagrams:>16} | {secs:>6.2}",
                 "-", "-", "-"
             );
         } else {
             let past = wire.saturating_sub(meeting.unwrap_or(0));
             println!(
-                "{diff:>7} | {wire:>12} | {:>13.3}x | {:>14.3}x | {:>19.3}x | {secs:>6.2}",
+                "{diff:>7} | {wire:>12} | {:>9.3}x | {:>10.3}x | {:>26} | {datagrams:>16} | {secs:>6.2}",
                 wire as f64 / payload as f64,
                 wire as f64 / env_bytes as f64,
-                past as f64 / payload as f64,
+                format!(
+                    "{:.3}x / {:.3}x",
+                    past as f64 / payload as f64,
+                    past as f64 / env_bytes as f64
+                ),
             );
         }
         drop(cb);

@@ -121,6 +121,9 @@ pub struct PeerView {
     pub envelopes_received: u64,
     pub bytes_received: u64,
     pub sessions: u64,
+    /// Sessions the peer opened with this node.
+    #[serde(default)]
+    pub sessions_answered: u64,
     /// Strikes for misbehaviour, kept across reconnections.
     pub strikes: u32,
     /// Whether a connection is up now (peers stay listed after they leave).
@@ -132,6 +135,11 @@ pub struct PeerView {
     pub wire_bytes_sent: u64,
     #[serde(default)]
     pub wire_bytes_received: u64,
+    /// UDP datagrams to and from the peer over QUIC.
+    #[serde(default)]
+    pub wire_datagrams_sent: u64,
+    #[serde(default)]
+    pub wire_datagrams_received: u64,
     /// Envelopes queued for this peer, by precedence.
     pub backlog: std::collections::BTreeMap<String, usize>,
 }
@@ -177,9 +185,12 @@ impl From<fieldmesh_net::NetStatus> for NetView {
                     envelopes_received: p.stats.envelopes_received,
                     bytes_received: p.stats.bytes_received,
                     sessions: p.stats.sessions,
+                    sessions_answered: p.stats.sessions_answered,
                     strikes: p.stats.strikes,
-                    wire_bytes_sent: p.wire_sent,
-                    wire_bytes_received: p.wire_received,
+                    wire_bytes_sent: p.wire.bytes_sent,
+                    wire_bytes_received: p.wire.bytes_received,
+                    wire_datagrams_sent: p.wire.datagrams_sent,
+                    wire_datagrams_received: p.wire.datagrams_received,
                     connected: p.stats.connected,
                     banned_until_ms: p.stats.banned_until_ms,
                     backlog: p

@@ -346,13 +346,13 @@ impl World {
             channel_ids.push(ch.id());
             geneses.push(env);
         }
-        for node in &mut nodes {
+        for (n, node) in (0u32..).zip(nodes.iter_mut()) {
             node.store.put_batch(&geneses).expect("memory store");
             let mut index = Index::default();
             for g in &geneses {
                 index.insert(g.id(), Meta::of(g));
             }
-            node.engine = Some(Engine::new(cfg, index));
+            node.engine = Some(Engine::new(cfg, index).with_local(n));
         }
         let mut w = World {
             cfg,
@@ -647,7 +647,7 @@ impl World {
             index.insert(id, Meta::of(&env));
         }
         node.clock = clock;
-        node.engine = Some(Engine::new(self.cfg, index));
+        node.engine = Some(Engine::new(self.cfg, index).with_local(n));
         node.alive = true;
         for (_, l) in self.adj[n as usize].clone() {
             self.update_link(l);

@@ -17,9 +17,12 @@
 //! and writes each behind the frame's prefix without copying it into a frame. Loading
 //! on the swarm task had stalled it on a disk read per chunk.
 //!
-//! FLASH and IMMEDIATE envelopes never queue behind bulk data: the driver sends them on
-//! request-response streams of their own, which QUIC multiplexes alongside this one.
-//! A peer that does not speak this protocol gets every push by request-response.
+//! FLASH and IMMEDIATE envelopes never queue behind bulk data: they go on a second link
+//! of the same form, `/fieldmesh/urgent/1`, which QUIC schedules alongside the bulk one
+//! (round robin between streams), and the receiver reads its frames ahead of bulk ones.
+//! A stream per urgent envelope (request-response) had cost about 280 bytes of stream
+//! set-up, protocol negotiation and close on the wire for each one. A peer that does not
+//! speak a link's protocol gets those pushes by request-response.
 
 use crate::Host;
 use fieldmesh_core::EnvelopeId;
@@ -34,6 +37,28 @@ use tokio::sync::{mpsc, watch};
 
 /// The protocol name, negotiated by multistream-select.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/bulk/1");
+/// The urgent lane's protocol name: the same frames, for IMMEDIATE and FLASH only.
+pub const URGENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/fieldmesh/urgent/1");
+
+/// Which of a peer's two links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// ROUTINE and PRIORITY: everything in the engine's window.
+    Bulk,
+    /// IMMEDIATE and FLASH, never behind bulk data.
+    Urgent,
+}
+
+impl Lane {
+    pub(crate) const ALL: [Lane; 2] = [Lane::Bulk, Lane::Urgent];
+
+    pub(crate) fn protocol(self) -> StreamProtocol {
+        match self {
+            Lane::Bulk => PROTOCOL,
+            Lane::Urgent => URGENT_PROTOCOL,
+        }
+    }
+}
 
 /// Names one stream (either direction) for the life of the process.
 pub(crate) type LinkId = u64;
@@ -72,6 +97,7 @@ pub(crate) enum Event {
     /// A peer opened an inbound link; report progress on `acks` (dropping it ends the link).
     Accepted {
         peer: PeerId,
+        lane: Lane,
         link: LinkId,
         acks: watch::Sender<u64>,
     },
@@ -89,12 +115,13 @@ const LOAD_BATCH: usize = 16;
 pub(crate) async fn open(
     mut control: libp2p_stream::Control,
     peer: PeerId,
+    lane: Lane,
     link: LinkId,
     queue: usize,
     events: mpsc::Sender<Event>,
     host: Arc<dyn Host>,
 ) {
-    let stream = match control.open_stream(peer, PROTOCOL).await {
+    let stream = match control.open_stream(peer, lane.protocol()).await {
         Ok(s) => s,
         Err(e) => {
             let unsupported = matches!(e, libp2p_stream::OpenStreamError::UnsupportedProtocol(_));
@@ -234,9 +261,10 @@ async fn read_acks(
     }
 }
 
-/// Accepts inbound links and serves each on its own task.
+/// Accepts inbound links of one lane and serves each on its own task.
 pub(crate) async fn accept(
     mut incoming: libp2p_stream::IncomingStreams,
+    lane: Lane,
     events: mpsc::Sender<Event>,
     max_frame_bytes: usize,
     oversized: Arc<AtomicU64>,
@@ -245,6 +273,7 @@ pub(crate) async fn accept(
     while let Some((peer, stream)) = incoming.next().await {
         tokio::spawn(serve(
             peer,
+            lane,
             stream,
             events.clone(),
             max_frame_bytes,
@@ -255,6 +284,7 @@ pub(crate) async fn accept(
 
 async fn serve(
     peer: PeerId,
+    lane: Lane,
     stream: Stream,
     events: mpsc::Sender<Event>,
     max_frame_bytes: usize,
@@ -263,7 +293,12 @@ async fn serve(
     let link = next_link();
     let (acks, acks_rx) = watch::channel(0);
     if events
-        .send(Event::Accepted { peer, link, acks })
+        .send(Event::Accepted {
+            peer,
+            lane,
+            link,
+            acks,
+        })
         .await
         .is_err()
     {

@@ -1,7 +1,7 @@
 //! The swarm task.
 
 use crate::Host;
-use crate::bulk::{self, LinkId};
+use crate::bulk::{self, Lane, LinkId};
 use crate::protocol::{FrameCodec, PROTOCOL};
 use fieldmesh_core::{Envelope, EnvelopeId, Precedence};
 use fieldmesh_sync::engine::{Engine, EngineConfig, Input, Output, PeerStats};
@@ -123,11 +123,9 @@ pub struct PeerStatus {
     pub addresses: Vec<Multiaddr>,
     /// Sync counters.
     pub stats: PeerStats,
-    /// UDP bytes sent to and received from the peer over QUIC (headers, acknowledgements
-    /// and handshakes included; TCP connections are not counted).
-    pub wire_sent: u64,
-    /// See `wire_sent`.
-    pub wire_received: u64,
+    /// UDP traffic with the peer over QUIC (headers, acknowledgements and handshakes
+    /// included; TCP connections are not counted).
+    pub wire: crate::quic::Wire,
 }
 
 /// The network's state.
@@ -289,8 +287,8 @@ pub async fn spawn(
                     [(PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
-                        // Every push in the engine's window may travel this way (urgent
-                        // ones, or all of them to a peer without the bulk protocol).
+                        // Every push in the engine's window may travel this way (to a
+                        // peer without the links' protocols, or while they open).
                         .with_max_concurrent_streams(4 * config.engine.max_inflight + 64),
                 ),
                 bulk: libp2p_stream::Behaviour::new(),
@@ -345,21 +343,30 @@ pub async fn spawn(
     }
     // Bulk links report to the swarm task on one bounded queue: when it is full, inbound
     // links stop reading and QUIC flow control holds their senders back.
+    // The urgent lane reports on a queue of its own, so that its frames and
+    // acknowledgements never wait behind bulk ones.
     let (bulk_tx, bulk_rx) = mpsc::channel(256);
+    let (urgent_tx, urgent_rx) = mpsc::channel(256);
     let mut bulk_control = swarm.behaviour().bulk.new_control();
-    let incoming = bulk_control.accept(bulk::PROTOCOL).map_err(|e| build(&e))?;
-    tokio::spawn(bulk::accept(
-        incoming,
-        bulk_tx.clone(),
-        config.engine.max_frame_bytes,
-        oversized.clone(),
-    ));
+    for (lane, events) in [(Lane::Bulk, &bulk_tx), (Lane::Urgent, &urgent_tx)] {
+        let incoming = bulk_control
+            .accept(lane.protocol())
+            .map_err(|e| build(&e))?;
+        tokio::spawn(bulk::accept(
+            incoming,
+            lane,
+            events.clone(),
+            config.engine.max_frame_bytes,
+            oversized.clone(),
+        ));
+    }
     let (tx, rx) = mpsc::channel(1024);
     let (damaged_tx, damaged_rx) = mpsc::channel(DAMAGE_NOTICES);
+    let local = *swarm.local_peer_id();
     let mut driver = Driver {
         swarm,
         quic: quic_endpoints,
-        engine: Engine::new(config.engine, index),
+        engine: Engine::new(config.engine, index).with_local(local),
         host,
         topic,
         inbound: HashMap::new(),
@@ -391,11 +398,17 @@ pub async fn spawn(
         announce: Vec::new(),
         bulk_control,
         max_inflight: config.engine.max_inflight,
+        max_urgent: config.engine.max_inflight + config.engine.urgent_reserve,
         bulk_tx,
+        urgent_tx,
         out_links: HashMap::new(),
         in_links: HashMap::new(),
     };
-    tokio::spawn(async move { driver.run(rx, bulk_rx, damaged_rx, config.tick).await });
+    tokio::spawn(async move {
+        driver
+            .run(rx, [bulk_rx, urgent_rx], damaged_rx, config.tick)
+            .await
+    });
     Ok((
         NetHandle {
             tx,
@@ -413,7 +426,7 @@ enum Reply {
     Bulk { link: LinkId, seq: u64 },
 }
 
-/// Our bulk link to a peer.
+/// Our link of one lane to a peer.
 enum OutLink {
     /// Being opened; pushes go by request-response meanwhile.
     Opening(LinkId),
@@ -430,9 +443,10 @@ enum OutLink {
     Failed(Instant),
 }
 
-/// A peer's bulk link to us.
+/// A peer's link to us.
 struct InLink {
     peer: PeerId,
+    lane: Lane,
     acks: watch::Sender<u64>,
     /// Frames received, and how many from the start have been handled.
     received: u64,
@@ -477,8 +491,11 @@ struct Driver {
     bulk_control: libp2p_stream::Control,
     /// The engine's count window (a bulk link's queue never needs more).
     max_inflight: usize,
+    /// The window plus the urgent reserve (an urgent link's queue never needs more).
+    max_urgent: usize,
     bulk_tx: mpsc::Sender<bulk::Event>,
-    out_links: HashMap<PeerId, OutLink>,
+    urgent_tx: mpsc::Sender<bulk::Event>,
+    out_links: HashMap<(PeerId, Lane), OutLink>,
     in_links: HashMap<LinkId, InLink>,
 }
 
@@ -486,7 +503,7 @@ impl Driver {
     async fn run(
         &mut self,
         mut rx: mpsc::Receiver<Command>,
-        mut bulk_rx: mpsc::Receiver<bulk::Event>,
+        [mut bulk_rx, mut urgent_rx]: [mpsc::Receiver<bulk::Event>; 2],
         mut damaged: mpsc::Receiver<EnvelopeId>,
         tick: Duration,
     ) {
@@ -505,6 +522,7 @@ impl Driver {
                     }
                     None => break,
                 },
+                Some(ev) = urgent_rx.recv() => self.on_bulk(ev),
                 Some(ev) = bulk_rx.recv() => self.on_bulk(ev),
                 Some(id) = damaged.recv() => {
                     tracing::warn!(%id, "stored envelope is damaged; it will be fetched again from a peer that holds it");
@@ -584,15 +602,11 @@ impl Driver {
                 .engine
                 .peer_stats()
                 .into_iter()
-                .map(|(peer, stats)| {
-                    let (wire_sent, wire_received) = self.quic.wire_bytes(&peer);
-                    PeerStatus {
-                        peer,
-                        addresses: self.addresses.get(&peer).cloned().unwrap_or_default(),
-                        stats,
-                        wire_sent,
-                        wire_received,
-                    }
+                .map(|(peer, stats)| PeerStatus {
+                    peer,
+                    addresses: self.addresses.get(&peer).cloned().unwrap_or_default(),
+                    stats,
+                    wire: self.quic.wire(&peer),
                 })
                 .collect(),
             envelopes: self.engine.index().len(),
@@ -644,7 +658,9 @@ impl Driver {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, "peer connected");
                     self.feed(Input::PeerUp(peer_id));
-                    self.open_bulk(peer_id);
+                    for lane in Lane::ALL {
+                        self.open_link(peer_id, lane);
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -664,7 +680,7 @@ impl Driver {
                     tracing::info!(peer = %peer_id, "peer disconnected");
                     self.addresses.remove(&peer_id);
                     // Dropping the senders ends the link tasks.
-                    self.out_links.remove(&peer_id);
+                    self.out_links.retain(|(p, _), _| *p != peer_id);
                     self.in_links.retain(|_, l| l.peer != peer_id);
                     self.feed(Input::PeerDown(peer_id));
                 }
@@ -980,16 +996,22 @@ impl Driver {
         }
     }
 
-    /// Sends a pushed envelope: on the peer's bulk link if it is open and the envelope
-    /// is not urgent (the link loads it), otherwise on a request-response stream of its
-    /// own. False: it is no longer in the store (it counts as done).
+    /// Sends a pushed envelope: on the peer's link of its lane (urgent for IMMEDIATE and
+    /// FLASH, bulk otherwise) if that is open (the link loads it), otherwise on a
+    /// request-response stream of its own. False: it is no longer in the store (it
+    /// counts as done).
     fn push(&mut self, peer: PeerId, id: EnvelopeId) -> bool {
-        let urgent = self
+        let lane = if self
             .engine
             .index()
             .meta(&id)
-            .is_some_and(|m| m.precedence >= Precedence::Immediate);
-        match self.out_links.get_mut(&peer) {
+            .is_some_and(|m| m.precedence >= Precedence::Immediate)
+        {
+            Lane::Urgent
+        } else {
+            Lane::Bulk
+        };
+        match self.out_links.get_mut(&(peer, lane)) {
             Some(OutLink::Open {
                 frames,
                 sent,
@@ -997,12 +1019,12 @@ impl Driver {
                 ..
             // The link refuses only if its task has ended (its `Closed` event is on the
             // way) or its queue is full, which the window rules out.
-            }) if !urgent && frames.try_send(id).is_ok() => {
+            }) if frames.try_send(id).is_ok() => {
                 inflight.push_back((*sent, id));
                 *sent += 1;
                 return true;
             }
-            Some(OutLink::Failed(at)) if Instant::now() >= *at => self.open_bulk(peer),
+            Some(OutLink::Failed(at)) if Instant::now() >= *at => self.open_link(peer, lane),
             _ => {}
         }
         let Some(bytes) = self.host.load(&id) else {
@@ -1015,24 +1037,29 @@ impl Driver {
         true
     }
 
-    /// Starts opening a bulk link to a connected peer.
-    fn open_bulk(&mut self, peer: PeerId) {
+    /// Starts opening a link of `lane` to a connected peer.
+    fn open_link(&mut self, peer: PeerId, lane: Lane) {
         let link = bulk::next_link();
-        self.out_links.insert(peer, OutLink::Opening(link));
+        self.out_links.insert((peer, lane), OutLink::Opening(link));
+        let (queue, events) = match lane {
+            Lane::Bulk => (self.max_inflight, self.bulk_tx.clone()),
+            Lane::Urgent => (self.max_urgent, self.urgent_tx.clone()),
+        };
         tokio::spawn(bulk::open(
             self.bulk_control.clone(),
             peer,
+            lane,
             link,
-            self.max_inflight,
-            self.bulk_tx.clone(),
+            queue,
+            events,
             self.host.clone(),
         ));
     }
 
-    /// The peer whose current outbound link is `link`.
-    fn out_link_peer(&self, link: LinkId) -> Option<PeerId> {
-        self.out_links.iter().find_map(|(p, l)| match l {
-            OutLink::Opening(l) | OutLink::Open { link: l, .. } if *l == link => Some(*p),
+    /// The peer and lane whose current outbound link is `link`.
+    fn out_link_key(&self, link: LinkId) -> Option<(PeerId, Lane)> {
+        self.out_links.iter().find_map(|(k, l)| match l {
+            OutLink::Opening(l) | OutLink::Open { link: l, .. } if *l == link => Some(*k),
             _ => None,
         })
     }
@@ -1040,10 +1067,14 @@ impl Driver {
     fn on_bulk(&mut self, ev: bulk::Event) {
         match ev {
             bulk::Event::Opened { peer, link, frames } => {
-                if matches!(self.out_links.get(&peer), Some(OutLink::Opening(l)) if *l == link) {
-                    tracing::debug!(%peer, link, "bulk link open");
+                let Some(key) = self.out_link_key(link) else {
+                    // The peer left meanwhile: dropping `frames` ends the task.
+                    return;
+                };
+                if matches!(self.out_links.get(&key), Some(OutLink::Opening(_))) {
+                    tracing::debug!(%peer, link, lane = ?key.1, "link open");
                     self.out_links.insert(
-                        peer,
+                        key,
                         OutLink::Open {
                             link,
                             frames,
@@ -1052,7 +1083,6 @@ impl Driver {
                         },
                     );
                 }
-                // Otherwise the peer left meanwhile: dropping `frames` ends the task.
             }
             bulk::Event::OpenFailed {
                 peer,
@@ -1060,24 +1090,27 @@ impl Driver {
                 unsupported,
                 why,
             } => {
-                if matches!(self.out_links.get(&peer), Some(OutLink::Opening(l)) if *l == link) {
-                    tracing::debug!(%peer, %why, "no bulk link; pushes go by request-response");
+                if let Some(key) = self.out_link_key(link)
+                    && matches!(self.out_links.get(&key), Some(OutLink::Opening(_)))
+                {
+                    tracing::debug!(%peer, %why, lane = ?key.1, "no link; its pushes go by request-response");
                     let next = if unsupported {
                         OutLink::Unsupported
                     } else {
                         OutLink::Failed(Instant::now() + BULK_RETRY)
                     };
-                    self.out_links.insert(peer, next);
+                    self.out_links.insert(key, next);
                 }
             }
             bulk::Event::Unloadable { link, id } => {
                 // Dropped as a request-response push would drop it. The link skipped
                 // it: the frames after it move up one place.
                 tracing::warn!(%id, "queued envelope could not be loaded from the store; the bulk link skipped it");
-                let Some(peer) = self.out_link_peer(link) else {
+                let Some(key) = self.out_link_key(link) else {
                     return;
                 };
-                if let Some(OutLink::Open { inflight, sent, .. }) = self.out_links.get_mut(&peer)
+                let peer = key.0;
+                if let Some(OutLink::Open { inflight, sent, .. }) = self.out_links.get_mut(&key)
                     && let Some(at) = inflight.iter().position(|(_, i)| *i == id)
                 {
                     inflight.remove(at);
@@ -1093,16 +1126,17 @@ impl Driver {
                 });
             }
             bulk::Event::Acked { link, handled } => {
-                let Some(peer) = self.out_link_peer(link) else {
+                let Some(key) = self.out_link_key(link) else {
                     return;
                 };
-                let Some(OutLink::Open { sent, inflight, .. }) = self.out_links.get_mut(&peer)
+                let peer = key.0;
+                let Some(OutLink::Open { sent, inflight, .. }) = self.out_links.get_mut(&key)
                 else {
                     return;
                 };
                 if handled > *sent {
-                    tracing::warn!(%peer, handled, sent = *sent, "bulk link acknowledged frames never sent; closing it");
-                    self.bulk_closed(peer);
+                    tracing::warn!(%peer, handled, sent = *sent, "link acknowledged frames never sent; closing it");
+                    self.link_closed(key);
                     return;
                 }
                 let mut done = Vec::new();
@@ -1117,15 +1151,22 @@ impl Driver {
                     });
                 }
             }
-            bulk::Event::Accepted { peer, link, acks } => {
-                // One inbound link per peer: a new one replaces the old (whose sender
-                // has given up on it).
-                self.in_links.retain(|_, l| l.peer != peer);
+            bulk::Event::Accepted {
+                peer,
+                lane,
+                link,
+                acks,
+            } => {
+                // One inbound link per peer and lane: a new one replaces the old (whose
+                // sender has given up on it).
+                self.in_links
+                    .retain(|_, l| l.peer != peer || l.lane != lane);
                 if self.swarm.is_connected(&peer) {
                     self.in_links.insert(
                         link,
                         InLink {
                             peer,
+                            lane,
                             acks,
                             received: 0,
                             handled: 0,
@@ -1156,20 +1197,21 @@ impl Driver {
             bulk::Event::Closed { link, why } => {
                 if self.in_links.remove(&link).is_some() {
                     tracing::debug!(link, %why, "inbound bulk link ended");
-                } else if let Some(peer) = self.out_link_peer(link) {
-                    tracing::debug!(%peer, %why, "bulk link ended");
-                    self.bulk_closed(peer);
+                } else if let Some(key) = self.out_link_key(link) {
+                    tracing::debug!(peer = %key.0, lane = ?key.1, %why, "link ended");
+                    self.link_closed(key);
                 }
             }
         }
     }
 
-    /// Our bulk link to `peer` is gone: what it had not delivered goes back in the queue,
-    /// and a new link is tried later (request-response meanwhile).
-    fn bulk_closed(&mut self, peer: PeerId) {
+    /// Our link of a lane to a peer is gone: what it had not delivered goes back in the
+    /// queue, and a new link is tried later (request-response meanwhile).
+    fn link_closed(&mut self, key: (PeerId, Lane)) {
+        let peer = key.0;
         let Some(OutLink::Open { inflight, .. }) = self
             .out_links
-            .insert(peer, OutLink::Failed(Instant::now() + BULK_RETRY))
+            .insert(key, OutLink::Failed(Instant::now() + BULK_RETRY))
         else {
             return;
         };

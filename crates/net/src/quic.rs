@@ -476,7 +476,29 @@ pub struct WireBook {
     /// Connections up, by quinn's stable id.
     live: std::collections::HashMap<usize, (PeerId, quinn::Connection)>,
     /// Totals of closed connections.
-    closed: std::collections::HashMap<PeerId, (u64, u64)>,
+    closed: std::collections::HashMap<PeerId, Wire>,
+}
+
+/// UDP traffic with one peer over QUIC, everything included (handshakes, ACKs, retransmits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+}
+
+impl Wire {
+    fn add(&mut self, st: &quinn::ConnectionStats) {
+        self.bytes_sent += st.udp_tx.bytes;
+        self.bytes_received += st.udp_rx.bytes;
+        self.datagrams_sent += st.udp_tx.datagrams;
+        self.datagrams_received += st.udp_rx.datagrams;
+    }
 }
 
 impl Endpoints {
@@ -499,23 +521,20 @@ impl Endpoints {
         tokio::spawn(async move {
             conn.closed().await;
             let st = conn.stats();
+            tracing::debug!(%peer, ?st, "QUIC connection closed");
             let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
             book.live.remove(&key);
-            let t = book.closed.entry(peer).or_default();
-            t.0 += st.udp_tx.bytes;
-            t.1 += st.udp_rx.bytes;
+            book.closed.entry(peer).or_default().add(&st);
         });
     }
 
-    /// UDP bytes sent to and received from `peer` over QUIC since start.
-    pub fn wire_bytes(&self, peer: &PeerId) -> (u64, u64) {
+    /// UDP traffic with `peer` over QUIC since start.
+    pub fn wire(&self, peer: &PeerId) -> Wire {
         let book = self.1.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = book.closed.get(peer).copied().unwrap_or_default();
         for (p, conn) in book.live.values() {
             if p == peer {
-                let st = conn.stats();
-                total.0 += st.udp_tx.bytes;
-                total.1 += st.udp_rx.bytes;
+                total.add(&conn.stats());
             }
         }
         total

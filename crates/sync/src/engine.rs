@@ -61,6 +61,10 @@ pub struct EngineConfig {
     /// After an announce of a missing envelope, wait this long for the eager copy before
     /// asking for it.
     pub lazy_want_delay_ms: u64,
+    /// At a meeting, the side with the higher id waits this long for the other's session
+    /// before opening its own (see [`Engine::with_local`]): one session settles both
+    /// directions, and two at once cost twice the bytes.
+    pub answer_grace_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +83,7 @@ impl Default for EngineConfig {
             urgent_reserve_bytes: 1024 * 1024,
             eager_push_max_bytes: 16 * 1024,
             lazy_want_delay_ms: 1_000,
+            answer_grace_ms: 2_000,
         }
     }
 }
@@ -91,6 +96,16 @@ pub const MAX_PAST_PEERS: usize = 1024;
 
 /// Precedences that may use [`EngineConfig::urgent_reserve`].
 const URGENT: Precedence = Precedence::Immediate;
+
+/// Whether a request's messages open a session (what [`Reconciler::initiate`] sends:
+/// the whole id space, as a fingerprint or a list).
+fn opens_session(msgs: &[RangeMsg]) -> bool {
+    matches!(
+        msgs.first(),
+        Some(RangeMsg::Fingerprint { range, .. } | RangeMsg::IdList { range, .. })
+            if *range == crate::ranger::IdRange::ALL
+    )
+}
 
 /// Identifies an inbound request so that the driver can route the answer.
 pub type RequestId = u64;
@@ -246,8 +261,11 @@ pub struct PeerStats {
     pub envelopes_received: u64,
     /// Bytes of frames received.
     pub bytes_received: u64,
-    /// Reconciliation sessions completed.
+    /// Reconciliation sessions this node opened with the peer and completed.
     pub sessions: u64,
+    /// Reconciliation sessions the peer opened with this node (each settles both
+    /// directions, so this node's own next one waits a full interval).
+    pub sessions_answered: u64,
     /// Strikes for misbehaviour (kept across reconnections).
     pub strikes: u32,
     /// Whether a connection to the peer is up (peers stay listed after they leave).
@@ -278,10 +296,12 @@ struct PeerState {
     eager: bool,
     /// When the open reconciliation session's first request left (for the RTT).
     session_sent_ms: Option<u64>,
-    /// When the last session with this peer opened, and the last envelope from it
-    /// arrived: a periodic session waits while a transfer either way is under way.
+    /// When the last session with this peer opened, the last envelope from it arrived,
+    /// and its last reconciliation request came: a periodic session waits while a
+    /// transfer either way, or a session the peer opened, is under way.
     last_session_ms: u64,
     last_envelope_ms: Option<u64>,
+    last_answered_ms: Option<u64>,
     /// Smoothed round-trip time to this peer.
     srtt_ms: Option<u64>,
     /// Coded symbols of the session this peer has open with us.
@@ -307,6 +327,7 @@ impl PeerState {
             session_sent_ms: None,
             last_session_ms: now_ms,
             last_envelope_ms: None,
+            last_answered_ms: None,
             srtt_ms: None,
             decoder: crate::riblt::Decoder::default(),
         }
@@ -330,6 +351,8 @@ pub struct Engine<P: Ord + Clone> {
     /// Envelopes declined here (see [`Input::Declined`]): held in the index, never
     /// pushed. At most [`MAX_DECLINED`]; past that the set starts again.
     declined: BTreeSet<EnvelopeId>,
+    /// This node's own id, if known (see [`Engine::with_local`]).
+    local: Option<P>,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
@@ -343,7 +366,18 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             past: BTreeMap::new(),
             wants: BTreeMap::new(),
             declined: BTreeSet::new(),
+            local: None,
         }
+    }
+
+    /// Names this node. When two nodes meet, the one with the lower id opens the first
+    /// session at once; the other answers it, and opens its own only if none came within
+    /// [`EngineConfig::answer_grace_ms`]. Without a name, every meeting opens a session
+    /// at once from both sides.
+    #[must_use]
+    pub fn with_local(mut self, me: P) -> Self {
+        self.local = Some(me);
+        self
     }
 
     /// The ids held.
@@ -368,9 +402,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let mut out = Vec::new();
         match input {
             Input::PeerUp(peer) => {
-                let next_resync = now_ms + self.config.resync_interval_ms;
-                if self.admit(now_ms, &peer, next_resync, &mut out) {
-                    self.open_session(now_ms, &peer, &mut out);
+                if self.local.as_ref().is_some_and(|me| *me > peer) {
+                    // The peer opens the session; ours only if its does not come.
+                    let wait_until = now_ms + self.config.answer_grace_ms;
+                    self.admit(now_ms, &peer, wait_until, &mut out);
+                } else {
+                    let next_resync = now_ms + self.config.resync_interval_ms;
+                    if self.admit(now_ms, &peer, next_resync, &mut out) {
+                        self.open_session(now_ms, &peer, &mut out);
+                    }
                 }
             }
             Input::PeerDown(peer) => {
@@ -515,12 +555,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                     // again the difference being sent (and cost bytes in proportion to
                     // it): it waits, up to ten intervals.
                     let sending = !st.queue.is_empty() || !st.inflight.is_empty();
-                    let receiving = st
-                        .last_envelope_ms
-                        .is_some_and(|at| now_ms.saturating_sub(at) < interval);
+                    let recent =
+                        |at: Option<u64>| at.is_some_and(|at| now_ms.saturating_sub(at) < interval);
+                    let receiving = recent(st.last_envelope_ms);
+                    // The peer's session (its coded symbols can take a while over a large
+                    // difference) would be found again by ours.
+                    let answering = recent(st.last_answered_ms);
                     let overdue =
                         now_ms.saturating_sub(st.last_session_ms) >= interval.saturating_mul(10);
-                    if (sending || receiving) && !overdue {
+                    if (sending || receiving || answering) && !overdue {
                         st.next_resync_ms = now_ms + interval;
                         continue;
                     }
@@ -643,6 +686,19 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         let reply = match self.decode(now_ms, &peer, &frame, out) {
             Some(Frame::Range(msgs)) => match self.respond(&peer, &msgs) {
                 Ok(step) => {
+                    if let Some(st) = self.peers.get_mut(&peer) {
+                        st.last_answered_ms = Some(now_ms);
+                        if opens_session(&msgs) {
+                            // The peer opened a session: it settles both directions, so
+                            // ours waits a full interval from now (unless one is under
+                            // way).
+                            st.stats.sessions_answered += 1;
+                            if !st.session_open {
+                                st.last_session_ms = now_ms;
+                                st.next_resync_ms = now_ms + self.config.resync_interval_ms;
+                            }
+                        }
+                    }
                     if msgs.iter().any(|m| matches!(m, RangeMsg::Want { .. }))
                         && let Some(st) = self.peers.get_mut(&peer)
                     {

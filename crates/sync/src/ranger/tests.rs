@@ -143,6 +143,60 @@ fn coded_symbols_cost_grows_with_the_difference_only() {
     );
 }
 
+/// A batch of symbol messages is added in one pass over the set; the outcome is the one
+/// of adding them one by one, and a gap in the sequence is still refused.
+#[test]
+fn symbols_in_one_batch_decode_like_symbols_one_by_one() {
+    let a = index(0..20_000);
+    let b = index((0..19_000).chain(1_000_000..1_000_050));
+    let r = Reconciler::default();
+    let (total, cells) = Decoder::default().symbols_to_send(&a, 0, 4_000);
+    let msgs = symbol_msgs(total, 0, &cells);
+    assert!(msgs.len() > 2);
+    let sorted = |step: &Step| {
+        let mut push = step.push.clone();
+        push.sort();
+        let mut keys: Vec<u64> = step
+            .reply
+            .iter()
+            .flat_map(|m| match m {
+                RangeMsg::WantKeys { keys } => keys.clone(),
+                other => panic!("unexpected reply {other:?}"),
+            })
+            .collect();
+        keys.sort_unstable();
+        (push, keys)
+    };
+    let batch = sorted(&r.respond_in(&b, &msgs, &mut Decoder::default()).unwrap());
+    let mut one = Decoder::default();
+    let mut single = None;
+    for m in &msgs {
+        let step = r.respond_in(&b, std::slice::from_ref(m), &mut one).unwrap();
+        if !step
+            .reply
+            .iter()
+            .any(|m| matches!(m, RangeMsg::MoreSymbols { .. }))
+        {
+            single = Some(sorted(&step));
+            break;
+        }
+    }
+    assert_eq!(Some(&batch), single.as_ref());
+    let mut lacking: Vec<EnvelopeId> = (1_000_000..1_000_050).map(id).collect();
+    lacking.sort();
+    assert_eq!(batch.0, lacking, "b pushes what a lacks");
+    let mut wanted: Vec<u64> = (19_000..20_000).map(|n| riblt::key_of(&id(n))).collect();
+    wanted.sort_unstable();
+    assert_eq!(batch.1, wanted, "b asks for what it lacks");
+
+    let mut gap = msgs[..1].to_vec();
+    gap.extend(msgs[2..].iter().cloned());
+    assert_eq!(
+        r.respond_in(&b, &gap, &mut Decoder::default()),
+        Err(RangeError::Symbols("out of sequence"))
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
