@@ -20,6 +20,7 @@ mod local;
 mod models;
 mod node;
 mod ops;
+mod relay;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -572,6 +573,12 @@ fn run(cli: Cli) -> Result<()> {
                     report.declined
                 );
             }
+            if report.evicted > 0 {
+                println!(
+                    "{} older, less urgent envelopes for others removed to make room (relay quota)",
+                    report.evicted
+                );
+            }
             if !report.rejected.is_empty() {
                 for r in &report.rejected {
                     eprintln!("rejected {r}");
@@ -635,8 +642,11 @@ fn run(cli: Cli) -> Result<()> {
                     view.listen.join(" ")
                 );
                 println!(
-                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it",
-                    view.relay_bytes, view.relay_quota_bytes, view.relay_declined
+                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it, {} removed to make room",
+                    view.relay_bytes,
+                    view.relay_quota_bytes,
+                    view.relay_declined,
+                    view.relay_evicted
                 );
                 let now = node::now_ms();
                 for p in &view.peers {

@@ -53,14 +53,32 @@ pub struct Node {
     relay: Mutex<Relay>,
 }
 
-/// Store-and-forward accounting: bytes stored for others, against the profile's relay
-/// quota. Taken before `access`, never while holding `channels`.
-#[derive(Debug, Default)]
-struct Relay {
-    /// Bytes stored for others, counted from the store on first need.
-    used: Option<u64>,
+use crate::relay::{Held, Rank, Relay};
+
+/// What [`Node::admit_relayed`] decided for a batch.
+struct Admitted {
+    /// To store.
+    keep: Vec<Envelope>,
+    /// Others' envelopes not kept.
+    declined: Vec<EnvelopeId>,
+    /// Bytes counted for what is kept for others, and those envelopes.
+    reserved: u64,
+    carried: Vec<(EnvelopeId, fieldmesh_store::Summary)>,
+    /// Stored envelopes to push out once the batch is stored.
+    evict: Vec<(Rank, u64)>,
+}
+
+/// What a node carries for others (see [`Node::relay_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// Bytes stored for others.
+    pub used: u64,
+    /// The profile's relay quota.
+    pub quota: u64,
     /// Envelopes declined since start, over the quota.
-    declined: u64,
+    pub declined: u64,
+    /// Envelopes pushed out since start, to make room.
+    pub evicted: u64,
 }
 
 /// What [`Node::ingest`] did with a batch.
@@ -72,6 +90,8 @@ pub struct Ingested {
     pub channel_rejects: Vec<String>,
     /// Others' traffic not kept: over the relay quota.
     pub declined: Vec<EnvelopeId>,
+    /// Others' traffic stored earlier and pushed out to make room for this batch.
+    pub evicted: Vec<EnvelopeId>,
 }
 
 /// An attachment in one channel: the same bytes attached in two channels are two sets
@@ -540,15 +560,31 @@ impl Node {
     /// reported to the sync engine by its driver.
     /// Envelopes this node only carries for others are kept within the relay quota.
     pub fn ingest(&self, envs: Vec<Envelope>, announce: bool) -> Result<Ingested, NodeError> {
-        let (envs, declined, reserved) = self.admit_relayed(envs)?;
+        let Admitted {
+            keep: envs,
+            declined,
+            reserved,
+            carried,
+            evict,
+        } = self.admit_relayed(envs)?;
         let outcomes = match self.store.put_batch(&envs) {
             Ok(o) => o,
             Err(e) => {
                 let mut relay = lock(&self.relay);
-                relay.used = relay.used.map(|u| u.saturating_sub(reserved));
+                if let Some(held) = relay.held.as_mut() {
+                    held.used = held.used.saturating_sub(reserved);
+                    held.restore(&evict);
+                }
                 return Err(e.into());
             }
         };
+        let evicted = self.settle_relayed(&carried, evict);
+        if announce
+            && !evicted.is_empty()
+            && let Some(net) = self.net.get()
+        {
+            net.evicted(evicted.clone());
+        }
         let mut inserted = 0;
         let mut duplicates = 0;
         let mut channel_rejects = Vec::new();
@@ -602,6 +638,7 @@ impl Node {
             duplicates,
             channel_rejects,
             declined,
+            evicted,
         })
     }
 
@@ -613,104 +650,153 @@ impl Node {
             && !lock(&self.access).may_read(&h.compartment)
     }
 
-    /// Bytes stored for others, counted from the store on first need: the channels
-    /// whose genesis is sealed for a compartment this node cannot read.
-    fn relay_used(&self, relay: &mut Relay) -> Result<u64, NodeError> {
-        if let Some(used) = relay.used {
-            return Ok(used);
-        }
-        let mut total = 0;
-        for (channel, genesis) in self.store.channels()? {
-            // A damaged genesis or index must not stop every later ingest: that channel
-            // is left out of the count (and repaired by the read that finds it).
-            let counted = match self.store.get(&genesis) {
-                Ok(Some(g)) if self.carried_for_others(g.header()) => {
-                    self.store.channel_bytes(&channel)
-                }
-                Ok(_) => Ok(0),
-                Err(e) => Err(e),
-            };
-            match counted {
-                Ok(bytes) => total += bytes,
-                Err(e) => {
-                    tracing::warn!(%channel, %e, "relay count leaves out a channel it cannot read")
+    /// What is stored for others, read from the store on first need: the channels whose
+    /// genesis is sealed for a compartment this node cannot read.
+    fn relay_held<'a>(&self, relay: &'a mut Relay) -> Result<&'a mut Held, NodeError> {
+        if relay.held.is_none() {
+            let mut held = Held::default();
+            for (channel, genesis) in self.store.channels()? {
+                // A damaged genesis or index must not stop every later ingest: that
+                // channel is left out of the count (and repaired by the read that finds
+                // it).
+                let listed = match self.store.get(&genesis) {
+                    Ok(Some(g)) if self.carried_for_others(g.header()) => {
+                        self.store.channel_summaries(&channel)
+                    }
+                    Ok(_) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                };
+                match listed {
+                    Ok(list) => list.iter().for_each(|(id, s)| held.add(*id, s)),
+                    Err(e) => {
+                        tracing::warn!(%channel, %e, "relay count leaves out a channel it cannot read")
+                    }
                 }
             }
+            relay.held = Some(held);
         }
-        relay.used = Some(total);
-        Ok(total)
+        Ok(relay.held.as_mut().expect("just set"))
     }
 
     /// Splits envelopes from outside into those to store and those declined: others'
-    /// routine and priority traffic beyond the relay quota (IMMEDIATE and FLASH are
-    /// always carried, within the store's own budget). Returns the quota reserved for
-    /// what is kept.
-    fn admit_relayed(
-        &self,
-        envs: Vec<Envelope>,
-    ) -> Result<(Vec<Envelope>, Vec<EnvelopeId>, u64), NodeError> {
+    /// traffic beyond the relay quota that cannot be given room (see [`crate::relay`]).
+    /// IMMEDIATE and FLASH are always carried, within the store's own budget.
+    fn admit_relayed(&self, envs: Vec<Envelope>) -> Result<Admitted, NodeError> {
+        let mut out = Admitted {
+            keep: Vec::with_capacity(envs.len()),
+            declined: Vec::new(),
+            reserved: 0,
+            carried: Vec::new(),
+            evict: Vec::new(),
+        };
         if !envs.iter().any(|e| self.carried_for_others(e.header())) {
-            return Ok((envs, Vec::new(), 0));
+            out.keep = envs;
+            return Ok(out);
         }
         let quota = self.profile.storage.relay_quota_bytes();
         let mut relay = lock(&self.relay);
-        let mut used = self.relay_used(&mut relay)?;
-        let mut reserved = 0;
-        let mut keep = Vec::with_capacity(envs.len());
-        let mut declined = Vec::new();
+        let held = self.relay_held(&mut relay)?;
         // Each id is judged once per batch (group commits merge peers' batches): kept?
         let mut judged: HashMap<EnvelopeId, bool> = HashMap::new();
         for e in envs {
             if !self.carried_for_others(e.header()) {
-                keep.push(e);
+                out.keep.push(e);
                 continue;
             }
             let id = e.id();
             let kept = match judged.get(&id) {
                 Some(&kept) => kept,
                 None => {
-                    let size = e.encoded_len() as u64;
-                    let urgent = e.header().precedence >= fieldmesh_core::Precedence::Immediate;
+                    let summary = fieldmesh_store::Summary::of(&e);
+                    let size = u64::from(summary.size);
+                    let (rank, _) = crate::relay::rank(id, &summary);
+                    let urgent = summary.precedence >= fieldmesh_core::Precedence::Immediate;
                     let kept = if self.store.contains(&id)? {
                         true
-                    } else if used + size > quota && !urgent {
-                        declined.push(id);
-                        false
-                    } else {
-                        used += size;
-                        reserved += size;
+                    } else if let Some(room) = held.make_room(quota, size, &rank, urgent) {
+                        out.evict.extend(room);
+                        held.used += size;
+                        out.reserved += size;
+                        out.carried.push((id, summary));
                         true
+                    } else {
+                        out.declined.push(id);
+                        false
                     };
                     judged.insert(id, kept);
                     kept
                 }
             };
             if kept {
-                keep.push(e);
+                out.keep.push(e);
             }
         }
-        relay.used = Some(used);
-        relay.declined += declined.len() as u64;
-        if !declined.is_empty() {
+        relay.declined += out.declined.len() as u64;
+        if !out.declined.is_empty() {
             tracing::warn!(
-                declined = declined.len(),
-                used,
+                declined = out.declined.len(),
                 quota,
                 "relay quota full: others' envelopes declined"
             );
         }
-        Ok((keep, declined, reserved))
+        Ok(out)
     }
 
-    /// Relay use: bytes carried for others, the quota, envelopes declined since start.
-    pub fn relay_status(&self) -> Result<(u64, u64, u64), NodeError> {
+    /// After a batch is stored: what it carries for others may make room later, and
+    /// what was chosen to make room for it is removed. Returns the ids removed (a
+    /// removal that fails leaves them stored and counted).
+    fn settle_relayed(
+        &self,
+        carried: &[(EnvelopeId, fieldmesh_store::Summary)],
+        evict: Vec<(Rank, u64)>,
+    ) -> Vec<EnvelopeId> {
+        if carried.is_empty() && evict.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<EnvelopeId> = evict.iter().map(|(r, _)| r.2).collect();
+        let removed = if ids.is_empty() {
+            Ok(Default::default())
+        } else {
+            self.store.remove(&ids)
+        };
         let mut relay = lock(&self.relay);
-        let used = self.relay_used(&mut relay)?;
-        Ok((
+        let Some(held) = relay.held.as_mut() else {
+            return Vec::new();
+        };
+        for (id, s) in carried {
+            held.track(*id, s);
+        }
+        match removed {
+            Ok(r) => {
+                relay.evicted += ids.len() as u64;
+                if r.envelopes > 0 {
+                    tracing::info!(
+                        envelopes = r.envelopes,
+                        bytes = r.bytes,
+                        "relay quota full: older, less urgent traffic for others pushed out"
+                    );
+                }
+                ids
+            }
+            Err(e) => {
+                tracing::error!(%e, "could not remove envelopes to make room; they stay");
+                held.restore(&evict);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Relay use: bytes carried for others, the quota, envelopes declined and pushed
+    /// out since start.
+    pub fn relay_status(&self) -> Result<RelayStatus, NodeError> {
+        let mut relay = lock(&self.relay);
+        let used = self.relay_held(&mut relay)?.used;
+        Ok(RelayStatus {
             used,
-            self.profile.storage.relay_quota_bytes(),
-            relay.declined,
-        ))
+            quota: self.profile.storage.relay_quota_bytes(),
+            declined: relay.declined,
+            evicted: relay.evicted,
+        })
     }
 }
 
@@ -924,6 +1010,7 @@ impl Ops for Node {
             inserted: done.inserted,
             duplicates: done.duplicates,
             declined: done.declined.len(),
+            evicted: done.evicted.len(),
             rejected,
             channel_rejects: done.channel_rejects,
         })
@@ -1013,7 +1100,7 @@ impl fieldmesh_net::Host for NodeHost {
     fn store_batch(
         &self,
         envelopes: Vec<Envelope>,
-    ) -> Result<Vec<EnvelopeId>, fieldmesh_net::IngestError> {
+    ) -> Result<fieldmesh_net::Stored, fieldmesh_net::IngestError> {
         let done = self
             .0
             .ingest(envelopes, false)
@@ -1021,7 +1108,10 @@ impl fieldmesh_net::Host for NodeHost {
         for r in done.channel_rejects {
             tracing::warn!(reason = %r, "stored envelope refused by channel rules");
         }
-        Ok(done.declined)
+        Ok(fieldmesh_net::Stored {
+            declined: done.declined,
+            evicted: done.evicted,
+        })
     }
 }
 
@@ -1037,11 +1127,11 @@ impl Node {
             .block_on(net.status())
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         let mut view = crate::ops::NetView::from(st);
-        (
-            view.relay_bytes,
-            view.relay_quota_bytes,
-            view.relay_declined,
-        ) = self.relay_status()?;
+        let relay = self.relay_status()?;
+        view.relay_bytes = relay.used;
+        view.relay_quota_bytes = relay.quota;
+        view.relay_declined = relay.declined;
+        view.relay_evicted = relay.evicted;
         Ok(view)
     }
 }
@@ -1068,6 +1158,9 @@ mod tests {
         }
         fn contains(&self, id: &EnvelopeId) -> Result<bool, ReadError> {
             self.inner.contains(id)
+        }
+        fn remove(&self, ids: &[EnvelopeId]) -> Result<StoreStats, WriteError> {
+            self.inner.remove(ids)
         }
         fn channel_envelopes_of(
             &self,
@@ -1240,9 +1333,10 @@ mod tests {
     }
 
     /// Others' traffic (a compartment this node holds no key of) is kept within the
-    /// relay quota; past it, routine traffic is declined and urgent traffic still kept;
-    /// the node's own compartments are not counted; a restarted node counts what it
-    /// carries from the store.
+    /// relay quota: past it, newer or more urgent traffic pushes out the oldest routine
+    /// envelopes, older traffic is declined, and urgent traffic is always kept; the
+    /// node's own compartments are not counted; a restarted node counts what it carries
+    /// from the store.
     #[test]
     fn traffic_for_others_is_carried_within_the_relay_quota() {
         let dir = tempfile::tempdir().unwrap();
@@ -1267,11 +1361,16 @@ mod tests {
             seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
         };
         use fieldmesh_core::{Kind, Precedence};
+        let status = |n: &Node| {
+            let s = n.relay_status().unwrap();
+            (s.used, s.quota, s.declined, s.evicted)
+        };
         let genesis = seal(0, Kind::CHANNEL_GENESIS, Precedence::Routine);
         let size = genesis.encoded_len() as u64;
         let fit = (quota / size) as usize;
         let mut batch = vec![genesis];
         batch.extend((1..fit as u64 + 20).map(|n| seal(n, Kind::BLOB_CHUNK, Precedence::Routine)));
+        // Within one batch nothing stored yet can make room: the last 20 are declined.
         let done = relay.ingest(batch, false).unwrap();
         assert_eq!(done.inserted, fit);
         assert_eq!(done.declined.len(), 20);
@@ -1279,13 +1378,19 @@ mod tests {
             !store.contains(&done.declined[0]).unwrap(),
             "declined is not stored"
         );
-        let (used, q, declined) = relay.relay_status().unwrap();
-        assert_eq!((used, q, declined), (fit as u64 * size, quota, 20));
+        assert_eq!(status(&relay), (fit as u64 * size, quota, 20, 0));
 
-        // Urgent traffic is carried past the quota; a duplicate costs nothing.
+        // FLASH pushes out the oldest routine chunk; a duplicate costs nothing.
+        let first = seal(1, Kind::BLOB_CHUNK, Precedence::Routine);
         let flash = seal(9_999, Kind::BLOB_CHUNK, Precedence::Flash);
         let done = relay.ingest(vec![flash.clone(), flash], false).unwrap();
         assert_eq!((done.inserted, done.declined.len()), (1, 0));
+        assert_eq!(done.evicted, vec![first.id()]);
+        assert!(
+            !store.contains(&first.id()).unwrap(),
+            "removed from the store"
+        );
+        assert_eq!(status(&relay), (fit as u64 * size, quota, 20, 1));
         // The node's own (open) traffic is not counted against the quota.
         relay.create_channel("own", None).unwrap();
         relay
@@ -1299,26 +1404,38 @@ mod tests {
                 },
             )
             .unwrap();
-        let (used, _, _) = relay.relay_status().unwrap();
-        assert_eq!(used, (fit as u64 + 1) * size);
+        assert_eq!(relay.relay_status().unwrap().used, fit as u64 * size);
 
-        // A restarted node counts what it carries from the store.
+        // A restarted node counts what it carries from the store, and newer routine
+        // traffic still pushes out the oldest.
         let again = node_on(&store);
-        assert_eq!(again.relay_status().unwrap(), (used, quota, 0));
-        let more = again
+        assert_eq!(status(&again), (fit as u64 * size, quota, 0, 0));
+        let newer = again
             .ingest(
                 vec![seal(20_000, Kind::BLOB_CHUNK, Precedence::Routine)],
                 false,
             )
             .unwrap();
-        assert_eq!(more.declined.len(), 1, "still full after a restart");
-        // Two copies of one envelope in a batch (group commits merge peers' batches):
-        // declined once, stored by neither.
-        let over = seal(30_000, Kind::BLOB_CHUNK, Precedence::Routine);
+        let second = seal(2, Kind::BLOB_CHUNK, Precedence::Routine);
+        assert_eq!(
+            (newer.inserted, newer.evicted.clone()),
+            (1, vec![second.id()])
+        );
+        assert_eq!(again.relay_status().unwrap().used, fit as u64 * size);
+        // What was pushed out and comes back is older than everything held: declined,
+        // once even when a batch holds it twice (group commits merge peers' batches).
         let twice = again
-            .ingest(vec![over.clone(), over.clone()], false)
+            .ingest(vec![first.clone(), first.clone()], false)
             .unwrap();
         assert_eq!((twice.inserted, twice.declined.len()), (0, 1));
-        assert!(!store.contains(&over.id()).unwrap());
+        assert!(twice.evicted.is_empty());
+        assert!(!store.contains(&first.id()).unwrap());
+        // The genesis is never pushed out.
+        assert!(
+            store
+                .contains(&seal(0, Kind::CHANNEL_GENESIS, Precedence::Routine).id())
+                .unwrap()
+        );
+        assert_eq!(status(&again), (fit as u64 * size, quota, 1, 1));
     }
 }

@@ -97,6 +97,9 @@ pub struct ImportReport {
     /// Others' traffic not kept: over this node's relay quota.
     #[serde(default)]
     pub declined: usize,
+    /// Others' traffic stored earlier and pushed out to make room for this import.
+    #[serde(default)]
+    pub evicted: usize,
     /// Frames that failed verification, with reasons. None of them was stored.
     pub rejected: Vec<String>,
     /// Authentic envelopes, stored, whose change the channel rules refused.
@@ -153,13 +156,16 @@ pub struct NetView {
     /// Frames and envelopes rejected from misbehaving peers since start.
     pub rejected: u64,
     /// Bytes stored for others (compartments this node holds no key of), the profile's
-    /// relay quota, and envelopes declined over it since start.
+    /// relay quota, envelopes declined over it since start, and envelopes pushed out
+    /// to make room since start.
     #[serde(default)]
     pub relay_bytes: u64,
     #[serde(default)]
     pub relay_quota_bytes: u64,
     #[serde(default)]
     pub relay_declined: u64,
+    #[serde(default)]
+    pub relay_evicted: u64,
     pub peers: Vec<PeerView>,
 }
 
@@ -173,6 +179,7 @@ impl From<fieldmesh_net::NetStatus> for NetView {
             relay_bytes: 0,
             relay_quota_bytes: 0,
             relay_declined: 0,
+            relay_evicted: 0,
             peers: s
                 .peers
                 .into_iter()

@@ -57,7 +57,7 @@ struct Verifying {
 /// keeps receiving and later batches are verified.
 struct Commit {
     batches: Vec<(Batch, Vec<Stored>)>,
-    done: tokio::task::JoinHandle<Result<Vec<EnvelopeId>, crate::IngestError>>,
+    done: tokio::task::JoinHandle<Result<crate::Stored, crate::IngestError>>,
     started: Instant,
     envelopes: usize,
 }
@@ -145,6 +145,7 @@ pub struct NetStatus {
 
 enum Command {
     Inserted(EnvelopeId, Meta),
+    Evicted(Vec<EnvelopeId>),
     Status(oneshot::Sender<NetStatus>),
     /// Stop; the sender hears when what arrived is stored and the connections are closed.
     Shutdown(oneshot::Sender<()>),
@@ -162,6 +163,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Inserted(..) => "Inserted",
+            Command::Evicted(_) => "Evicted",
             Command::Status(_) => "Status",
             Command::Shutdown(_) => "Shutdown",
         })
@@ -175,6 +177,15 @@ impl NetHandle {
     pub fn inserted(&self, id: EnvelopeId, meta: Meta) {
         if self.tx.blocking_send(Command::Inserted(id, meta)).is_err() {
             tracing::debug!(%id, "network task stopped");
+        }
+    }
+
+    /// Tells the network that envelopes were removed from the store to make room for
+    /// others (relay quota): they are no longer offered, and not fetched again. Waits for
+    /// room in the queue: call it from a blocking context.
+    pub fn evicted(&self, ids: Vec<EnvelopeId>) {
+        if self.tx.blocking_send(Command::Evicted(ids)).is_err() {
+            tracing::debug!("network task stopped");
         }
     }
 
@@ -515,6 +526,11 @@ impl Driver {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 cmd = rx.recv() => match cmd {
                     Some(Command::Inserted(id, meta)) => self.feed(Input::Inserted { id, meta, from: None }),
+                    Some(Command::Evicted(ids)) => {
+                        for id in ids {
+                            self.feed(Input::Evicted { id });
+                        }
+                    }
                     Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
                     Some(Command::Shutdown(done)) => {
                         stopped = Some(done);
@@ -869,7 +885,7 @@ impl Driver {
     /// engine counts them as held so that they are not offered again.
     fn commit_done(
         &mut self,
-        written: Result<Result<Vec<EnvelopeId>, crate::IngestError>, tokio::task::JoinError>,
+        written: Result<Result<crate::Stored, crate::IngestError>, tokio::task::JoinError>,
     ) {
         let Some(commit) = self.commit.take() else {
             return;
@@ -888,7 +904,12 @@ impl Driver {
             "group commit done"
         );
         let (stored, declined) = match written {
-            Ok(Ok(declined)) => (true, declined.into_iter().collect()),
+            Ok(Ok(done)) => {
+                for id in done.evicted {
+                    self.feed(Input::Evicted { id });
+                }
+                (true, done.declined.into_iter().collect())
+            }
             Ok(Err(e)) => {
                 tracing::error!(%e, "could not store envelopes from peers");
                 (false, std::collections::HashSet::new())

@@ -37,10 +37,18 @@ pub trait Host: Send + Sync + 'static {
         Envelope::decode_owned(bytes).map_err(|e| IngestError::Refused(e.to_string()))
     }
 
-    /// Durably stores verified envelopes with one write (group commit), and returns the
-    /// ids of those it chose not to keep (others' traffic over its relay quota). An
-    /// error means none of them is durable.
-    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<Vec<EnvelopeId>, IngestError>;
+    /// Durably stores verified envelopes with one write (group commit). An error means
+    /// none of them is durable.
+    fn store_batch(&self, envelopes: Vec<Envelope>) -> Result<Stored, IngestError>;
+}
+
+/// What [`Host::store_batch`] did besides storing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Envelopes it chose not to keep (others' traffic over its relay quota).
+    pub declined: Vec<EnvelopeId>,
+    /// Envelopes stored earlier and removed to make room (others' traffic).
+    pub evicted: Vec<EnvelopeId>,
 }
 
 /// Why an envelope from a peer was not stored.

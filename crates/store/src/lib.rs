@@ -141,15 +141,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every envelope of a channel, in (HLC, id) order. An envelope damaged on disk is
     /// left out (and logged); `get` reports it as corrupt.
     fn channel_envelopes(&self, channel: &ChannelId) -> Result<Vec<Envelope>, ReadError>;
-    /// Bytes of a channel's envelopes as stored (their encoded sizes). Where the backend
-    /// keeps a large value's size beside its pointer, the value is not read.
-    fn channel_bytes(&self, channel: &ChannelId) -> Result<u64, ReadError> {
+    /// A channel's envelope ids and summaries, in (HLC, id) order (damaged ones left
+    /// out). Where the backend keeps a large value's summary beside its pointer, the
+    /// value is not read.
+    fn channel_summaries(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {
         Ok(self
             .channel_envelopes(channel)?
             .iter()
-            .map(|e| e.encoded_len() as u64)
-            .sum())
+            .map(|e| (e.id(), Summary::of(e)))
+            .collect())
     }
+    /// Removes envelopes for good (a relay making room); ids not stored are skipped, and
+    /// so is a channel's genesis (a channel is never left without its definition).
+    /// Durable when it returns: what it reports removed is gone after a crash too.
+    /// Returns how many envelopes and bytes were removed.
+    fn remove(&self, ids: &[EnvelopeId]) -> Result<StoreStats, WriteError>;
     /// Channels for which a genesis envelope is stored, with its id.
     fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
     /// All envelope ids, ascending.

@@ -77,6 +77,24 @@ impl Store for MemStore {
         Ok(outcomes)
     }
 
+    fn remove(&self, ids: &[EnvelopeId]) -> Result<StoreStats, WriteError> {
+        let mut g = self.lock();
+        let mut removed = StoreStats::default();
+        for id in ids {
+            if g.envelopes.get(id).is_none_or(is_genesis) {
+                continue;
+            }
+            let e = g.envelopes.remove(id).expect("present");
+            g.map.remove(&channel_key(&e)[..]);
+            let size = e.encoded_len() as u64;
+            g.stats.envelopes -= 1;
+            g.stats.bytes -= size;
+            removed.envelopes += 1;
+            removed.bytes += size;
+        }
+        Ok(removed)
+    }
+
     fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError> {
         Ok(self.lock().envelopes.get(id).cloned())
     }

@@ -423,6 +423,72 @@ impl Store for SledStore {
         Ok(outcomes)
     }
 
+    /// One sled batch drops the envelopes, their channel index entries and the counters
+    /// (durable before it returns); then the value log gives their blocks back. An
+    /// envelope damaged on disk is not removed (its channel entry could not be found
+    /// from it); it is logged and counted as kept.
+    fn remove(&self, ids: &[EnvelopeId]) -> Result<StoreStats, WriteError> {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(WriteError::Poisoned);
+        }
+        let mut batch = sled::Batch::default();
+        let mut removed = StoreStats::default();
+        let mut pointers = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let Some(v) = self.db.get(envelope_key(id))? else {
+                continue;
+            };
+            let env = match self.decode(id, &v) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%id, %e, "a damaged envelope is not removed");
+                    continue;
+                }
+            };
+            if is_genesis(&env) {
+                continue;
+            }
+            let size = match Pointer::decode(&v) {
+                Some(p) => {
+                    pointers.push(p);
+                    u64::from(p.record_len())
+                }
+                None => v.len() as u64,
+            };
+            batch.remove(&envelope_key(id)[..]);
+            batch.remove(&channel_key(&env)[..]);
+            removed.envelopes += 1;
+            removed.bytes += size;
+        }
+        if removed.envelopes == 0 {
+            return Ok(removed);
+        }
+        let left = StoreStats {
+            envelopes: counters.envelopes.saturating_sub(removed.envelopes),
+            bytes: counters.bytes.saturating_sub(removed.bytes),
+        };
+        batch.insert(meta_key("bytes"), &left.bytes.to_be_bytes());
+        batch.insert(meta_key("count"), &left.envelopes.to_be_bytes());
+        let durable = self.db.apply_batch(batch).and_then(|()| self.db.flush());
+        if let Err(e) = durable {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(match e {
+                sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
+                other => WriteError::Engine(other),
+            });
+        }
+        *counters = left;
+        drop(counters);
+        // Nothing names these bytes any more (durably): their blocks can go.
+        self.vlog.release(&pointers);
+        Ok(removed)
+    }
+
     fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError> {
         match self.db.get(envelope_key(id))? {
             Some(v) => Ok(Some(self.decode(id, &v)?)),
@@ -539,21 +605,31 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn channel_bytes(&self, channel: &ChannelId) -> Result<u64, ReadError> {
-        let mut total = 0;
+    fn channel_summaries(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {
+        let mut out = Vec::new();
         for kv in self.db.scan_prefix(channel_prefix(channel)) {
             let (k, _) = kv?;
             let id = id_from_channel_key(&k).ok_or_else(|| ReadError::CorruptIndex(hex_key(&k)))?;
-            if let Some(v) = self.db.get(envelope_key(&id))? {
-                total += match Pointer::decode(&v) {
-                    Some(p) => p
-                        .summary
-                        .map_or(u64::from(p.record_len()), |s| u64::from(s.size)),
-                    None => v.len() as u64,
-                };
+            let Some(v) = self.db.get(envelope_key(&id))? else {
+                continue;
+            };
+            // A large value's summary is beside its pointer: the value is not read.
+            if let Some(s) = Pointer::decode(&v).and_then(|p| p.summary) {
+                out.push((id, s));
+                continue;
+            }
+            match self.decode(&id, &v) {
+                Ok(env) => out.push((id, Summary::of(&env))),
+                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
+                    tracing::debug!(%id, %e, "channel summaries left out a damaged envelope")
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(total)
+        Ok(out)
     }
 
     fn summaries(&self) -> Result<Vec<(EnvelopeId, Summary)>, ReadError> {

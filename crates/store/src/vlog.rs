@@ -22,9 +22,9 @@
 //! nothing points at (never read); a torn append leaves a tail that the next open skips
 //! (appends start at the file's end). Every read is checked by the caller against the
 //! envelope's id (its SHA-256), so a damaged segment reads as a corrupt envelope, never
-//! as a different one. Nothing is deleted from the store yet, so segments are never
-//! compacted; when retention deletes envelopes, a segment whose values are all gone can
-//! simply be removed.
+//! as a different one. A removed envelope's bytes are given back to the file system by
+//! punching a hole over the whole blocks inside its record (`fallocate`), after sled's
+//! batch that drops its pointer is durable; segments are never rewritten or compacted.
 
 use crate::Summary;
 use fieldmesh_core::{Hlc, Kind, Precedence};
@@ -314,6 +314,49 @@ impl ValueLog {
         }
         a.len = start + total;
         Ok(out)
+    }
+
+    /// Gives the disk blocks of the values `pointers` name back to the file system
+    /// (sparse segments): only the whole blocks inside each record, so that neighbouring
+    /// records are never touched. Best effort: a file system without hole punching keeps
+    /// the bytes, and nothing names them any more either way. Returns the bytes released.
+    pub(crate) fn release(&self, pointers: &[Pointer]) -> u64 {
+        let mut by_seg: HashMap<u32, Vec<&Pointer>> = HashMap::new();
+        for p in pointers {
+            by_seg.entry(p.seg).or_default().push(p);
+        }
+        let mut released = 0;
+        for (seg, ps) in by_seg {
+            let file = match OpenOptions::new()
+                .write(true)
+                .open(segment_path(&self.dir, seg))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(seg, %e, "value log: cannot open a segment to release space");
+                    continue;
+                }
+            };
+            for p in ps {
+                let start = align_up(p.offset);
+                let end = (p.offset + u64::from(p.len)) / BLOCK * BLOCK;
+                if end <= start {
+                    continue;
+                }
+                let punched = rustix::fs::fallocate(
+                    &file,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    start,
+                    end - start,
+                );
+                if let Err(e) = punched {
+                    tracing::debug!(seg, %e, "value log: hole punching refused; the space stays used");
+                    break;
+                }
+                released += end - start;
+            }
+        }
+        released
     }
 
     /// A block-aligned buffer of `len` bytes, contents unspecified: the kept one if it is

@@ -166,6 +166,13 @@ pub enum Input<P> {
         /// Its metadata.
         meta: Meta,
     },
+    /// A stored envelope was removed to make room for others' traffic (the relay quota):
+    /// it stays counted as held, so that reconciliation does not fetch it back, and is
+    /// never pushed again.
+    Evicted {
+        /// Its id.
+        id: EnvelopeId,
+    },
     /// A request to `peer` (not a push) failed: timed out, or its stream was reset. An
     /// open reconciliation session with the peer is given up, and the next one starts
     /// after the resync interval (otherwise none would start again until a reconnect).
@@ -476,16 +483,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
             Input::Declined { id, meta } => {
                 // Counted as held, so that reconciliation does not offer it again; not
                 // announced, and never pushed (a peer asking for it gets nothing).
-                self.wants.remove(&id);
-                if self.index.insert(id, meta) {
-                    for st in self.peers.values_mut() {
-                        st.queue.cancel(&id);
-                    }
+                self.index.insert(id, meta);
+                self.decline(id);
+            }
+            Input::Evicted { id } => {
+                if self.index.contains(&id) {
+                    self.decline(id);
                 }
-                if self.declined.len() >= MAX_DECLINED {
-                    self.declined.clear();
-                }
-                self.declined.insert(id);
             }
             Input::RequestFailed { peer } => {
                 if let Some(st) = self.peers.get_mut(&peer)
@@ -577,6 +581,18 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         }
         self.flush_pushes(now_ms, &mut out);
         out
+    }
+
+    /// `id` is held in the index but not in the store: never pushed, not wanted.
+    fn decline(&mut self, id: EnvelopeId) {
+        self.wants.remove(&id);
+        for st in self.peers.values_mut() {
+            st.queue.cancel(&id);
+        }
+        if self.declined.len() >= MAX_DECLINED {
+            self.declined.clear();
+        }
+        self.declined.insert(id);
     }
 
     fn open_session(&mut self, now_ms: u64, peer: &P, out: &mut Vec<Output<P>>) {

@@ -552,6 +552,47 @@ fn a_declined_envelope_is_never_pushed() {
     assert!(!o.iter().any(|x| matches!(x, Output::Push { .. })), "{o:?}");
 }
 
+/// An envelope removed to make room (relay quota) stays counted as held: a peer that
+/// lacks it is never pushed it, and a peer that has it does not send it back.
+#[test]
+fn an_evicted_envelope_is_neither_pushed_nor_fetched_back() {
+    let kept = envelope(1, Precedence::Routine);
+    let gone = envelope(2, Precedence::Routine);
+    let theirs = envelope(3, Precedence::Routine);
+    let net = all(&[kept.clone(), gone.clone(), theirs.clone()]);
+    for peer_has_it in [false, true] {
+        let mut b_items = vec![theirs.clone()];
+        if peer_has_it {
+            b_items.push(gone.clone());
+        }
+        let mut nodes = [
+            node(EngineConfig::default(), &[kept.clone(), gone.clone()]),
+            node(EngineConfig::default(), &b_items),
+        ];
+        nodes[0].engine.handle(0, Input::Evicted { id: gone.0 });
+        nodes[0].held.remove(&gone.0);
+        run(
+            &mut nodes,
+            &net,
+            vec![(0, Input::PeerUp(1)), (1, Input::PeerUp(0))],
+            0,
+            100,
+            2_000,
+        );
+        assert!(nodes[0].engine.index().contains(&gone.0));
+        assert_eq!(
+            nodes[0].arrivals,
+            vec![theirs.0],
+            "peer has it: {peer_has_it}"
+        );
+        assert_eq!(
+            nodes[1].arrivals,
+            vec![kept.0],
+            "peer has it: {peer_has_it}"
+        );
+    }
+}
+
 /// A strike for a peer not connected (an event arriving after it left) is kept for its
 /// return.
 #[test]
