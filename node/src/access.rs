@@ -170,6 +170,9 @@ impl Node {
             }
         }
         access.keys = keys;
+        // Keys may have come or gone: what counts as carried for others is read again.
+        self.relay_stale
+            .store(true, std::sync::atomic::Ordering::Release);
         changed
     }
 

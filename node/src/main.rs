@@ -794,6 +794,15 @@ fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
         // (an envelope larger than the burst still goes once the bucket is full).
         link_burst_bytes: profile.sync.per_link_budget_bytes_per_s,
         resync_interval_ms: u64::from(profile.sync.reconcile_interval_s) * 1000,
+        // At a meeting the side with the higher id waits for the other's session: 2 s
+        // plus two round trips over the profile's slowest bearer.
+        answer_grace_ms: 2_000
+            + 4 * profile
+                .bearers
+                .iter()
+                .map(|b| u64::from(b.latency_ms))
+                .max()
+                .unwrap_or(0),
         ..Default::default()
     };
     fieldmesh_net::NetConfig {
@@ -802,8 +811,23 @@ fn net_config(profile: &Profile, args: NetArgs) -> fieldmesh_net::NetConfig {
         mdns: args.mdns,
         engine,
         max_inbound: profile.sync.max_peers,
+        mtu_probe: mtu_probe(profile),
         ..Default::default()
     }
+}
+
+/// The UDP payload QUIC probes a path for: the smallest of the profile's bearers that can
+/// carry QUIC at all (1,200 bytes of UDP payload), less IPv6 and UDP headers; a path on
+/// any of them then takes the probe. No such bearer: no probing.
+fn mtu_probe(profile: &Profile) -> u16 {
+    const IP6_UDP: u32 = 48;
+    profile
+        .bearers
+        .iter()
+        .map(|b| b.mtu_bytes.saturating_sub(IP6_UDP))
+        .filter(|&m| m >= 1200)
+        .min()
+        .map_or(1200, |m| m.min(1452) as u16)
 }
 
 fn daemon(

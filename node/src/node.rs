@@ -51,6 +51,10 @@ pub struct Node {
     blob_chunks: Mutex<BlobIndex>,
     /// What this node carries for others (see [`Node::carried_for_others`]).
     relay: Mutex<Relay>,
+    /// Set when this node's keys change: what it carries for others is read again from
+    /// the store before the next judgement (a compartment whose key arrived is its own
+    /// traffic now, and must never be pushed out to make room).
+    pub(crate) relay_stale: std::sync::atomic::AtomicBool,
 }
 
 use crate::relay::{Held, Rank, Relay};
@@ -207,6 +211,7 @@ impl Node {
             ai: crate::ai::AiState::default(),
             blob_chunks: Mutex::default(),
             relay: Mutex::default(),
+            relay_stale: std::sync::atomic::AtomicBool::new(false),
         };
         if let Err(e) = node.load_directory() {
             tracing::error!(%e, "could not load the directory");
@@ -653,6 +658,12 @@ impl Node {
     /// What is stored for others, read from the store on first need: the channels whose
     /// genesis is sealed for a compartment this node cannot read.
     fn relay_held<'a>(&self, relay: &'a mut Relay) -> Result<&'a mut Held, NodeError> {
+        if self
+            .relay_stale
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            relay.held = None;
+        }
         if relay.held.is_none() {
             let mut held = Held::default();
             for (channel, genesis) in self.store.channels()? {
@@ -667,7 +678,7 @@ impl Node {
                     Err(e) => Err(e),
                 };
                 match listed {
-                    Ok(list) => list.iter().for_each(|(id, s)| held.add(*id, s)),
+                    Ok(list) => list.iter().for_each(|(id, s)| held.add(*id, s, now_ms())),
                     Err(e) => {
                         tracing::warn!(%channel, %e, "relay count leaves out a channel it cannot read")
                     }
@@ -709,7 +720,7 @@ impl Node {
                 None => {
                     let summary = fieldmesh_store::Summary::of(&e);
                     let size = u64::from(summary.size);
-                    let (rank, _) = crate::relay::rank(id, &summary);
+                    let (rank, _) = crate::relay::rank(id, &summary, now_ms());
                     let urgent = summary.precedence >= fieldmesh_core::Precedence::Immediate;
                     let kept = if self.store.contains(&id)? {
                         true
@@ -764,11 +775,12 @@ impl Node {
             return Vec::new();
         };
         for (id, s) in carried {
-            held.track(*id, s);
+            held.track(*id, s, now_ms());
         }
         match removed {
             Ok(r) => {
-                relay.evicted += ids.len() as u64;
+                // A damaged envelope is not removed (the store skips it): not counted.
+                relay.evicted += r.envelopes;
                 if r.envelopes > 0 {
                     tracing::info!(
                         envelopes = r.envelopes,

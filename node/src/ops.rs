@@ -143,6 +143,9 @@ pub struct PeerView {
     pub wire_datagrams_sent: u64,
     #[serde(default)]
     pub wire_datagrams_received: u64,
+    /// The largest QUIC path MTU (UDP payload bytes) reached with the peer.
+    #[serde(default)]
+    pub path_mtu: u16,
     /// Envelopes queued for this peer, by precedence.
     pub backlog: std::collections::BTreeMap<String, usize>,
 }
@@ -198,6 +201,7 @@ impl From<fieldmesh_net::NetStatus> for NetView {
                     wire_bytes_received: p.wire.bytes_received,
                     wire_datagrams_sent: p.wire.datagrams_sent,
                     wire_datagrams_received: p.wire.datagrams_received,
+                    path_mtu: p.wire.mtu,
                     connected: p.stats.connected,
                     banned_until_ms: p.stats.banned_until_ms,
                     backlog: p

@@ -3,21 +3,25 @@
 //!
 //! Past the quota a relay makes room before it refuses: an arriving envelope may push out
 //! stored ones that are worth less, ranked by precedence, then time (older first), then
-//! id. Only ROUTINE and PRIORITY envelopes are ever pushed out, and never a channel's
+//! id. The time is the author's, but never later than this node's clock when judged: an
+//! envelope dated in the future (a bad clock, or a hostile author) ranks as new, not as
+//! newer than everything to come. Only ROUTINE and PRIORITY envelopes are ever pushed out, and never a channel's
 //! genesis. An arrival that cannot be given room is declined, unless it is IMMEDIATE or
 //! FLASH: those are always carried (after pushing out what they can), even past the quota.
 
 use fieldmesh_core::{EnvelopeId, Hlc, Kind, Precedence};
 use fieldmesh_store::Summary;
+use std::cmp::min;
 use std::collections::BTreeMap;
 
 /// How much an envelope is worth keeping: the least is pushed out first.
 pub(crate) type Rank = (Precedence, Hlc, EnvelopeId);
 
-/// The rank of an envelope, and whether it may ever be pushed out.
-pub(crate) fn rank(id: EnvelopeId, s: &Summary) -> (Rank, bool) {
+/// The rank of an envelope judged at `now_ms`, and whether it may ever be pushed out.
+pub(crate) fn rank(id: EnvelopeId, s: &Summary, now_ms: u64) -> (Rank, bool) {
     let evictable = s.precedence < Precedence::Immediate && s.kind != Kind::CHANNEL_GENESIS;
-    ((s.precedence, s.hlc, id), evictable)
+    let time = min(s.hlc, Hlc::new(now_ms, u16::MAX));
+    ((s.precedence, time, id), evictable)
 }
 
 /// The node's relay state. Taken before `access`, never while holding `channels`.
@@ -41,14 +45,14 @@ pub(crate) struct Held {
 
 impl Held {
     /// Counts a stored envelope.
-    pub(crate) fn add(&mut self, id: EnvelopeId, s: &Summary) {
+    pub(crate) fn add(&mut self, id: EnvelopeId, s: &Summary, now_ms: u64) {
         self.used += u64::from(s.size);
-        self.track(id, s);
+        self.track(id, s, now_ms);
     }
 
     /// Lets a stored envelope (already counted in `used`) make room later.
-    pub(crate) fn track(&mut self, id: EnvelopeId, s: &Summary) {
-        let (rank, evictable) = rank(id, s);
+    pub(crate) fn track(&mut self, id: EnvelopeId, s: &Summary, now_ms: u64) {
+        let (rank, evictable) = rank(id, s, now_ms);
         if evictable {
             self.evictable.insert(rank, u64::from(s.size));
         }
@@ -114,20 +118,22 @@ mod tests {
         EnvelopeId([n; 32])
     }
 
+    const NOW: u64 = 1_000_000;
+
     #[test]
     fn room_is_made_from_the_least_worth_and_never_from_urgent_or_genesis() {
         let mut held = Held::default();
-        held.add(id(1), &summary(Precedence::Routine, 10, 100));
-        held.add(id(2), &summary(Precedence::Routine, 20, 100));
-        held.add(id(3), &summary(Precedence::Priority, 5, 100));
-        held.add(id(4), &summary(Precedence::Flash, 1, 100));
+        held.add(id(1), &summary(Precedence::Routine, 10, 100), NOW);
+        held.add(id(2), &summary(Precedence::Routine, 20, 100), NOW);
+        held.add(id(3), &summary(Precedence::Priority, 5, 100), NOW);
+        held.add(id(4), &summary(Precedence::Flash, 1, 100), NOW);
         let mut genesis = summary(Precedence::Routine, 0, 100);
         genesis.kind = Kind::CHANNEL_GENESIS;
-        held.add(id(5), &genesis);
+        held.add(id(5), &genesis, NOW);
         assert_eq!(held.used, 500);
 
         // Within the quota: nothing goes.
-        let newer = rank(id(9), &summary(Precedence::Routine, 30, 100)).0;
+        let newer = rank(id(9), &summary(Precedence::Routine, 30, 100), NOW).0;
         assert_eq!(held.make_room(600, 100, &newer, false), Some(vec![]));
         // Past it: the oldest routine goes first.
         let room = held.make_room(500, 100, &newer, false).unwrap();
@@ -137,12 +143,12 @@ mod tests {
 
         // An older routine arrival is worth less than everything stored: declined, and
         // nothing is taken.
-        let older = rank(id(8), &summary(Precedence::Routine, 1, 100)).0;
+        let older = rank(id(8), &summary(Precedence::Routine, 1, 100), NOW).0;
         assert_eq!(held.make_room(500, 100, &older, false), None);
         assert_eq!(held.used, 500);
 
         // A priority arrival pushes out routine ones before older priority ones.
-        let priority = rank(id(7), &summary(Precedence::Priority, 40, 200)).0;
+        let priority = rank(id(7), &summary(Precedence::Priority, 40, 200), NOW).0;
         let room = held.make_room(500, 200, &priority, false).unwrap();
         assert_eq!(
             room.iter().map(|(r, _)| r.2).collect::<Vec<_>>(),
@@ -153,9 +159,9 @@ mod tests {
 
         // Only FLASH and the genesis are left: an urgent arrival is kept past the quota
         // without pushing them out; a routine one is declined.
-        let flash = rank(id(6), &summary(Precedence::Flash, 50, 100)).0;
+        let flash = rank(id(6), &summary(Precedence::Flash, 50, 100), NOW).0;
         assert_eq!(held.make_room(300, 100, &flash, true), Some(vec![]));
-        let routine = rank(id(10), &summary(Precedence::Routine, 60, 100)).0;
+        let routine = rank(id(10), &summary(Precedence::Routine, 60, 100), NOW).0;
         held.used = 300;
         assert_eq!(held.make_room(300, 100, &routine, false), None);
 
@@ -164,5 +170,23 @@ mod tests {
         assert_eq!(held.used, 500);
         let room = held.make_room(500, 100, &newer, false).unwrap();
         assert_eq!(room.iter().map(|(r, _)| r.2).collect::<Vec<_>>(), [id(2)]);
+    }
+
+    /// An envelope dated in the future ranks as judged now: a later arrival can still
+    /// push it out.
+    #[test]
+    fn a_future_date_does_not_outrank_later_traffic() {
+        let mut held = Held::default();
+        let far = Hlc::new(NOW + 86_400_000, 0).0;
+        held.add(id(1), &summary(Precedence::Routine, far, 100), NOW);
+        let later = Hlc::new(NOW + 1_000, 0).0;
+        let arrival = rank(
+            id(2),
+            &summary(Precedence::Routine, later, 100),
+            NOW + 1_000,
+        )
+        .0;
+        let room = held.make_room(100, 100, &arrival, false).unwrap();
+        assert_eq!(room.iter().map(|(r, _)| r.2).collect::<Vec<_>>(), [id(1)]);
     }
 }

@@ -19,7 +19,8 @@
 //!
 //! FLASH and IMMEDIATE envelopes never queue behind bulk data: they go on a second link
 //! of the same form, `/fieldmesh/urgent/1`, which QUIC schedules alongside the bulk one
-//! (round robin between streams), and the receiver reads its frames ahead of bulk ones.
+//! (round robin between streams), and the receiver takes its frames from a queue of their
+//! own, so that they never wait behind a full queue of bulk frames.
 //! A stream per urgent envelope (request-response) had cost about 280 bytes of stream
 //! set-up, protocol negotiation and close on the wire for each one. A peer that does not
 //! speak a link's protocol gets those pushes by request-response.

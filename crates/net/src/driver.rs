@@ -79,6 +79,8 @@ pub struct NetConfig {
     /// Most connections other nodes may open to this one (and handshakes in progress):
     /// past it, inbound connections are refused. Dials this node makes are not limited.
     pub max_inbound: u32,
+    /// The UDP payload QUIC probes each path for once (see `quic::Config::mtu_probe`).
+    pub mtu_probe: u16,
 }
 
 impl Default for NetConfig {
@@ -90,6 +92,7 @@ impl Default for NetConfig {
             engine: EngineConfig::default(),
             tick: Duration::from_millis(100),
             max_inbound: 32,
+            mtu_probe: 1452,
         }
     }
 }
@@ -260,8 +263,11 @@ pub async fn spawn(
     let codec = FrameCodec::new(config.engine.max_frame_bytes);
     let oversized = codec.oversized.clone();
     let mdns_on = config.mdns;
-    let quic = crate::quic::QuicTransport::new(&keypair, crate::quic::Config::default())
-        .map_err(|e| build(&e))?;
+    let quic_config = crate::quic::Config {
+        mtu_probe: config.mtu_probe,
+        ..crate::quic::Config::default()
+    };
+    let quic = crate::quic::QuicTransport::new(&keypair, quic_config).map_err(|e| build(&e))?;
     let quic_endpoints = quic.endpoints();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()

@@ -136,3 +136,60 @@ async fn a_dial_that_reaches_another_identity_fails() {
     }
     assert!(!dialer.is_connected(listener.local_peer_id()));
 }
+
+/// Path MTU discovery sends one probe, straight to the configured bound, instead of a
+/// binary search from 1,200 bytes (three probes to reach 1,300, four to reach 1,452): a
+/// brief meeting does not spend its airtime measuring the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_probe_takes_the_path_mtu_to_its_bound() {
+    for probe in [1452u16, 1300] {
+        let config = fieldmesh_net::quic::Config {
+            mtu_probe: probe,
+            ..Default::default()
+        };
+        let make = |config: fieldmesh_net::quic::Config| {
+            let mut wire = None;
+            let node = SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_other_transport(|key| {
+                    let t =
+                        fieldmesh_net::quic::QuicTransport::new(key, config).expect("transport");
+                    wire = Some(t.endpoints());
+                    t
+                })
+                .expect("transport")
+                .with_behaviour(|_| behaviour())
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+                .build();
+            (node, wire.expect("built"))
+        };
+        let (mut dialer, wire) = make(config.clone());
+        let (mut listener, _) = make(config);
+        let addr = listen(&mut listener).await;
+        let listener_id = *listener.local_peer_id();
+        dialer
+            .dial(addr.with(Protocol::P2p(listener_id)))
+            .expect("dial");
+        let run = |mut n: Node| async move {
+            loop {
+                n.select_next_some().await;
+            }
+        };
+        let tasks = [tokio::spawn(run(dialer)), tokio::spawn(run(listener))];
+        let start = std::time::Instant::now();
+        while wire.wire(&listener_id).mtu != probe {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "path MTU {} after 20 s, probing for {probe}",
+                wire.wire(&listener_id).mtu
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Lost probes are sent again: on loopback none is lost.
+        assert_eq!(wire.wire(&listener_id).mtu_probes, 1, "probing for {probe}");
+        for t in tasks {
+            t.abort();
+        }
+    }
+}

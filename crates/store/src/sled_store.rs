@@ -295,6 +295,21 @@ impl SledStore {
                     .read(&p)
                     .map(std::borrow::Cow::Owned)
                     .map_err(|e| match e.kind() {
+                        // Removed (and its blocks released) since the pointer was read:
+                        // not damage, the envelope is simply gone.
+                        std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::NotFound
+                            if self
+                                .db
+                                .get(envelope_key(id))
+                                .is_ok_and(|now| now.as_deref() != Some(value)) =>
+                        {
+                            ReadError::Engine(sled::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("envelope {id} was removed while being read"),
+                            )))
+                        }
                         // The bytes are wrong or gone: damage.
                         std::io::ErrorKind::InvalidData
                         | std::io::ErrorKind::UnexpectedEof

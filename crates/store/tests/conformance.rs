@@ -312,7 +312,17 @@ fn sled_remove_envelopes_durably_and_releases_value_log_space() {
         let (_, kept) = remove_envelopes(&s);
         (s.stats().unwrap(), kept)
     };
-    let s = SledStore::open(dir.path(), None).unwrap();
+    // sled's background threads can hold the lock for a moment after a drop.
+    let mut tries = 0;
+    let s = loop {
+        match SledStore::open(dir.path(), None) {
+            Err(fieldmesh_store::OpenError::Locked(_)) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(s.stats().unwrap(), stats);
     // What was kept, and the large envelope stored again after its removal.
     assert_eq!(

@@ -486,18 +486,22 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                 self.index.insert(id, meta);
                 self.decline(id);
             }
-            Input::Evicted { id } => {
-                if self.index.contains(&id) {
-                    self.decline(id);
-                }
-            }
+            // Declined even if the index does not hold it yet (its insertion may still be
+            // on its way): never pushed from here.
+            Input::Evicted { id } => self.decline(id),
             Input::RequestFailed { peer } => {
                 if let Some(st) = self.peers.get_mut(&peer)
                     && st.session_open
                 {
                     st.session_open = false;
                     st.session_sent_ms = None;
-                    st.next_resync_ms = now_ms + self.config.resync_interval_ms;
+                    // Soon, not after a whole interval: the peer may have deferred its
+                    // own session to this one (a meeting opens one session only).
+                    st.next_resync_ms = now_ms
+                        + self
+                            .config
+                            .answer_grace_ms
+                            .min(self.config.resync_interval_ms);
                 }
             }
             Input::Refused { peer } => {

@@ -522,13 +522,64 @@ fn a_failed_session_request_does_not_stop_resync() {
     assert_eq!(
         requests(&n.engine.handle(5_500, Input::Tick)),
         0,
-        "waits an interval"
+        "waits a moment"
     );
     assert_eq!(
         requests(&n.engine.handle(6_001, Input::Tick)),
         1,
-        "then a new session"
+        "then a new session (the grace or the interval, whichever is shorter)"
     );
+}
+
+/// Two nodes that meet open one session between them: the lower id at once, the other
+/// answers it and waits a whole interval for its own. If the opener's session never
+/// comes, the other opens its own after the grace.
+#[test]
+fn a_meeting_opens_one_session_and_the_other_side_covers_a_silent_opener() {
+    let cfg = EngineConfig {
+        resync_interval_ms: 30_000,
+        answer_grace_ms: 2_000,
+        ..EngineConfig::default()
+    };
+    let requests = |o: &[Output<u8>]| {
+        o.iter()
+            .filter(|o| matches!(o, Output::Request { .. }))
+            .count()
+    };
+    let items = [envelope(1, Precedence::Routine)];
+    let mut low = node(cfg, &items);
+    low.engine = Engine::new(cfg, low.engine.index().clone()).with_local(1);
+    let mut high = node(cfg, &items);
+    high.engine = Engine::new(cfg, high.engine.index().clone()).with_local(2);
+    let opened = low.engine.handle(0, Input::PeerUp(2));
+    assert_eq!(requests(&opened), 1, "the lower id opens at once");
+    assert_eq!(
+        requests(&high.engine.handle(0, Input::PeerUp(1))),
+        0,
+        "the other waits"
+    );
+    // The opener's request arrives and is answered: the answerer's own waits an interval.
+    let Some(Output::Request { frame, .. }) = opened.into_iter().next() else {
+        panic!("a request");
+    };
+    high.engine.handle(
+        10,
+        Input::Request {
+            peer: 1,
+            request: 1,
+            frame,
+        },
+    );
+    assert_eq!(high.engine.peer_stats()[0].1.sessions_answered, 1);
+    assert_eq!(requests(&high.engine.handle(2_100, Input::Tick)), 0);
+    assert_eq!(requests(&high.engine.handle(29_000, Input::Tick)), 0);
+    assert_eq!(requests(&high.engine.handle(30_100, Input::Tick)), 1);
+    // A silent opener: the other side opens its own after the grace.
+    let mut alone = node(cfg, &items);
+    alone.engine = Engine::new(cfg, alone.engine.index().clone()).with_local(2);
+    assert_eq!(requests(&alone.engine.handle(0, Input::PeerUp(1))), 0);
+    assert_eq!(requests(&alone.engine.handle(1_900, Input::Tick)), 0);
+    assert_eq!(requests(&alone.engine.handle(2_000, Input::Tick)), 1);
 }
 
 /// An envelope this node declined counts as held (peers do not offer it again) but is
