@@ -245,6 +245,23 @@ impl SledStore {
         self.note_damage(id, decoded)
     }
 
+    /// The summary of the envelope a sled value stands for, or None if it is damaged
+    /// (logged). A large envelope's summary is beside its pointer: the value is not read
+    /// (damage in it is found by the read that needs it, and repaired then).
+    fn summary_of(&self, id: &EnvelopeId, value: &[u8]) -> Result<Option<Summary>, ReadError> {
+        if let Some(s) = Pointer::decode(value).and_then(|p| p.summary) {
+            return Ok(Some(s));
+        }
+        match self.decode(id, value) {
+            Ok(env) => Ok(Some(Summary::of(&env))),
+            Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
+                tracing::debug!(%id, %e, "summaries left out a damaged envelope");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Remembers `id` as damaged if reading it failed that way.
     fn note_damage<T>(&self, id: &EnvelopeId, r: Result<T, ReadError>) -> Result<T, ReadError> {
         if let Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) = &r {
@@ -631,18 +648,7 @@ impl Store for SledStore {
             let Some(v) = self.db.get(envelope_key(&id))? else {
                 continue;
             };
-            // A large value's summary is beside its pointer: the value is not read.
-            if let Some(s) = Pointer::decode(&v).and_then(|p| p.summary) {
-                out.push((id, s));
-                continue;
-            }
-            match self.decode(&id, &v) {
-                Ok(env) => out.push((id, Summary::of(&env))),
-                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
-                    tracing::debug!(%id, %e, "channel summaries left out a damaged envelope")
-                }
-                Err(e) => return Err(e),
-            }
+            out.extend(self.summary_of(&id, &v)?.map(|s| (id, s)));
         }
         Ok(out)
     }
@@ -655,19 +661,7 @@ impl Store for SledStore {
                 return Err(ReadError::CorruptIndex(hex_key(&k)));
             }
             let id = EnvelopeId(k[1..].try_into().expect("32"));
-            // A large envelope's summary is beside its pointer: the value is not read
-            // (damage in it is found by the read that needs it, and repaired then).
-            if let Some(s) = Pointer::decode(&v).and_then(|p| p.summary) {
-                out.push((id, s));
-                continue;
-            }
-            match self.decode(&id, &v) {
-                Ok(env) => out.push((id, Summary::of(&env))),
-                Err(e @ (ReadError::Corrupt { .. } | ReadError::CorruptIndex(_))) => {
-                    tracing::debug!(%id, %e, "summaries left out a damaged envelope")
-                }
-                Err(e) => return Err(e),
-            }
+            out.extend(self.summary_of(&id, &v)?.map(|s| (id, s)));
         }
         Ok(out)
     }
