@@ -245,6 +245,22 @@ impl SledStore {
         self.note_damage(id, decoded)
     }
 
+    /// Writes `batch` with the counters set to `counters`, durably (flushed). A failure
+    /// poisons the store: sled's memory may then hold data that is not on disk.
+    fn commit(&self, mut batch: sled::Batch, counters: StoreStats) -> Result<(), WriteError> {
+        batch.insert(meta_key("bytes"), &counters.bytes.to_be_bytes());
+        batch.insert(meta_key("count"), &counters.envelopes.to_be_bytes());
+        let durable = self.db.apply_batch(batch).and_then(|()| self.db.flush());
+        if let Err(e) = durable {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(match e {
+                sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
+                other => WriteError::Engine(other),
+            });
+        }
+        Ok(())
+    }
+
     /// The summary of the envelope a sled value stands for, or None if it is damaged
     /// (logged). A large envelope's summary is beside its pointer: the value is not read
     /// (damage in it is found by the read that needs it, and repaired then).
@@ -428,16 +444,13 @@ impl Store for SledStore {
                 }
             }
         }
-        batch.insert(meta_key("bytes"), &(used + adding).to_be_bytes());
-        batch.insert(meta_key("count"), &(count + added).to_be_bytes());
-        let durable = self.db.apply_batch(batch).and_then(|()| self.db.flush());
-        if let Err(e) = durable {
-            self.poisoned.store(true, Ordering::Release);
-            return Err(match e {
-                sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
-                other => WriteError::Engine(other),
-            });
-        }
+        self.commit(
+            batch,
+            StoreStats {
+                envelopes: count + added,
+                bytes: used + adding,
+            },
+        )?;
         *counters = StoreStats {
             envelopes: count + added,
             bytes: used + adding,
@@ -504,16 +517,7 @@ impl Store for SledStore {
             envelopes: counters.envelopes.saturating_sub(removed.envelopes),
             bytes: counters.bytes.saturating_sub(removed.bytes),
         };
-        batch.insert(meta_key("bytes"), &left.bytes.to_be_bytes());
-        batch.insert(meta_key("count"), &left.envelopes.to_be_bytes());
-        let durable = self.db.apply_batch(batch).and_then(|()| self.db.flush());
-        if let Err(e) = durable {
-            self.poisoned.store(true, Ordering::Release);
-            return Err(match e {
-                sled::Error::Io(io) if is_disk_full(&io) => WriteError::DiskFull(io),
-                other => WriteError::Engine(other),
-            });
-        }
+        self.commit(batch, left)?;
         *counters = left;
         drop(counters);
         // Nothing names these bytes any more (durably): their blocks can go.
