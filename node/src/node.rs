@@ -65,8 +65,7 @@ struct Admitted {
     keep: Vec<Envelope>,
     /// Others' envelopes not kept.
     declined: Vec<EnvelopeId>,
-    /// Bytes counted for what is kept for others, and those envelopes.
-    reserved: u64,
+    /// What is kept for others (counted against the quota already).
     carried: Vec<(EnvelopeId, fieldmesh_store::Summary)>,
     /// Stored envelopes to push out once the batch is stored.
     evict: Vec<(Rank, u64)>,
@@ -568,7 +567,6 @@ impl Node {
         let Admitted {
             keep: envs,
             declined,
-            reserved,
             carried,
             evict,
         } = self.admit_relayed(envs)?;
@@ -577,6 +575,7 @@ impl Node {
             Err(e) => {
                 let mut relay = lock(&self.relay);
                 if let Some(held) = relay.held.as_mut() {
+                    let reserved: u64 = carried.iter().map(|(_, s)| u64::from(s.size)).sum();
                     held.used = held.used.saturating_sub(reserved);
                     held.restore(&evict);
                 }
@@ -696,7 +695,6 @@ impl Node {
         let mut out = Admitted {
             keep: Vec::with_capacity(envs.len()),
             declined: Vec::new(),
-            reserved: 0,
             carried: Vec::new(),
             evict: Vec::new(),
         };
@@ -727,7 +725,6 @@ impl Node {
                     } else if let Some(room) = held.make_room(quota, size, &rank, urgent) {
                         out.evict.extend(room);
                         held.used += size;
-                        out.reserved += size;
                         out.carried.push((id, summary));
                         true
                     } else {
