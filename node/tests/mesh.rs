@@ -206,6 +206,28 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
             serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
         status["rejected"].as_u64().unwrap() >= n_bad
     });
+    // The urgent link carries IMMEDIATE and FLASH only: a genuine ROUTINE envelope there
+    // is handled (acknowledged, nothing lost) but costs its sender a strike, since it
+    // would skip the bulk queue's back-pressure.
+    let jumper = fieldmesh_tests::hostile::Keypair::generate_ed25519();
+    let jumper_id = jumper.public().to_peer_id().to_string();
+    let report = fieldmesh_tests::hostile::attack_link(
+        jumper,
+        fieldmesh_net::URGENT_PROTOCOL,
+        target.clone(),
+        vec![Frame::Envelope(genuine.clone()).encode()],
+        20,
+    );
+    assert_eq!(report.answered, 1, "{report:?}");
+    wait_until(10, "the queue jumper struck", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer"] == jumper_id.as_str() && p["strikes"].as_u64().unwrap() == 1)
+    });
     // One identity that keeps at it: past ten strikes it is disconnected and banned, and
     // coming back under the same identity gets it nowhere; B lists it as banned.
     let hostile = fieldmesh_tests::hostile::Keypair::generate_ed25519();

@@ -151,13 +151,26 @@ pub fn attack_as(key: Keypair, target: Multiaddr, frames: Vec<Vec<u8>>, secs: u6
 /// `answered` is the last cumulative acknowledgement read back: how many frames the
 /// target handled.
 pub fn attack_bulk(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> AttackReport {
+    attack_link(
+        Keypair::generate_ed25519(),
+        fieldmesh_net::BULK_PROTOCOL,
+        target,
+        frames,
+        secs,
+    )
+}
+
+/// As [`attack_bulk`], as `key`, on the link of `protocol` (the bulk or the urgent one).
+pub fn attack_link(
+    key: Keypair,
+    protocol: libp2p::StreamProtocol,
+    target: Multiaddr,
+    frames: Vec<Vec<u8>>,
+    secs: u64,
+) -> AttackReport {
     use futures_util::{AsyncReadExt, AsyncWriteExt};
     runtime().block_on(async move {
-        let mut swarm = attacker(
-            Keypair::generate_ed25519(),
-            target,
-            libp2p_stream::Behaviour::new,
-        );
+        let mut swarm = attacker(key, target, libp2p_stream::Behaviour::new);
         let mut control = swarm.behaviour().new_control();
         let mut report = AttackReport::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -182,11 +195,8 @@ pub fn attack_bulk(target: Multiaddr, frames: Vec<Vec<u8>>, secs: u64) -> Attack
                 }
             }
         });
-        let Ok(Ok(stream)) = tokio::time::timeout_at(
-            deadline,
-            control.open_stream(peer, fieldmesh_net::BULK_PROTOCOL),
-        )
-        .await
+        let Ok(Ok(stream)) =
+            tokio::time::timeout_at(deadline, control.open_stream(peer, protocol)).await
         else {
             return report;
         };

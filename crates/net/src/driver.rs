@@ -40,10 +40,18 @@ type Checked = Result<Envelope, crate::IngestError>;
 /// A verified envelope's id and metadata, once written (or why it was not).
 type Stored = Result<(EnvelopeId, Meta), crate::IngestError>;
 
+/// Who sent a received envelope, and whether it came on their urgent link (which carries
+/// IMMEDIATE and FLASH only).
+#[derive(Clone, Copy)]
+struct Sender {
+    peer: PeerId,
+    urgent_link: bool,
+}
+
 /// Envelopes received together (within the group-commit delay): who sent each, and the
 /// answers that wait until they are durable.
 struct Batch {
-    peers: Vec<PeerId>,
+    senders: Vec<Sender>,
     responses: Vec<(u64, Vec<u8>)>,
 }
 
@@ -495,7 +503,7 @@ struct Driver {
     /// Push requests in flight.
     pushes: HashMap<request_response::OutboundRequestId, (PeerId, EnvelopeId)>,
     /// Received envelopes waiting for the next group commit, and the answers held until then.
-    deferred_ingest: Vec<(PeerId, Vec<u8>)>,
+    deferred_ingest: Vec<(Sender, Vec<u8>)>,
     deferred_responses: Vec<(u64, Vec<u8>)>,
     flush_at: Option<tokio::time::Instant>,
     /// Batches being verified, oldest first; verified ones waiting for the next write.
@@ -810,16 +818,17 @@ impl Driver {
         if self.deferred_ingest.is_empty() {
             return;
         }
-        let (peers, bytes): (Vec<PeerId>, Vec<Vec<u8>>) = std::mem::take(&mut self.deferred_ingest)
-            .into_iter()
-            .unzip();
+        let (senders, bytes): (Vec<Sender>, Vec<Vec<u8>>) =
+            std::mem::take(&mut self.deferred_ingest)
+                .into_iter()
+                .unzip();
         let responses = std::mem::take(&mut self.deferred_responses);
         let host = self.host.clone();
         let done = tokio::task::spawn_blocking(move || {
             bytes.into_iter().map(|b| host.verify(b)).collect()
         });
         self.verifying.push_back(Verifying {
-            batch: Batch { peers, responses },
+            batch: Batch { senders, responses },
             done,
         });
     }
@@ -929,7 +938,19 @@ impl Driver {
             }
         };
         for (batch, results) in commit.batches {
-            for (peer, result) in batch.peers.into_iter().zip(results) {
+            for (sender, result) in batch.senders.into_iter().zip(results) {
+                let peer = sender.peer;
+                if sender.urgent_link
+                    && let Ok((_, meta)) = &result
+                    && meta.precedence < Precedence::Immediate
+                {
+                    // Kept (it is a valid envelope), but a peer that puts routine traffic
+                    // on the urgent link jumps our bulk queue's back-pressure.
+                    self.feed(Input::Misbehaved {
+                        peer,
+                        why: "a ROUTINE or PRIORITY envelope on the urgent link",
+                    });
+                }
                 match result {
                     Ok((id, meta)) if stored && declined.contains(&id) => {
                         self.feed(Input::Declined { id, meta });
@@ -1004,7 +1025,13 @@ impl Driver {
                         }
                     }
                     Output::Ingest { peer, envelope } => {
-                        self.deferred_ingest.push((peer, envelope));
+                        self.deferred_ingest.push((
+                            Sender {
+                                peer,
+                                urgent_link: false,
+                            },
+                            envelope,
+                        ));
                         self.flush_at
                             .get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT_WAIT);
                     }
@@ -1206,7 +1233,7 @@ impl Driver {
                 let Some(l) = self.in_links.get_mut(&link) else {
                     return;
                 };
-                let peer = l.peer;
+                let (peer, lane) = (l.peer, l.lane);
                 let seq = l.received;
                 l.received += 1;
                 let request = self.next_request;
@@ -1216,6 +1243,9 @@ impl Driver {
                 self.feed(Input::Bulk { peer, frame });
                 // An envelope is handled once durable; anything else (refused) at once.
                 if self.deferred_ingest.len() > waiting {
+                    if let Some((sender, _)) = self.deferred_ingest.last_mut() {
+                        sender.urgent_link = lane == Lane::Urgent;
+                    }
                     self.deferred_responses.push((request, Vec::new()));
                 } else {
                     self.respond(request, Vec::new());

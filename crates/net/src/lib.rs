@@ -18,6 +18,7 @@ pub mod quic;
 pub mod transport_bench;
 
 pub use bulk::PROTOCOL as BULK_PROTOCOL;
+pub use bulk::URGENT_PROTOCOL;
 pub use driver::{NetConfig, NetError, NetHandle, NetStatus, PeerStatus, spawn};
 pub use libp2p::{Multiaddr, PeerId};
 

@@ -195,6 +195,14 @@ pub enum Input<P> {
         /// From.
         peer: P,
     },
+    /// `peer` broke a rule of a protocol the driver speaks (what it sent was still
+    /// handled): a strike, as for any other violation.
+    Misbehaved {
+        /// Who.
+        peer: P,
+        /// Which rule.
+        why: &'static str,
+    },
     /// The local copy of an envelope turned out damaged (a failing disk): it leaves the
     /// index, so the next reconciliation with a peer that holds it fetches it again.
     Forget {
@@ -504,6 +512,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                             .min(self.config.resync_interval_ms);
                 }
             }
+            Input::Misbehaved { peer, why } => self.strike(&peer, why, &mut out),
             Input::Refused { peer } => {
                 self.strike(&peer, "sent an envelope that failed verification", &mut out)
             }
