@@ -14,6 +14,10 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// How often the daemon removes what it carries for others past the profile's retention
+/// (retention is given in days; an hour late is within its precision).
+pub(crate) const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 type Keyring = BTreeMap<(CompartmentId, u32), Vec<(EnvelopeId, PayloadKey)>>;
 
 /// What the node knows about compartments.
@@ -338,7 +342,9 @@ impl Node {
         }
     }
 
-    /// Starts the daemon's duty thread: directory changes from the network wake it.
+    /// Starts the daemon's duty thread: directory changes from the network wake it, and
+    /// every [`RETENTION_SWEEP`] it removes what it carries for others past the
+    /// profile's retention.
     pub fn start_duty_thread(self: &std::sync::Arc<Self>) {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         if self.duty_tx.set(tx).is_err() {
@@ -348,11 +354,25 @@ impl Node {
         std::thread::Builder::new()
             .name("admin-duties".into())
             .spawn(move || {
-                while rx.recv().is_ok() {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut next_sweep = std::time::Instant::now();
+                loop {
+                    let wait = next_sweep.saturating_duration_since(std::time::Instant::now());
+                    let woken = match rx.recv_timeout(wait) {
+                        Ok(()) => true,
+                        Err(RecvTimeoutError::Timeout) => false,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
                     while rx.try_recv().is_ok() {}
                     let Some(n) = node.upgrade() else { break };
-                    if let Err(e) = n.run_duties() {
+                    if woken && let Err(e) = n.run_duties() {
                         tracing::warn!(%e, "admin duties failed");
+                    }
+                    if std::time::Instant::now() >= next_sweep {
+                        if let Err(e) = n.age_out_relayed() {
+                            tracing::warn!(%e, "retention sweep failed; next one retries");
+                        }
+                        next_sweep = std::time::Instant::now() + RETENTION_SWEEP;
                     }
                 }
             })

@@ -642,11 +642,12 @@ fn run(cli: Cli) -> Result<()> {
                     view.listen.join(" ")
                 );
                 println!(
-                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it, {} removed to make room",
+                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it, {} removed to make room, {} aged out (retention)",
                     view.relay_bytes,
                     view.relay_quota_bytes,
                     view.relay_declined,
-                    view.relay_evicted
+                    view.relay_evicted,
+                    view.relay_aged_out
                 );
                 let now = node::now_ms();
                 for p in &view.peers {

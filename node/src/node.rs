@@ -82,6 +82,8 @@ pub struct RelayStatus {
     pub declined: u64,
     /// Envelopes pushed out since start, to make room.
     pub evicted: u64,
+    /// Envelopes removed or declined since start, past the profile's retention.
+    pub aged_out: u64,
 }
 
 /// What [`Node::ingest`] did with a batch.
@@ -91,7 +93,7 @@ pub struct Ingested {
     pub duplicates: usize,
     /// Authentic envelopes, stored, whose change the channel rules refused.
     pub channel_rejects: Vec<String>,
-    /// Others' traffic not kept: over the relay quota.
+    /// Others' traffic not kept: over the relay quota, or past the profile's retention.
     pub declined: Vec<EnvelopeId>,
     /// Others' traffic stored earlier and pushed out to make room for this batch.
     pub evicted: Vec<EnvelopeId>,
@@ -703,6 +705,9 @@ impl Node {
             return Ok(out);
         }
         let quota = self.profile.storage.relay_quota_bytes();
+        let retention = crate::relay::Retention::of(&self.profile.retention);
+        let now = now_ms();
+        let mut aged_out = 0;
         let mut relay = lock(&self.relay);
         let held = self.relay_held(&mut relay)?;
         // Each id is judged once per batch (group commits merge peers' batches): kept?
@@ -718,10 +723,14 @@ impl Node {
                 None => {
                     let summary = fieldmesh_store::Summary::of(&e);
                     let size = u64::from(summary.size);
-                    let (rank, _) = crate::relay::rank(id, &summary, now_ms());
+                    let (rank, _) = crate::relay::rank(id, &summary, now);
                     let urgent = summary.precedence >= fieldmesh_core::Precedence::Immediate;
                     let kept = if self.store.contains(&id)? {
                         true
+                    } else if retention.aged_out(&summary, now) {
+                        aged_out += 1;
+                        out.declined.push(id);
+                        false
                     } else if let Some(room) = held.make_room(quota, size, &rank, urgent) {
                         out.evict.extend(room);
                         held.used += size;
@@ -739,12 +748,20 @@ impl Node {
                 out.keep.push(e);
             }
         }
-        relay.declined += out.declined.len() as u64;
-        if !out.declined.is_empty() {
+        let over_quota = out.declined.len() as u64 - aged_out;
+        relay.declined += over_quota;
+        relay.aged_out += aged_out;
+        if over_quota > 0 {
             tracing::warn!(
-                declined = out.declined.len(),
+                declined = over_quota,
                 quota,
                 "relay quota full: others' envelopes declined"
+            );
+        }
+        if aged_out > 0 {
+            tracing::info!(
+                declined = aged_out,
+                "others' envelopes older than the profile's retention declined"
             );
         }
         Ok(out)
@@ -795,8 +812,47 @@ impl Node {
         }
     }
 
-    /// Relay use: bytes carried for others, the quota, envelopes declined and pushed
-    /// out since start.
+    /// Removes what this node carries for others that is older than the profile's
+    /// retention for its precedence (see [`crate::relay`]), and tells the network, so
+    /// that it is not fetched again. Returns the ids removed.
+    pub fn age_out_relayed(&self) -> Result<Vec<EnvelopeId>, NodeError> {
+        self.age_out_relayed_at(now_ms())
+    }
+
+    fn age_out_relayed_at(&self, now: u64) -> Result<Vec<EnvelopeId>, NodeError> {
+        let retention = crate::relay::Retention::of(&self.profile.retention);
+        let victims = {
+            let mut relay = lock(&self.relay);
+            self.relay_held(&mut relay)?.age_out(&retention, now)
+        };
+        if victims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<EnvelopeId> = victims.iter().map(|(r, _)| r.2).collect();
+        match self.store.remove(&ids) {
+            Ok(r) => {
+                lock(&self.relay).aged_out += r.envelopes;
+                tracing::info!(
+                    envelopes = r.envelopes,
+                    bytes = r.bytes,
+                    "others' envelopes past the profile's retention removed"
+                );
+                if let Some(net) = self.net.get() {
+                    net.evicted(ids.clone());
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                if let Some(held) = lock(&self.relay).held.as_mut() {
+                    held.restore(&victims);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Relay use: bytes carried for others, the quota, envelopes declined, pushed out
+    /// and aged out since start.
     pub fn relay_status(&self) -> Result<RelayStatus, NodeError> {
         let mut relay = lock(&self.relay);
         let used = self.relay_held(&mut relay)?.used;
@@ -805,6 +861,7 @@ impl Node {
             quota: self.profile.storage.relay_quota_bytes(),
             declined: relay.declined,
             evicted: relay.evicted,
+            aged_out: relay.aged_out,
         })
     }
 }
@@ -1141,6 +1198,7 @@ impl Node {
         view.relay_quota_bytes = relay.quota;
         view.relay_declined = relay.declined;
         view.relay_evicted = relay.evicted;
+        view.relay_aged_out = relay.aged_out;
         Ok(view)
     }
 }
@@ -1356,6 +1414,8 @@ mod tests {
         let key = PayloadKey::from_bytes([42; 32]);
         let compartment = CompartmentId([9; 32]);
         let channel = ChannelId([10; 32]);
+        // An hour ago, well within the retention of every precedence.
+        let base = Hlc::new(now_ms() - 3_600_000, 0).0;
         let seal = |n: u64, kind, precedence| {
             let header = Header {
                 kind,
@@ -1364,7 +1424,7 @@ mod tests {
                 epoch: 1,
                 channel,
                 author: author.node_id(),
-                hlc: Hlc(1_000 + n),
+                hlc: Hlc(base + n),
                 deps: vec![],
             };
             seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
@@ -1446,5 +1506,84 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(status(&again), (fit as u64 * size, quota, 1, 1));
+    }
+    /// What a node carries for others ages out by the profile's retention (ci-loopback:
+    /// ROUTINE 1 day, PRIORITY 2, IMMEDIATE 3, FLASH 4): an arrival already that old is
+    /// declined, and a sweep removes what has aged since, from the store and the count;
+    /// a channel's genesis is never aged out, and the node's own traffic is untouched.
+    #[test]
+    fn traffic_for_others_ages_out_by_precedence() {
+        use fieldmesh_core::{Kind, Precedence};
+        let dir = tempfile::tempdir().unwrap();
+        let store = sled_store(dir.path());
+        let relay = node_on(&store);
+        let author = NodeKey::from_seed([8; 32]);
+        let key = PayloadKey::from_bytes([42; 32]);
+        const DAY: u64 = 86_400_000;
+        let now = now_ms();
+        let seal = |age_ms: u64, n: u16, kind, precedence| {
+            let header = Header {
+                kind,
+                precedence,
+                compartment: CompartmentId([9; 32]),
+                epoch: 1,
+                channel: ChannelId([10; 32]),
+                author: author.node_id(),
+                hlc: Hlc::new(now - age_ms, n),
+                deps: vec![],
+            };
+            seal_envelope(&author, header, &key, &[n as u8; 1000]).unwrap()
+        };
+        let genesis = seal(10 * DAY, 0, Kind::CHANNEL_GENESIS, Precedence::Routine);
+        let stale = seal(DAY + 60_000, 1, Kind::CHANNEL_CHANGE, Precedence::Routine);
+        let routine = seal(DAY / 2, 2, Kind::CHANNEL_CHANGE, Precedence::Routine);
+        let priority = seal(DAY / 2, 3, Kind::CHANNEL_CHANGE, Precedence::Priority);
+        let flash = seal(DAY + 60_000, 4, Kind::CHANNEL_CHANGE, Precedence::Flash);
+        let done = relay
+            .ingest(
+                vec![
+                    genesis.clone(),
+                    stale.clone(),
+                    routine.clone(),
+                    priority.clone(),
+                    flash.clone(),
+                ],
+                false,
+            )
+            .unwrap();
+        // A ten-day-old genesis is kept; a routine envelope past a day is declined (and
+        // counted as aged out, not as over the quota); FLASH that old is still kept.
+        assert_eq!(done.inserted, 4);
+        assert_eq!(done.declined, vec![stale.id()]);
+        let s = relay.relay_status().unwrap();
+        assert_eq!((s.declined, s.evicted, s.aged_out), (0, 0, 1));
+        let size = |e: &Envelope| e.encoded_len() as u64;
+        let used = size(&genesis) + size(&routine) + size(&priority) + size(&flash);
+        assert_eq!(s.used, used);
+        // The node's own traffic is not carried for others: never aged out here.
+        relay.create_channel("own", None).unwrap();
+        let own = store.len().unwrap();
+
+        // Nothing has aged yet.
+        assert!(relay.age_out_relayed().unwrap().is_empty());
+        // A day later the routine envelope has aged out, the priority one not yet.
+        let removed = relay.age_out_relayed_at(now + DAY).unwrap();
+        assert_eq!(removed, vec![routine.id()]);
+        assert!(!store.contains(&routine.id()).unwrap());
+        assert!(store.contains(&priority.id()).unwrap());
+        // Four days on, everything but the genesis is gone, FLASH included.
+        let mut removed = relay.age_out_relayed_at(now + 4 * DAY).unwrap();
+        removed.sort();
+        let mut expected = vec![priority.id(), flash.id()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(store.contains(&genesis.id()).unwrap());
+        let s = relay.relay_status().unwrap();
+        assert_eq!((s.used, s.aged_out), (size(&genesis), 4));
+        assert_eq!(store.len().unwrap(), own - 3);
+        // A restarted node counts only what is left, and has nothing more to age out.
+        let again = node_on(&store);
+        assert_eq!(again.relay_status().unwrap().used, size(&genesis));
+        assert!(again.age_out_relayed_at(now + 40 * DAY).unwrap().is_empty());
     }
 }

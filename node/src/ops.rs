@@ -159,8 +159,9 @@ pub struct NetView {
     /// Frames and envelopes rejected from misbehaving peers since start.
     pub rejected: u64,
     /// Bytes stored for others (compartments this node holds no key of), the profile's
-    /// relay quota, envelopes declined over it since start, and envelopes pushed out
-    /// to make room since start.
+    /// relay quota, envelopes declined over it since start, envelopes pushed out to
+    /// make room since start, and envelopes removed or declined past the profile's
+    /// retention since start.
     #[serde(default)]
     pub relay_bytes: u64,
     #[serde(default)]
@@ -169,6 +170,8 @@ pub struct NetView {
     pub relay_declined: u64,
     #[serde(default)]
     pub relay_evicted: u64,
+    #[serde(default)]
+    pub relay_aged_out: u64,
     pub peers: Vec<PeerView>,
 }
 
@@ -183,6 +186,7 @@ impl From<fieldmesh_net::NetStatus> for NetView {
             relay_quota_bytes: 0,
             relay_declined: 0,
             relay_evicted: 0,
+            relay_aged_out: 0,
             peers: s
                 .peers
                 .into_iter()

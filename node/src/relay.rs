@@ -8,6 +8,12 @@
 //! newer than everything to come. Only ROUTINE and PRIORITY envelopes are ever pushed out, and never a channel's
 //! genesis. An arrival that cannot be given room is declined, unless it is IMMEDIATE or
 //! FLASH: those are always carried (after pushing out what they can), even past the quota.
+//!
+//! Carried traffic also ages out: past the profile's retention for its precedence
+//! (`[retention]`, in days), an envelope carried for others is removed, and one that
+//! arrives already that old is declined. The time is the same as for the rank, so an
+//! envelope dated in the future ages from when it was judged. A genesis never ages out:
+//! without it, no later envelope of its channel can be opened by those it is carried to.
 
 use fieldmesh_core::{EnvelopeId, Hlc, Kind, Precedence};
 use fieldmesh_store::Summary;
@@ -24,6 +30,52 @@ pub(crate) fn rank(id: EnvelopeId, s: &Summary, now_ms: u64) -> (Rank, bool) {
     ((s.precedence, time, id), evictable)
 }
 
+/// The least rank that is never pushed out for room: the first IMMEDIATE.
+const FIRST_URGENT: Rank = (Precedence::Immediate, Hlc::ZERO, EnvelopeId([0; 32]));
+
+/// How long carried envelopes are kept, per precedence, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    routine: u64,
+    priority: u64,
+    immediate: u64,
+    flash: u64,
+}
+
+impl Retention {
+    pub(crate) fn of(r: &fieldmesh_profiles::Retention) -> Retention {
+        let ms = |days: u32| {
+            u64::try_from(fieldmesh_profiles::Retention::days(days).as_millis()).unwrap_or(u64::MAX)
+        };
+        Retention {
+            routine: ms(r.routine_days),
+            priority: ms(r.priority_days),
+            immediate: ms(r.immediate_days),
+            flash: ms(r.flash_days),
+        }
+    }
+
+    fn keep_ms(&self, p: Precedence) -> u64 {
+        match p {
+            Precedence::Routine => self.routine,
+            Precedence::Priority => self.priority,
+            Precedence::Immediate => self.immediate,
+            Precedence::Flash => self.flash,
+        }
+    }
+
+    /// The oldest time still kept at `now_ms` for precedence `p`: anything before it has
+    /// aged out.
+    fn cutoff(&self, p: Precedence, now_ms: u64) -> Hlc {
+        Hlc::new(now_ms.saturating_sub(self.keep_ms(p)), 0)
+    }
+
+    /// Whether an envelope for others is too old to carry at `now_ms` (never a genesis).
+    pub(crate) fn aged_out(&self, s: &Summary, now_ms: u64) -> bool {
+        s.kind != Kind::CHANNEL_GENESIS && s.hlc < self.cutoff(s.precedence, now_ms)
+    }
+}
+
 /// The node's relay state. Taken before `access`, never while holding `channels`.
 #[derive(Debug, Default)]
 pub(crate) struct Relay {
@@ -33,14 +85,17 @@ pub(crate) struct Relay {
     pub(crate) declined: u64,
     /// Envelopes pushed out since start, to make room.
     pub(crate) evicted: u64,
+    /// Envelopes removed or declined since start, past their retention.
+    pub(crate) aged_out: u64,
 }
 
 /// Bytes held for others, and what may make room.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     pub(crate) used: u64,
-    /// Envelopes that may be pushed out, least worth first, with their sizes.
-    evictable: BTreeMap<Rank, u64>,
+    /// Everything held but the genesis envelopes, least worth first, with their sizes:
+    /// ROUTINE and PRIORITY ones may be pushed out for room, and all of them age out.
+    carried: BTreeMap<Rank, u64>,
 }
 
 impl Held {
@@ -50,11 +105,11 @@ impl Held {
         self.track(id, s, now_ms);
     }
 
-    /// Lets a stored envelope (already counted in `used`) make room later.
+    /// Lets a stored envelope (already counted in `used`) make room and age out later.
     pub(crate) fn track(&mut self, id: EnvelopeId, s: &Summary, now_ms: u64) {
-        let (rank, evictable) = rank(id, s, now_ms);
-        if evictable {
-            self.evictable.insert(rank, u64::from(s.size));
+        if s.kind != Kind::CHANNEL_GENESIS {
+            self.carried
+                .insert(rank(id, s, now_ms).0, u64::from(s.size));
         }
     }
 
@@ -75,7 +130,7 @@ impl Held {
         }
         let mut freed = 0;
         let mut out = Vec::new();
-        for (r, s) in self.evictable.range(..*rank) {
+        for (r, s) in self.carried.range(..min(*rank, FIRST_URGENT)) {
             if freed >= need {
                 break;
             }
@@ -85,18 +140,40 @@ impl Held {
         if freed < need && !urgent {
             return None;
         }
-        for (r, s) in &out {
-            self.evictable.remove(r);
+        self.take(&out);
+        Some(out)
+    }
+
+    /// The envelopes aged out at `now_ms` (taken out of the count), oldest first within
+    /// each precedence.
+    pub(crate) fn age_out(&mut self, retention: &Retention, now_ms: u64) -> Vec<(Rank, u64)> {
+        let zero = EnvelopeId([0; 32]);
+        let out: Vec<(Rank, u64)> = Precedence::ALL
+            .iter()
+            .flat_map(|&p| {
+                let cutoff = retention.cutoff(p, now_ms);
+                self.carried
+                    .range((p, Hlc::ZERO, zero)..(p, cutoff, zero))
+                    .map(|(r, s)| (*r, *s))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.take(&out);
+        out
+    }
+
+    fn take(&mut self, victims: &[(Rank, u64)]) {
+        for (r, s) in victims {
+            self.carried.remove(r);
             self.used -= s;
         }
-        Some(out)
     }
 
     /// Puts back envelopes that could not be pushed out after all.
     pub(crate) fn restore(&mut self, victims: &[(Rank, u64)]) {
         for (r, s) in victims {
             self.used += s;
-            self.evictable.insert(*r, *s);
+            self.carried.insert(*r, *s);
         }
     }
 }
@@ -188,5 +265,49 @@ mod tests {
         .0;
         let room = held.make_room(100, 100, &arrival, false).unwrap();
         assert_eq!(room.iter().map(|(r, _)| r.2).collect::<Vec<_>>(), [id(1)]);
+    }
+    /// Aging out takes each precedence's own cutoff, never a genesis, and an envelope
+    /// dated in the future ages from when it was judged.
+    #[test]
+    fn each_precedence_ages_out_at_its_own_retention() {
+        const DAY: u64 = 86_400_000;
+        let retention = Retention::of(&fieldmesh_profiles::Retention {
+            routine_days: 1,
+            priority_days: 2,
+            immediate_days: 3,
+            flash_days: 4,
+            audit_days: 5,
+        });
+        let now = 100 * DAY;
+        let at = |ms: u64| Hlc::new(ms, 0).0;
+        let mut held = Held::default();
+        held.add(id(1), &summary(Precedence::Routine, at(now), 10), now);
+        held.add(id(2), &summary(Precedence::Priority, at(now), 10), now);
+        held.add(id(3), &summary(Precedence::Immediate, at(now), 10), now);
+        held.add(id(4), &summary(Precedence::Flash, at(now), 10), now);
+        held.add(
+            id(5),
+            &summary(Precedence::Routine, at(now + 30 * DAY), 10),
+            now,
+        );
+        let mut genesis = summary(Precedence::Routine, at(0), 10);
+        genesis.kind = Kind::CHANNEL_GENESIS;
+        held.add(id(6), &genesis, now);
+        assert!(retention.aged_out(&summary(Precedence::Routine, at(now - DAY - 1), 1), now));
+        assert!(!retention.aged_out(&summary(Precedence::Flash, at(now - DAY - 1), 1), now));
+        assert!(!retention.aged_out(&genesis, now));
+
+        let gone = |held: &mut Held, days: u64| -> Vec<EnvelopeId> {
+            held.age_out(&retention, now + days * DAY + 1)
+                .iter()
+                .map(|(r, _)| r.2)
+                .collect()
+        };
+        assert_eq!(gone(&mut held, 0), []);
+        // The future-dated one was judged as of `now`: it ages with the other routine.
+        assert_eq!(gone(&mut held, 1), [id(1), id(5)]);
+        assert_eq!(gone(&mut held, 2), [id(2)]);
+        assert_eq!(gone(&mut held, 4), [id(4), id(3)]);
+        assert_eq!(held.used, 10, "the genesis stays");
     }
 }
