@@ -175,8 +175,8 @@ impl Node {
         }
         access.keys = keys;
         // Keys may have come or gone: what counts as carried for others is read again.
-        self.relay_stale
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.keys_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         changed
     }
 

@@ -51,10 +51,11 @@ pub struct Node {
     blob_chunks: Mutex<BlobIndex>,
     /// What this node carries for others (see [`Node::carried_for_others`]).
     relay: Mutex<Relay>,
-    /// Set when this node's keys change: what it carries for others is read again from
-    /// the store before the next judgement (a compartment whose key arrived is its own
-    /// traffic now, and must never be pushed out to make room).
-    pub(crate) relay_stale: std::sync::atomic::AtomicBool,
+    /// Counts changes of this node's keys (bumped under the `access` lock): what it
+    /// carries for others is read again from the store before the next judgement, and
+    /// nothing chosen for removal under older keys is removed (a compartment whose key
+    /// arrived is its own traffic now, and must never be pushed out or aged out).
+    pub(crate) keys_generation: std::sync::atomic::AtomicU64,
 }
 
 use crate::relay::{Held, Rank, Relay};
@@ -69,6 +70,8 @@ struct Admitted {
     carried: Vec<(EnvelopeId, fieldmesh_store::Summary)>,
     /// Stored envelopes to push out once the batch is stored.
     evict: Vec<(Rank, u64)>,
+    /// The keys generation the judgement was made under.
+    generation: u64,
 }
 
 /// What a node carries for others (see [`Node::relay_status`]).
@@ -212,7 +215,7 @@ impl Node {
             ai: crate::ai::AiState::default(),
             blob_chunks: Mutex::default(),
             relay: Mutex::default(),
-            relay_stale: std::sync::atomic::AtomicBool::new(false),
+            keys_generation: std::sync::atomic::AtomicU64::new(0),
         };
         if let Err(e) = node.load_directory() {
             tracing::error!(%e, "could not load the directory");
@@ -571,6 +574,7 @@ impl Node {
             declined,
             carried,
             evict,
+            generation,
         } = self.admit_relayed(envs)?;
         let outcomes = match self.store.put_batch(&envs) {
             Ok(o) => o,
@@ -580,11 +584,14 @@ impl Node {
                     let reserved: u64 = carried.iter().map(|(_, s)| u64::from(s.size)).sum();
                     held.used = held.used.saturating_sub(reserved);
                     held.restore(&evict);
+                    for (id, _) in &carried {
+                        held.pending.remove(id);
+                    }
                 }
                 return Err(e.into());
             }
         };
-        let evicted = self.settle_relayed(&carried, evict);
+        let evicted = self.settle_relayed(&carried, evict, generation);
         if announce
             && !evicted.is_empty()
             && let Some(net) = self.net.get()
@@ -648,6 +655,11 @@ impl Node {
         })
     }
 
+    fn keys_generation(&self) -> u64 {
+        self.keys_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether this node stores `h`'s envelope only to carry it for others: it is sealed
     /// for a compartment this node holds no key of (directory traffic is everyone's).
     fn carried_for_others(&self, h: &Header) -> bool {
@@ -659,14 +671,18 @@ impl Node {
     /// What is stored for others, read from the store on first need: the channels whose
     /// genesis is sealed for a compartment this node cannot read.
     fn relay_held<'a>(&self, relay: &'a mut Relay) -> Result<&'a mut Held, NodeError> {
-        if self
-            .relay_stale
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        let generation = self.keys_generation();
+        if relay
+            .held
+            .as_ref()
+            .is_some_and(|h| h.generation != generation)
         {
             relay.held = None;
         }
         if relay.held.is_none() {
+            // Keys that change during the count make the next judgement count again.
             let mut held = Held::default();
+            held.generation = generation;
             for (channel, genesis) in self.store.channels()? {
                 // A damaged genesis or index must not stop every later ingest: that
                 // channel is left out of the count (and repaired by the read that finds
@@ -699,6 +715,7 @@ impl Node {
             declined: Vec::new(),
             carried: Vec::new(),
             evict: Vec::new(),
+            generation: 0,
         };
         if !envs.iter().any(|e| self.carried_for_others(e.header())) {
             out.keep = envs;
@@ -710,6 +727,7 @@ impl Node {
         let mut aged_out = 0;
         let mut relay = lock(&self.relay);
         let held = self.relay_held(&mut relay)?;
+        out.generation = held.generation;
         // Each id is judged once per batch (group commits merge peers' batches): kept?
         let mut judged: HashMap<EnvelopeId, bool> = HashMap::new();
         for e in envs {
@@ -725,7 +743,8 @@ impl Node {
                     let size = u64::from(summary.size);
                     let (rank, _) = crate::relay::rank(id, &summary, now);
                     let urgent = summary.precedence >= fieldmesh_core::Precedence::Immediate;
-                    let kept = if self.store.contains(&id)? {
+                    // Being stored by another ingest right now: counted by that one.
+                    let kept = if held.pending.contains(&id) || self.store.contains(&id)? {
                         true
                     } else if retention.aged_out(&summary, now) {
                         aged_out += 1;
@@ -734,6 +753,7 @@ impl Node {
                     } else if let Some(room) = held.make_room(quota, size, &rank, urgent) {
                         out.evict.extend(room);
                         held.used += size;
+                        held.pending.insert(id);
                         out.carried.push((id, summary));
                         true
                     } else {
@@ -774,9 +794,28 @@ impl Node {
         &self,
         carried: &[(EnvelopeId, fieldmesh_store::Summary)],
         evict: Vec<(Rank, u64)>,
+        generation: u64,
     ) -> Vec<EnvelopeId> {
         if carried.is_empty() && evict.is_empty() {
             return Vec::new();
+        }
+        let mut relay = lock(&self.relay);
+        // Keys cannot change while the victims are removed.
+        let _keys = lock(&self.access);
+        let Some(held) = relay.held.as_mut() else {
+            return Vec::new();
+        };
+        for (id, _) in carried {
+            held.pending.remove(id);
+        }
+        if held.generation != generation || self.keys_generation() != generation {
+            // Keys changed since the victims were chosen: some may be this node's own
+            // traffic now. Nothing is removed; the next judgement counts again.
+            relay.held = None;
+            return Vec::new();
+        }
+        for (id, s) in carried {
+            held.track(*id, s, now_ms());
         }
         let ids: Vec<EnvelopeId> = evict.iter().map(|(r, _)| r.2).collect();
         let removed = if ids.is_empty() {
@@ -784,13 +823,6 @@ impl Node {
         } else {
             self.store.remove(&ids)
         };
-        let mut relay = lock(&self.relay);
-        let Some(held) = relay.held.as_mut() else {
-            return Vec::new();
-        };
-        for (id, s) in carried {
-            held.track(*id, s, now_ms());
-        }
         match removed {
             Ok(r) => {
                 // A damaged envelope is not removed (the store skips it): not counted.
@@ -821,17 +853,27 @@ impl Node {
 
     fn age_out_relayed_at(&self, now: u64) -> Result<Vec<EnvelopeId>, NodeError> {
         let retention = crate::relay::Retention::of(&self.profile.retention);
-        let victims = {
-            let mut relay = lock(&self.relay);
-            self.relay_held(&mut relay)?.age_out(&retention, now)
-        };
+        let mut relay = lock(&self.relay);
+        let held = self.relay_held(&mut relay)?;
+        let generation = held.generation;
+        let victims = held.age_out(&retention, now);
         if victims.is_empty() {
             return Ok(Vec::new());
         }
+        // Keys cannot change while the victims are removed; if they changed since they
+        // were counted, nothing is removed and the next sweep counts again.
+        let keys = lock(&self.access);
+        if self.keys_generation() != generation {
+            relay.held = None;
+            return Ok(Vec::new());
+        }
         let ids: Vec<EnvelopeId> = victims.iter().map(|(r, _)| r.2).collect();
-        match self.store.remove(&ids) {
+        let removed = self.store.remove(&ids);
+        drop(keys);
+        match removed {
             Ok(r) => {
-                lock(&self.relay).aged_out += r.envelopes;
+                relay.aged_out += r.envelopes;
+                drop(relay);
                 tracing::info!(
                     envelopes = r.envelopes,
                     bytes = r.bytes,
@@ -843,7 +885,7 @@ impl Node {
                 Ok(ids)
             }
             Err(e) => {
-                if let Some(held) = lock(&self.relay).held.as_mut() {
+                if let Some(held) = relay.held.as_mut() {
                     held.restore(&victims);
                 }
                 Err(e.into())
@@ -1585,5 +1627,78 @@ mod tests {
         let again = node_on(&store);
         assert_eq!(again.relay_status().unwrap().used, size(&genesis));
         assert!(again.age_out_relayed_at(now + 40 * DAY).unwrap().is_empty());
+    }
+    /// Between a judgement and the removal it chose, keys may arrive (making the victims
+    /// this node's own traffic) or another ingest may store the same envelope: nothing
+    /// chosen under older keys is removed, and an envelope is counted once.
+    #[test]
+    fn relay_judgements_survive_key_changes_and_concurrent_ingests() {
+        use fieldmesh_core::{Kind, Precedence};
+        let dir = tempfile::tempdir().unwrap();
+        let store = sled_store(dir.path());
+        let relay = node_on(&store);
+        let quota = relay.profile().storage.relay_quota_bytes();
+        let author = NodeKey::from_seed([8; 32]);
+        let key = PayloadKey::from_bytes([42; 32]);
+        let base = Hlc::new(now_ms() - 3_600_000, 0).0;
+        let seal = |n: u64| {
+            let header = Header {
+                // The count from the store goes channel by channel, from the genesis.
+                kind: if n == 0 {
+                    Kind::CHANNEL_GENESIS
+                } else {
+                    Kind::BLOB_CHUNK
+                },
+                precedence: Precedence::Routine,
+                compartment: CompartmentId([9; 32]),
+                epoch: 1,
+                channel: ChannelId([10; 32]),
+                author: author.node_id(),
+                hlc: Hlc(base + n),
+                deps: vec![],
+            };
+            seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
+        };
+        let size = seal(0).encoded_len() as u64;
+        let fit = quota / size;
+        let done = relay.ingest((0..fit).map(seal).collect(), false).unwrap();
+        assert_eq!(done.inserted as u64, fit);
+        let used = relay.relay_status().unwrap().used;
+
+        // Two ingests judge the same newer envelope before either stores it: the second
+        // finds it pending and neither counts it twice.
+        let newer = seal(1_000);
+        let first = relay.admit_relayed(vec![newer.clone()]).unwrap();
+        let second = relay.admit_relayed(vec![newer.clone()]).unwrap();
+        assert_eq!((first.carried.len(), first.evict.len()), (1, 1));
+        assert_eq!((second.keep.len(), second.carried.len()), (1, 0));
+        assert!(second.evict.is_empty() && second.declined.is_empty());
+        store.put_batch(&first.keep).unwrap();
+        let victim = first.evict[0].0.2;
+        assert_eq!(
+            relay.settle_relayed(&first.carried, first.evict, first.generation),
+            vec![victim]
+        );
+        store.put_batch(&second.keep).unwrap();
+        relay.settle_relayed(&second.carried, second.evict, second.generation);
+        assert_eq!(relay.relay_status().unwrap().used, used);
+        assert!(!store.contains(&victim).unwrap());
+
+        // Keys change between the judgement and the removal: nothing is removed, and
+        // the next judgement counts again from the store.
+        let later = seal(2_000);
+        let judged = relay.admit_relayed(vec![later.clone()]).unwrap();
+        let chosen = judged.evict[0].0.2;
+        relay
+            .keys_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        store.put_batch(&judged.keep).unwrap();
+        assert!(
+            relay
+                .settle_relayed(&judged.carried, judged.evict, judged.generation)
+                .is_empty()
+        );
+        assert!(store.contains(&chosen).unwrap(), "kept under the new keys");
+        assert_eq!(relay.relay_status().unwrap().used, used + size);
     }
 }

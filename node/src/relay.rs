@@ -92,6 +92,11 @@ pub(crate) struct Relay {
 /// Bytes held for others, and what may make room.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
+    /// The keys generation this count was made under (see `Node::keys_generation`).
+    pub(crate) generation: u64,
+    /// Admitted and counted in `used`, being stored: another ingest of the same
+    /// envelope meanwhile does not count it again.
+    pub(crate) pending: std::collections::HashSet<EnvelopeId>,
     pub(crate) used: u64,
     /// Everything held but the genesis envelopes, least worth first, with their sizes:
     /// ROUTINE and PRIORITY ones may be pushed out for room, and all of them age out.
