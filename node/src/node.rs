@@ -1691,7 +1691,7 @@ mod tests {
         let chosen = judged.evict[0].0.2;
         relay
             .keys_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            .fetch_add(1, Ordering::AcqRel);
         store.put_batch(&judged.keep).unwrap();
         assert!(
             relay
