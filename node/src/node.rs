@@ -669,7 +669,8 @@ impl Node {
     }
 
     /// What is stored for others, read from the store on first need: the channels whose
-    /// genesis is sealed for a compartment this node cannot read.
+    /// genesis (or, where it never arrived, earliest envelope) is sealed for a
+    /// compartment this node cannot read.
     fn relay_held<'a>(&self, relay: &'a mut Relay) -> Result<&'a mut Held, NodeError> {
         let generation = self.keys_generation();
         if relay
@@ -683,11 +684,15 @@ impl Node {
             // Keys that change during the count make the next judgement count again.
             let mut held = Held::default();
             held.generation = generation;
-            for (channel, genesis) in self.store.channels()? {
+            let genesis: HashMap<ChannelId, EnvelopeId> =
+                self.store.channels()?.into_iter().collect();
+            for (channel, first) in self.store.channel_firsts()? {
                 // A damaged genesis or index must not stop every later ingest: that
                 // channel is left out of the count (and repaired by the read that finds
-                // it).
-                let listed = match self.store.get(&genesis) {
+                // it). A channel whose genesis never came is judged by its earliest
+                // envelope, so that its traffic is still counted, and ages out.
+                let judged_by = genesis.get(&channel).copied().unwrap_or(first);
+                let listed = match self.store.get(&judged_by) {
                     Ok(Some(g)) if self.carried_for_others(g.header()) => {
                         self.store.channel_summaries(&channel)
                     }
@@ -1287,6 +1292,9 @@ mod tests {
         fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
             self.inner.channels()
         }
+        fn channel_firsts(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
+            self.inner.channel_firsts()
+        }
         fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError> {
             self.inner.ids()
         }
@@ -1627,6 +1635,36 @@ mod tests {
         let again = node_on(&store);
         assert_eq!(again.relay_status().unwrap().used, size(&genesis));
         assert!(again.age_out_relayed_at(now + 40 * DAY).unwrap().is_empty());
+
+        // A channel whose genesis never came here is counted after a restart too (by its
+        // earliest envelope), and ages out.
+        let header = Header {
+            kind: Kind::BLOB_CHUNK,
+            precedence: Precedence::Routine,
+            compartment: CompartmentId([9; 32]),
+            epoch: 1,
+            channel: ChannelId([11; 32]),
+            author: author.node_id(),
+            hlc: Hlc::new(now - DAY / 2, 0),
+            deps: vec![],
+        };
+        let headless = seal_envelope(&author, header, &key, &[7; 1000]).unwrap();
+        assert_eq!(
+            again
+                .ingest(vec![headless.clone()], false)
+                .unwrap()
+                .inserted,
+            1
+        );
+        let restarted = node_on(&store);
+        assert_eq!(
+            restarted.relay_status().unwrap().used,
+            size(&genesis) + size(&headless)
+        );
+        assert_eq!(
+            restarted.age_out_relayed_at(now + DAY).unwrap(),
+            vec![headless.id()]
+        );
     }
     /// Between a judgement and the removal it chose, keys may arrive (making the victims
     /// this node's own traffic) or another ingest may store the same envelope: nothing
@@ -1689,9 +1727,7 @@ mod tests {
         let later = seal(2_000);
         let judged = relay.admit_relayed(vec![later.clone()]).unwrap();
         let chosen = judged.evict[0].0.2;
-        relay
-            .keys_generation
-            .fetch_add(1, Ordering::AcqRel);
+        relay.keys_generation.fetch_add(1, Ordering::AcqRel);
         store.put_batch(&judged.keep).unwrap();
         assert!(
             relay

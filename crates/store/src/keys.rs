@@ -43,6 +43,26 @@ pub(crate) fn id_from_channel_key(k: &[u8]) -> Option<EnvelopeId> {
     (k.len() == 73).then(|| EnvelopeId(k[41..].try_into().expect("32 bytes")))
 }
 
+/// The first key past every channel index key of `ch`.
+pub(crate) fn after_channel(ch: &ChannelId) -> Vec<u8> {
+    let mut k = channel_prefix(ch).to_vec();
+    // Big-endian increment: the next prefix in key order.
+    for b in k.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+    k
+}
+
+/// The channel and envelope of a channel index key.
+pub(crate) fn parse_channel_key(k: &[u8]) -> Option<(ChannelId, EnvelopeId)> {
+    let id = id_from_channel_key(k)?;
+    Some((ChannelId(k[1..33].try_into().expect("32 bytes")), id))
+}
+
 pub(crate) fn genesis_key(ch: &ChannelId) -> [u8; 33] {
     let mut k = channel_prefix(ch);
     k[0] = GENESIS;

@@ -161,6 +161,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn remove(&self, ids: &[EnvelopeId]) -> Result<StoreStats, WriteError>;
     /// Channels for which a genesis envelope is stored, with its id.
     fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
+    /// Every channel with an envelope stored, genesis or not, with the id of its
+    /// earliest envelope in (HLC, id) order: one index lookup per channel.
+    fn channel_firsts(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
     /// All envelope ids, ascending.
     fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError>;
     /// Envelope count and bytes.

@@ -133,6 +133,22 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn channel_firsts(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        let mut from = vec![crate::keys::CHANNEL];
+        while let Some((k, _)) = g.map.range(from..).next() {
+            if k.first() != Some(&crate::keys::CHANNEL) {
+                break;
+            }
+            let (channel, id) = crate::keys::parse_channel_key(k)
+                .ok_or_else(|| ReadError::CorruptIndex(hex_key(k)))?;
+            out.push((channel, id));
+            from = crate::keys::after_channel(&channel);
+        }
+        Ok(out)
+    }
+
     fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError> {
         Ok(self.lock().envelopes.keys().copied().collect())
     }

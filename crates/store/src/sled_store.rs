@@ -629,6 +629,22 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn channel_firsts(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError> {
+        let mut out = Vec::new();
+        let mut from = vec![crate::keys::CHANNEL];
+        while let Some(kv) = self.db.range(from..).next() {
+            let (k, _) = kv?;
+            if k.first() != Some(&crate::keys::CHANNEL) {
+                break;
+            }
+            let (channel, id) = crate::keys::parse_channel_key(&k)
+                .ok_or_else(|| ReadError::CorruptIndex(hex_key(&k)))?;
+            out.push((channel, id));
+            from = crate::keys::after_channel(&channel);
+        }
+        Ok(out)
+    }
+
     fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix([crate::keys::ENVELOPE]) {

@@ -67,6 +67,26 @@ fn channel_order_and_listing(s: &dyn Store) {
     assert_eq!(s.ids().unwrap(), ids);
 }
 
+/// Every channel is listed with its earliest envelope, genesis or not, including the
+/// last channel id there is (the scan's next key wraps past it).
+fn channel_firsts_list_every_channel(s: &dyn Store) {
+    let k = NodeKey::from_seed([2; 32]);
+    let g = env(&k, 5, 10, Kind::CHANNEL_GENESIS, b"g");
+    let later = env(&k, 5, 30, Kind::CHANNEL_CHANGE, b"l");
+    let headless = env(&k, 6, 25, Kind::BLOB_CHUNK, b"c");
+    let last = env(&k, 0xff, 1, Kind::CHANNEL_CHANGE, b"x");
+    s.put_batch(&[later, last.clone(), headless.clone(), g.clone()])
+        .unwrap();
+    assert_eq!(
+        s.channel_firsts().unwrap(),
+        vec![
+            (ChannelId([5; 32]), g.id()),
+            (ChannelId([6; 32]), headless.id()),
+            (ChannelId([0xff; 32]), last.id()),
+        ]
+    );
+}
+
 fn quota_rejects_whole_batch(s: &dyn Store) {
     let k = NodeKey::from_seed([3; 32]);
     let big: Vec<Envelope> = (0..4)
@@ -100,6 +120,7 @@ macro_rules! conformance {
 conformance!(
     put_get_duplicate,
     channel_order_and_listing,
+    channel_firsts_list_every_channel,
     quota_rejects_whole_batch
 );
 
