@@ -173,10 +173,18 @@ impl Node {
                 slot.insert(why);
             }
         }
+        let held =
+            |k: &BTreeMap<_, Vec<(EnvelopeId, _)>>| -> BTreeSet<(CompartmentId, u32, EnvelopeId)> {
+                k.iter()
+                    .flat_map(|((c, e), v)| v.iter().map(move |(r, _)| (*c, *e, *r)))
+                    .collect()
+            };
+        if held(&access.keys) != held(&keys) {
+            // Keys came or went: what counts as carried for others is read again.
+            self.keys_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         access.keys = keys;
-        // Keys may have come or gone: what counts as carried for others is read again.
-        self.keys_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         changed
     }
 

@@ -81,7 +81,7 @@ pub struct RelayStatus {
     pub used: u64,
     /// The profile's relay quota.
     pub quota: u64,
-    /// Envelopes declined since start, over the quota.
+    /// Envelopes declined since start: over the quota, or dated more than a day ahead.
     pub declined: u64,
     /// Envelopes pushed out since start, to make room.
     pub evicted: u64,
@@ -579,14 +579,10 @@ impl Node {
         let outcomes = match self.store.put_batch(&envs) {
             Ok(o) => o,
             Err(e) => {
-                let mut relay = lock(&self.relay);
-                if let Some(held) = relay.held.as_mut() {
-                    let reserved: u64 = carried.iter().map(|(_, s)| u64::from(s.size)).sum();
-                    held.used = held.used.saturating_sub(reserved);
-                    held.restore(&evict);
-                    for (id, _) in &carried {
-                        held.pending.remove(id);
-                    }
+                if let Some(held) = lock(&self.relay).held.as_mut()
+                    && held.generation == generation
+                {
+                    held.release(&carried, &evict);
                 }
                 return Err(e.into());
             }
@@ -686,18 +682,33 @@ impl Node {
             held.generation = generation;
             let genesis: HashMap<ChannelId, EnvelopeId> =
                 self.store.channels()?.into_iter().collect();
-            for (channel, first) in self.store.channel_firsts()? {
+            for (channel, _) in self.store.channel_firsts()? {
                 // A damaged genesis or index must not stop every later ingest: that
                 // channel is left out of the count (and repaired by the read that finds
-                // it). A channel whose genesis never came is judged by its earliest
-                // envelope, so that its traffic is still counted, and ages out.
-                let judged_by = genesis.get(&channel).copied().unwrap_or(first);
-                let listed = match self.store.get(&judged_by) {
-                    Ok(Some(g)) if self.carried_for_others(g.header()) => {
-                        self.store.channel_summaries(&channel)
-                    }
-                    Ok(_) => Ok(Vec::new()),
-                    Err(e) => Err(e),
+                // it).
+                let listed = match genesis.get(&channel) {
+                    Some(g) => match self.store.get(g) {
+                        Ok(Some(g)) if self.carried_for_others(g.header()) => {
+                            self.store.channel_summaries(&channel)
+                        }
+                        Ok(_) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    },
+                    // No genesis (yet): each envelope is judged by its own header, as
+                    // when it arrived. Anyone may sign one for any channel, so no one
+                    // envelope decides for the others (this node's own urgent traffic
+                    // can come before its channel's genesis).
+                    None => self.store.channel_summaries(&channel).map(|list| {
+                        list.into_iter()
+                            .filter(|(id, _)| {
+                                self.store
+                                    .get(id)
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|e| self.carried_for_others(e.header()))
+                            })
+                            .collect()
+                    }),
                 };
                 match listed {
                     Ok(list) => list.iter().for_each(|(id, s)| held.add(*id, s, now_ms())),
@@ -729,7 +740,7 @@ impl Node {
         let quota = self.profile.storage.relay_quota_bytes();
         let retention = crate::relay::Retention::of(&self.profile.retention);
         let now = now_ms();
-        let mut aged_out = 0;
+        let (mut aged_out, mut ahead) = (0, 0);
         let mut relay = lock(&self.relay);
         let held = self.relay_held(&mut relay)?;
         out.generation = held.generation;
@@ -748,11 +759,23 @@ impl Node {
                     let size = u64::from(summary.size);
                     let (rank, _) = crate::relay::rank(id, &summary, now);
                     let urgent = summary.precedence >= fieldmesh_core::Precedence::Immediate;
+                    let stored = match self.store.contains(&id) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            // Nothing of this judgement stays taken.
+                            held.release(&out.carried, &out.evict);
+                            return Err(e.into());
+                        }
+                    };
                     // Being stored by another ingest right now: counted by that one.
-                    let kept = if held.pending.contains(&id) || self.store.contains(&id)? {
+                    let kept = if held.pending.contains(&id) || stored {
                         true
                     } else if retention.aged_out(&summary, now) {
                         aged_out += 1;
+                        out.declined.push(id);
+                        false
+                    } else if crate::relay::too_far_ahead(&summary, now) {
+                        ahead += 1;
                         out.declined.push(id);
                         false
                     } else if let Some(room) = held.make_room(quota, size, &rank, urgent) {
@@ -773,8 +796,8 @@ impl Node {
                 out.keep.push(e);
             }
         }
-        let over_quota = out.declined.len() as u64 - aged_out;
-        relay.declined += over_quota;
+        let over_quota = out.declined.len() as u64 - aged_out - ahead;
+        relay.declined += over_quota + ahead;
         relay.aged_out += aged_out;
         if over_quota > 0 {
             tracing::warn!(
@@ -787,6 +810,12 @@ impl Node {
             tracing::info!(
                 declined = aged_out,
                 "others' envelopes older than the profile's retention declined"
+            );
+        }
+        if ahead > 0 {
+            tracing::warn!(
+                declined = ahead,
+                "others' envelopes dated more than a day ahead of this node's clock declined"
             );
         }
         Ok(out)
@@ -1665,6 +1694,70 @@ mod tests {
             restarted.age_out_relayed_at(now + DAY).unwrap(),
             vec![headless.id()]
         );
+
+        // In a channel with no genesis here each envelope is judged by its own header:
+        // an early envelope for others sealed into this node's own (open) channel's id
+        // does not make the node's own later FLASH count as carried, nor age it out.
+        let in_twelve = |compartment, hlc, key: &PayloadKey, precedence| {
+            let header = Header {
+                kind: Kind::CHANNEL_CHANGE,
+                precedence,
+                compartment,
+                epoch: u32::from(compartment != CompartmentId::OPEN),
+                channel: ChannelId([12; 32]),
+                author: author.node_id(),
+                hlc,
+                deps: vec![],
+            };
+            seal_envelope(&author, header, key, &[3; 500]).unwrap()
+        };
+        let early = in_twelve(
+            CompartmentId([9; 32]),
+            Hlc::new(now - DAY / 2, 0),
+            &key,
+            Precedence::Routine,
+        );
+        let own = in_twelve(
+            CompartmentId::OPEN,
+            Hlc::new(now - DAY / 4, 0),
+            &PayloadKey::open_compartment(),
+            Precedence::Flash,
+        );
+        restarted
+            .ingest(vec![early.clone(), own.clone()], false)
+            .unwrap();
+        let fresh = node_on(&store);
+        assert_eq!(
+            fresh.relay_status().unwrap().used,
+            size(&genesis) + size(&early)
+        );
+        assert_eq!(
+            fresh.age_out_relayed_at(now + 10 * DAY).unwrap(),
+            vec![early.id()]
+        );
+        assert!(store.contains(&own.id()).unwrap(), "own traffic stays");
+
+        // Dated more than a day ahead of this node's clock: declined, so that nothing
+        // carried escapes aging by a future date.
+        let header = Header {
+            kind: Kind::BLOB_CHUNK,
+            precedence: Precedence::Flash,
+            compartment: CompartmentId([9; 32]),
+            epoch: 1,
+            channel: ChannelId([10; 32]),
+            author: author.node_id(),
+            hlc: Hlc::new(now + 2 * DAY, 0),
+            deps: vec![],
+        };
+        let ahead = seal_envelope(&author, header, &key, &[1; 100]).unwrap();
+        let done = fresh.ingest(vec![ahead.clone()], false).unwrap();
+        assert_eq!(done.declined, vec![ahead.id()]);
+        assert_eq!(fresh.relay_status().unwrap().declined, 1);
+
+        // Reading a directory that gives no new key does not make the count start over.
+        let generation = fresh.keys_generation();
+        fresh.load_directory().unwrap();
+        assert_eq!(fresh.keys_generation(), generation);
     }
     /// Between a judgement and the removal it chose, keys may arrive (making the victims
     /// this node's own traffic) or another ingest may store the same envelope: nothing

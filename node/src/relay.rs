@@ -12,7 +12,9 @@
 //! Carried traffic also ages out: past the profile's retention for its precedence
 //! (`[retention]`, in days), an envelope carried for others is removed, and one that
 //! arrives already that old is declined. The time is the same as for the rank, so an
-//! envelope dated in the future ages from when it was judged. A genesis never ages out:
+//! envelope dated in the future ages from when it was judged; one dated more than a day
+//! ahead of this node's clock is declined (otherwise each recount would judge it new
+//! again, and it would never age out). A genesis never ages out:
 //! without it, no later envelope of its channel can be opened by those it is carried to.
 
 use fieldmesh_core::{EnvelopeId, Hlc, Kind, Precedence};
@@ -28,6 +30,16 @@ pub(crate) fn rank(id: EnvelopeId, s: &Summary, now_ms: u64) -> (Rank, bool) {
     let evictable = s.precedence < Precedence::Immediate && s.kind != Kind::CHANNEL_GENESIS;
     let time = min(s.hlc, Hlc::new(now_ms, u16::MAX));
     ((s.precedence, time, id), evictable)
+}
+
+/// How far ahead of this node's clock an envelope carried for others may be dated (as
+/// far as this node's clock follows a peer's): one dated later is declined, so that
+/// everything carried ages out in the end, whatever its author's clock says.
+pub(crate) const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// Whether an envelope for others is dated too far ahead to carry at `now_ms`.
+pub(crate) fn too_far_ahead(s: &Summary, now_ms: u64) -> bool {
+    s.hlc.wall_ms() > now_ms.saturating_add(MAX_AHEAD_MS)
 }
 
 /// The least rank that is never pushed out for room: the first IMMEDIATE.
@@ -81,7 +93,7 @@ impl Retention {
 pub(crate) struct Relay {
     /// What is held for others, read from the store on first need.
     pub(crate) held: Option<Held>,
-    /// Envelopes declined since start, over the quota.
+    /// Envelopes declined since start: over the quota, or dated too far ahead.
     pub(crate) declined: u64,
     /// Envelopes pushed out since start, to make room.
     pub(crate) evicted: u64,
@@ -172,6 +184,16 @@ impl Held {
             self.carried.remove(r);
             self.used -= s;
         }
+    }
+
+    /// Undoes a judgement whose batch was not stored: the arrivals' reservations and
+    /// the envelopes chosen to make room for them.
+    pub(crate) fn release(&mut self, carried: &[(EnvelopeId, Summary)], victims: &[(Rank, u64)]) {
+        for (id, s) in carried {
+            self.used = self.used.saturating_sub(u64::from(s.size));
+            self.pending.remove(id);
+        }
+        self.restore(victims);
     }
 
     /// Puts back envelopes that could not be pushed out after all.

@@ -162,7 +162,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Channels for which a genesis envelope is stored, with its id.
     fn channels(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
     /// Every channel with an envelope stored, genesis or not, with the id of its
-    /// earliest envelope in (HLC, id) order: one index lookup per channel.
+    /// earliest envelope in (HLC, id) order: one index lookup per channel. A damaged
+    /// index key is skipped (logged), not an error.
     fn channel_firsts(&self) -> Result<Vec<(ChannelId, EnvelopeId)>, ReadError>;
     /// All envelope ids, ascending.
     fn ids(&self) -> Result<Vec<EnvelopeId>, ReadError>;

@@ -141,8 +141,11 @@ impl Store for MemStore {
             if k.first() != Some(&crate::keys::CHANNEL) {
                 break;
             }
-            let (channel, id) = crate::keys::parse_channel_key(k)
-                .ok_or_else(|| ReadError::CorruptIndex(hex_key(k)))?;
+            let Some((channel, id)) = crate::keys::parse_channel_key(k) else {
+                from = k.clone();
+                from.push(0);
+                continue;
+            };
             out.push((channel, id));
             from = crate::keys::after_channel(&channel);
         }

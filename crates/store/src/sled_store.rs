@@ -637,8 +637,13 @@ impl Store for SledStore {
             if k.first() != Some(&crate::keys::CHANNEL) {
                 break;
             }
-            let (channel, id) = crate::keys::parse_channel_key(&k)
-                .ok_or_else(|| ReadError::CorruptIndex(hex_key(&k)))?;
+            let Some((channel, id)) = crate::keys::parse_channel_key(&k) else {
+                // One damaged index key must not hide every later channel.
+                tracing::warn!(key = %hex_key(&k), "channel listing skips a damaged index key");
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
             out.push((channel, id));
             from = crate::keys::after_channel(&channel);
         }
