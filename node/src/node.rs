@@ -1348,6 +1348,29 @@ mod tests {
         Node::open_store(dir, &Profile::builtin("ci-loopback").unwrap()).unwrap()
     }
 
+    /// An envelope the test node only carries for others: sealed by a fixed author for
+    /// compartment [9; 32], whose key it does not hold.
+    fn for_others(
+        channel: u8,
+        kind: fieldmesh_core::Kind,
+        precedence: fieldmesh_core::Precedence,
+        hlc: Hlc,
+        body: &[u8],
+    ) -> Envelope {
+        let author = NodeKey::from_seed([8; 32]);
+        let header = Header {
+            kind,
+            precedence,
+            compartment: CompartmentId([9; 32]),
+            epoch: 1,
+            channel: ChannelId([channel; 32]),
+            author: author.node_id(),
+            hlc,
+            deps: vec![],
+        };
+        seal_envelope(&author, header, &PayloadKey::from_bytes([42; 32]), body).unwrap()
+    }
+
     /// A profile's smallest frame cap holds the largest valid envelope in its frame, so
     /// no node strands an envelope another node could send.
     #[test]
@@ -1489,24 +1512,16 @@ mod tests {
         let store = sled_store(dir.path());
         let relay = node_on(&store);
         let quota = relay.profile().storage.relay_quota_bytes();
-        let author = NodeKey::from_seed([8; 32]);
-        let key = PayloadKey::from_bytes([42; 32]);
-        let compartment = CompartmentId([9; 32]);
-        let channel = ChannelId([10; 32]);
         // An hour ago, well within the retention of every precedence.
         let base = Hlc::new(now_ms() - 3_600_000, 0).0;
         let seal = |n: u64, kind, precedence| {
-            let header = Header {
+            for_others(
+                10,
                 kind,
                 precedence,
-                compartment,
-                epoch: 1,
-                channel,
-                author: author.node_id(),
-                hlc: Hlc(base + n),
-                deps: vec![],
-            };
-            seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
+                Hlc(base + n),
+                &vec![n as u8; 48 * 1024],
+            )
         };
         use fieldmesh_core::{Kind, Precedence};
         let status = |n: &Node| {
@@ -1596,22 +1611,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = sled_store(dir.path());
         let relay = node_on(&store);
-        let author = NodeKey::from_seed([8; 32]);
-        let key = PayloadKey::from_bytes([42; 32]);
         const DAY: u64 = 86_400_000;
         let now = now_ms();
         let seal = |age_ms: u64, n: u16, kind, precedence| {
-            let header = Header {
+            for_others(
+                10,
                 kind,
                 precedence,
-                compartment: CompartmentId([9; 32]),
-                epoch: 1,
-                channel: ChannelId([10; 32]),
-                author: author.node_id(),
-                hlc: Hlc::new(now - age_ms, n),
-                deps: vec![],
-            };
-            seal_envelope(&author, header, &key, &[n as u8; 1000]).unwrap()
+                Hlc::new(now - age_ms, n),
+                &[n as u8; 1000],
+            )
         };
         let genesis = seal(10 * DAY, 0, Kind::CHANNEL_GENESIS, Precedence::Routine);
         let stale = seal(DAY + 60_000, 1, Kind::CHANNEL_CHANGE, Precedence::Routine);
@@ -1665,19 +1674,15 @@ mod tests {
         assert_eq!(again.relay_status().unwrap().used, size(&genesis));
         assert!(again.age_out_relayed_at(now + 40 * DAY).unwrap().is_empty());
 
-        // A channel whose genesis never came here is counted after a restart too (by its
-        // earliest envelope), and ages out.
-        let header = Header {
-            kind: Kind::BLOB_CHUNK,
-            precedence: Precedence::Routine,
-            compartment: CompartmentId([9; 32]),
-            epoch: 1,
-            channel: ChannelId([11; 32]),
-            author: author.node_id(),
-            hlc: Hlc::new(now - DAY / 2, 0),
-            deps: vec![],
-        };
-        let headless = seal_envelope(&author, header, &key, &[7; 1000]).unwrap();
+        // A channel whose genesis never came here is counted after a restart too (each
+        // envelope by its own header), and ages out.
+        let headless = for_others(
+            11,
+            Kind::BLOB_CHUNK,
+            Precedence::Routine,
+            Hlc::new(now - DAY / 2, 0),
+            &[7; 1000],
+        );
         assert_eq!(
             again
                 .ingest(vec![headless.clone()], false)
@@ -1698,31 +1703,27 @@ mod tests {
         // In a channel with no genesis here each envelope is judged by its own header:
         // an early envelope for others sealed into this node's own (open) channel's id
         // does not make the node's own later FLASH count as carried, nor age it out.
-        let in_twelve = |compartment, hlc, key: &PayloadKey, precedence| {
+        let early = for_others(
+            12,
+            Kind::CHANNEL_CHANGE,
+            Precedence::Routine,
+            Hlc::new(now - DAY / 2, 0),
+            &[3; 500],
+        );
+        let own = {
+            let author = NodeKey::from_seed([8; 32]);
             let header = Header {
                 kind: Kind::CHANNEL_CHANGE,
-                precedence,
-                compartment,
-                epoch: u32::from(compartment != CompartmentId::OPEN),
+                precedence: Precedence::Flash,
+                compartment: CompartmentId::OPEN,
+                epoch: 0,
                 channel: ChannelId([12; 32]),
                 author: author.node_id(),
-                hlc,
+                hlc: Hlc::new(now - DAY / 4, 0),
                 deps: vec![],
             };
-            seal_envelope(&author, header, key, &[3; 500]).unwrap()
+            seal_envelope(&author, header, &PayloadKey::open_compartment(), &[3; 500]).unwrap()
         };
-        let early = in_twelve(
-            CompartmentId([9; 32]),
-            Hlc::new(now - DAY / 2, 0),
-            &key,
-            Precedence::Routine,
-        );
-        let own = in_twelve(
-            CompartmentId::OPEN,
-            Hlc::new(now - DAY / 4, 0),
-            &PayloadKey::open_compartment(),
-            Precedence::Flash,
-        );
         restarted
             .ingest(vec![early.clone(), own.clone()], false)
             .unwrap();
@@ -1739,17 +1740,13 @@ mod tests {
 
         // Dated more than a day ahead of this node's clock: declined, so that nothing
         // carried escapes aging by a future date.
-        let header = Header {
-            kind: Kind::BLOB_CHUNK,
-            precedence: Precedence::Flash,
-            compartment: CompartmentId([9; 32]),
-            epoch: 1,
-            channel: ChannelId([10; 32]),
-            author: author.node_id(),
-            hlc: Hlc::new(now + 2 * DAY, 0),
-            deps: vec![],
-        };
-        let ahead = seal_envelope(&author, header, &key, &[1; 100]).unwrap();
+        let ahead = for_others(
+            10,
+            Kind::BLOB_CHUNK,
+            Precedence::Flash,
+            Hlc::new(now + 2 * DAY, 0),
+            &[1; 100],
+        );
         let done = fresh.ingest(vec![ahead.clone()], false).unwrap();
         assert_eq!(done.declined, vec![ahead.id()]);
         assert_eq!(fresh.relay_status().unwrap().declined, 1);
@@ -1759,6 +1756,7 @@ mod tests {
         fresh.load_directory().unwrap();
         assert_eq!(fresh.keys_generation(), generation);
     }
+
     /// Between a judgement and the removal it chose, keys may arrive (making the victims
     /// this node's own traffic) or another ingest may store the same envelope: nothing
     /// chosen under older keys is removed, and an envelope is counted once.
@@ -1769,26 +1767,16 @@ mod tests {
         let store = sled_store(dir.path());
         let relay = node_on(&store);
         let quota = relay.profile().storage.relay_quota_bytes();
-        let author = NodeKey::from_seed([8; 32]);
-        let key = PayloadKey::from_bytes([42; 32]);
         let base = Hlc::new(now_ms() - 3_600_000, 0).0;
         let seal = |n: u64| {
-            let header = Header {
-                // The count from the store goes channel by channel, from the genesis.
-                kind: if n == 0 {
-                    Kind::CHANNEL_GENESIS
-                } else {
-                    Kind::BLOB_CHUNK
-                },
-                precedence: Precedence::Routine,
-                compartment: CompartmentId([9; 32]),
-                epoch: 1,
-                channel: ChannelId([10; 32]),
-                author: author.node_id(),
-                hlc: Hlc(base + n),
-                deps: vec![],
+            // The count from the store goes channel by channel, from the genesis.
+            let kind = if n == 0 {
+                Kind::CHANNEL_GENESIS
+            } else {
+                Kind::BLOB_CHUNK
             };
-            seal_envelope(&author, header, &key, &vec![n as u8; 48 * 1024]).unwrap()
+            let body = vec![n as u8; 48 * 1024];
+            for_others(10, kind, Precedence::Routine, Hlc(base + n), &body)
         };
         let size = seal(0).encoded_len() as u64;
         let fit = quota / size;

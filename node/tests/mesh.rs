@@ -219,14 +219,18 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
         20,
     );
     assert_eq!(report.answered, 1, "{report:?}");
-    wait_until(10, "the queue jumper struck", || {
+    let listed = |id: &str| {
         let status: serde_json::Value =
             serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
         status["peers"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["peer"] == jumper_id.as_str() && p["strikes"].as_u64().unwrap() == 1)
+            .find(|p| p["peer"] == id)
+            .cloned()
+    };
+    wait_until(10, "the queue jumper struck", || {
+        listed(&jumper_id).is_some_and(|p| p["strikes"].as_u64().unwrap() == 1)
     });
     // One identity that keeps at it: past ten strikes it is disconnected and banned, and
     // coming back under the same identity gets it nowhere; B lists it as banned.
@@ -234,16 +238,7 @@ fn hostile_frames_are_rejected_counted_and_service_continues() {
     let hostile_id = hostile.public().to_peer_id().to_string();
     let forgeries = vec![Frame::Envelope(bad_sig.clone()).encode(); 12];
     fieldmesh_tests::hostile::attack_as(hostile.clone(), target.clone(), forgeries, 20);
-    let banned = || {
-        let status: serde_json::Value =
-            serde_json::from_str(&b.ok(&["sync-status", "--json"])).unwrap();
-        status["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["peer"] == hostile_id.as_str())
-            .cloned()
-    };
+    let banned = || listed(&hostile_id);
     wait_until(10, "the hostile peer banned", || {
         banned().is_some_and(|p| p["banned_until_ms"].as_u64().unwrap() > 0)
     });
