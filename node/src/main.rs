@@ -642,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
                     view.listen.join(" ")
                 );
                 println!(
-                    "carrying {} B for others (relay quota {} B); {} envelopes declined over it, {} removed to make room, {} aged out (retention)",
+                    "carrying {} B for others (relay quota {} B); {} envelopes declined (over it, or dated over a day ahead), {} removed to make room, {} aged out (retention)",
                     view.relay_bytes,
                     view.relay_quota_bytes,
                     view.relay_declined,

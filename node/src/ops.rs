@@ -159,7 +159,7 @@ pub struct NetView {
     /// Frames and envelopes rejected from misbehaving peers since start.
     pub rejected: u64,
     /// Bytes stored for others (compartments this node holds no key of), the profile's
-    /// relay quota, envelopes declined over it since start, envelopes pushed out to
+    /// relay quota, envelopes declined over it (or dated over a day ahead) since start, envelopes pushed out to
     /// make room since start, and envelopes removed or declined past the profile's
     /// retention since start.
     #[serde(default)]
