@@ -14,10 +14,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// How often the daemon removes what it carries for others past the profile's retention
-/// (retention is given in days; an hour late is within its precision).
-pub(crate) const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
 type Keyring = BTreeMap<(CompartmentId, u32), Vec<(EnvelopeId, PayloadKey)>>;
 
 /// What the node knows about compartments.
@@ -173,13 +169,13 @@ impl Node {
                 slot.insert(why);
             }
         }
-        let held =
+        let key_ids =
             |k: &BTreeMap<_, Vec<(EnvelopeId, _)>>| -> BTreeSet<(CompartmentId, u32, EnvelopeId)> {
                 k.iter()
                     .flat_map(|((c, e), v)| v.iter().map(move |(r, _)| (*c, *e, *r)))
                     .collect()
             };
-        if held(&access.keys) != held(&keys) {
+        if key_ids(&access.keys) != key_ids(&keys) {
             // Keys came or went: what counts as carried for others is read again.
             self.keys_generation
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -351,7 +347,7 @@ impl Node {
     }
 
     /// Starts the daemon's duty thread: directory changes from the network wake it, and
-    /// every [`RETENTION_SWEEP`] it removes what it carries for others past the
+    /// every [`crate::relay::RETENTION_SWEEP`] it removes what it carries for others past the
     /// profile's retention.
     pub fn start_duty_thread(self: &std::sync::Arc<Self>) {
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -380,7 +376,7 @@ impl Node {
                         if let Err(e) = n.age_out_relayed() {
                             tracing::warn!(%e, "retention sweep failed; next one retries");
                         }
-                        next_sweep = std::time::Instant::now() + RETENTION_SWEEP;
+                        next_sweep = std::time::Instant::now() + crate::relay::RETENTION_SWEEP;
                     }
                 }
             })

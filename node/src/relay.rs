@@ -42,6 +42,10 @@ pub(crate) fn too_far_ahead(s: &Summary, now_ms: u64) -> bool {
     s.hlc.wall_ms() > now_ms.saturating_add(MAX_AHEAD_MS)
 }
 
+/// How often the daemon removes what it carries for others past the profile's retention
+/// (retention is given in days; a quarter of an hour late is within its precision).
+pub(crate) const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The least rank that is never pushed out for room: the first IMMEDIATE.
 const FIRST_URGENT: Rank = (Precedence::Immediate, Hlc::ZERO, EnvelopeId([0; 32]));
 
