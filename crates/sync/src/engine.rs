@@ -632,13 +632,19 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
         }
     }
 
+    /// Packs messages into frames a peer accepts: within the frame cap every node applies
+    /// (a profile may allow larger frames, but decoding never accepts more than
+    /// [`MAX_FRAME_BYTES`]: frames packed to a profile's 1 MiB were refused by every peer,
+    /// and counted as strikes against an honest sender) and within the count a frame
+    /// can say (16 bits).
     fn pack(&self, msgs: Vec<RangeMsg>) -> Vec<Vec<u8>> {
+        let cap = self.config.max_frame_bytes.min(MAX_FRAME_BYTES);
         let mut frames = Vec::new();
         let mut batch = Vec::new();
         let mut size = 4;
         for m in msgs {
             let len = Frame::Range(vec![m.clone()]).encode().len() - 4;
-            if size + len > self.config.max_frame_bytes && !batch.is_empty() {
+            if (size + len > cap || batch.len() == usize::from(u16::MAX)) && !batch.is_empty() {
                 frames.push(Frame::Range(std::mem::take(&mut batch)).encode());
                 size = 4;
             }
@@ -898,10 +904,26 @@ impl<P: Ord + Clone + std::fmt::Debug> Engine<P> {
                         self.send_range(&peer, step.reply, out);
                     }
                 }
-                Err(e) => self.strike(&peer, &format!("protocol violation: {e}"), out),
+                Err(e) => {
+                    self.strike(&peer, &format!("protocol violation: {e}"), out);
+                    self.session_failed(&peer);
+                }
             },
-            Some(_) => self.strike(&peer, "unexpected frame in a response", out),
-            None => {}
+            Some(_) => {
+                self.strike(&peer, "unexpected frame in a response", out);
+                self.session_failed(&peer);
+            }
+            None => self.session_failed(&peer),
+        }
+    }
+
+    /// Our session with `peer` ended on an answer we could not use: it is closed, so that
+    /// the next one starts at the usual interval (left open, none would start again until
+    /// the peer reconnected).
+    fn session_failed(&mut self, peer: &P) {
+        if let Some(st) = self.peers.get_mut(peer) {
+            st.session_open = false;
+            st.session_sent_ms = None;
         }
     }
 

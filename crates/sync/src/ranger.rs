@@ -78,6 +78,50 @@ pub enum RangeError {
     /// Coded symbols out of sequence, or too many asked for.
     #[error("bad coded symbols: {0}")]
     Symbols(&'static str),
+    /// One batch asked for more work than any honest batch needs (see [`Budget`]).
+    #[error("a batch that asks for {spent} units of work (at most {limit})")]
+    TooMuchWork {
+        /// Units spent when the batch was refused.
+        spent: u64,
+        /// The batch's allowance.
+        limit: u64,
+    },
+}
+
+/// The work one batch of messages may cost, counted in ids visited, listed or pushed and
+/// coded symbols made. Every message is small on the wire but some cost a pass over a
+/// range of the index (a 9-byte request for symbols costs a pass over the whole set; a
+/// 4-byte empty id list over everything pushes the whole set), so a batch of thousands of
+/// them would freeze the node and fill its memory. An honest batch covers disjoint ranges:
+/// its fingerprints, listings and splits together visit each id at most about twice,
+/// and it asks for symbols once. The allowance is twice that, plus room for the id lists
+/// and symbols a full frame can carry. A message is charged before its work where the
+/// size is known, after it otherwise, so a refused batch did at most one message more.
+#[derive(Debug)]
+struct Budget {
+    spent: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn for_index(index: &Index) -> Budget {
+        let n = index.len() as u64;
+        Budget {
+            spent: 0,
+            limit: 4 * n + 2 * u64::from(MAX_SYMBOLS) + 16 * MAX_IDS_PER_MESSAGE as u64,
+        }
+    }
+
+    fn spend(&mut self, units: u64) -> Result<(), RangeError> {
+        self.spent = self.spent.saturating_add(units);
+        if self.spent > self.limit {
+            return Err(RangeError::TooMuchWork {
+                spent: self.spent,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What one side does in response to a batch of messages.
@@ -211,6 +255,8 @@ impl Reconciler {
         let mut want = Vec::new();
         let mut their_total = None;
         let merged = merge_symbols(msgs);
+        let mut budget = Budget::for_index(index);
+        let n = index.len() as u64;
         for m in merged.as_deref().unwrap_or(msgs) {
             match m {
                 RangeMsg::Symbols {
@@ -218,8 +264,13 @@ impl Reconciler {
                     start,
                     cells,
                 } => {
+                    budget.spend(n + cells.len() as u64)?;
                     if !decoder.add(index, *start, cells) {
                         return Err(RangeError::Symbols("out of sequence"));
+                    }
+                    if decoder.is_inconsistent() {
+                        decoder.reset_decoding();
+                        return Err(RangeError::Symbols("inconsistent (forged) symbols"));
                     }
                     their_total = Some(*total);
                 }
@@ -230,6 +281,7 @@ impl Reconciler {
                     if end - start > MAX_SYMBOLS / 4 {
                         return Err(RangeError::Symbols("too many symbols asked for at once"));
                     }
+                    budget.spend(n + u64::from(end - start))?;
                     let (total, cells) = decoder.symbols_to_send(index, *start, *end);
                     step.reply.extend(symbol_msgs(total, *start, &cells));
                 }
@@ -237,8 +289,11 @@ impl Reconciler {
                     if keys.len() > MAX_IDS_PER_MESSAGE {
                         return Err(RangeError::MalformedIds("too many keys"));
                     }
+                    budget.spend(keys.len() as u64)?;
                     for k in keys {
+                        let before = step.push.len();
                         step.push.extend(riblt::ids_with_key(index, *k));
+                        budget.spend((step.push.len() - before) as u64)?;
                     }
                 }
                 RangeMsg::Fingerprint { range, fp } => {
@@ -246,9 +301,12 @@ impl Reconciler {
                         return Err(RangeError::InvalidRange);
                     }
                     let (count, mine) = index.fingerprint(range);
+                    budget.spend(count)?;
                     if mine == *fp {
                         continue;
                     }
+                    // Listing, splitting or encoding the range visits it again.
+                    budget.spend(if *range == IdRange::ALL { n } else { count })?;
                     if count as usize <= self.threshold {
                         step.reply.push(RangeMsg::IdList {
                             range: *range,
@@ -271,8 +329,11 @@ impl Reconciler {
                         return Err(RangeError::InvalidRange);
                     }
                     check_ids(range, ids)?;
+                    budget.spend(ids.len() as u64)?;
+                    let mut visited = 0u64;
                     let mut theirs = ids.iter().peekable();
                     for mine in index.range(range) {
+                        visited += 1;
                         while theirs.next_if(|t| *t < mine).is_some_and(|t| {
                             want.push(*t);
                             true
@@ -282,9 +343,11 @@ impl Reconciler {
                         }
                     }
                     want.extend(theirs.copied());
+                    budget.spend(visited)?;
                 }
                 RangeMsg::Want { ids } => {
                     check_ids(&IdRange::ALL, ids)?;
+                    budget.spend(ids.len() as u64)?;
                     step.push.extend(ids.iter().filter(|id| index.contains(id)));
                 }
             }

@@ -30,6 +30,7 @@
 
 use crate::Index;
 use fieldmesh_core::EnvelopeId;
+use std::collections::HashSet;
 
 /// Most coded symbols in one message (about 9 KB on the wire).
 pub const MAX_CELLS_PER_MESSAGE: usize = 512;
@@ -51,7 +52,9 @@ impl Cell {
     fn toggle(&mut self, key: u64, sign: i64) {
         self.key ^= key;
         self.check ^= checksum(key);
-        self.count += sign;
+        // Counts come from the peer: any value must be harmless (a count that is not
+        // +-1 is simply never pure).
+        self.count = self.count.wrapping_add(sign);
     }
 
     fn is_empty(&self) -> bool {
@@ -133,6 +136,10 @@ pub struct Decoder {
     local: Vec<u64>,
     /// Our keys when we made symbol 0 for the peer.
     sent: Option<Vec<u64>>,
+    /// Every key peeled in this decoding: honest symbols never yield one twice.
+    peeled: HashSet<u64>,
+    /// The peer's symbols contradicted themselves: this decoding can never finish.
+    inconsistent: bool,
 }
 
 impl Decoder {
@@ -152,6 +159,15 @@ impl Decoder {
         self.remote_only = Vec::new();
         self.local_only = Vec::new();
         self.local = Vec::new();
+        self.peeled = HashSet::new();
+        self.inconsistent = false;
+    }
+
+    /// Whether the peer's symbols contradicted themselves (a key that peels twice: the
+    /// cells were not made from any set). Such a decoding is abandoned; peeling it
+    /// further would never end.
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent
     }
 
     /// How many keys our decoding snapshot holds.
@@ -177,7 +193,7 @@ impl Decoder {
             self.reset_decoding();
             self.local = index.ids().map(key_of).collect();
         }
-        if start != self.len() || remote.is_empty() {
+        if start != self.len() || remote.is_empty() || self.inconsistent {
             return false;
         }
         let end = start + remote.len() as u32;
@@ -187,7 +203,7 @@ impl Decoder {
             self.cells.push(Cell {
                 key: r.key ^ m.key,
                 check: r.check ^ m.check,
-                count: r.count - m.count,
+                count: r.count.wrapping_sub(m.count),
             });
         }
         // Keys already peeled leave the new cells too.
@@ -213,6 +229,14 @@ impl Decoder {
             let Some((key, sign)) = self.cells[c].pure() else {
                 continue;
             };
+            // A key is only ever on one side, and peeling it removes it from every cell
+            // it maps to: a second pure cell with the same key means the cells were not
+            // encoded from a set (forged symbols can make two cells hand one key back
+            // and forth forever).
+            if !self.peeled.insert(key) {
+                self.inconsistent = true;
+                return;
+            }
             if sign == 1 {
                 self.remote_only.push(key);
             } else {
@@ -230,7 +254,7 @@ impl Decoder {
 
     /// Whether the difference is fully known.
     pub fn done(&self) -> bool {
-        !self.cells.is_empty() && self.cells.iter().all(Cell::is_empty)
+        !self.inconsistent && !self.cells.is_empty() && self.cells.iter().all(Cell::is_empty)
     }
 
     /// Keys only the peer holds (valid once [`Decoder::done`]).
@@ -365,5 +389,50 @@ mod tests {
             ids_with_key(&ix, k).copied().collect::<Vec<_>>(),
             vec![id(42)]
         );
+    }
+
+    /// Two forged cells that hand one key back and forth: symbol 0 holds +k, symbol 1
+    /// is honest. Peeling k from cell 0 leaves -k in cell 1, which peels back into
+    /// cell 0, forever. The decoder must notice, not loop.
+    #[test]
+    fn forged_symbols_that_never_peel_out_are_refused() {
+        let mine = index(0..50);
+        let key = (0..)
+            .map(|n: u64| mix(n ^ 0xabcd))
+            .find(|&k| indices(k).nth(1) == Some(1))
+            .expect("some key maps to symbol 1");
+        let mut forged = encode_index(&mine, 0, 2);
+        forged[0].toggle(key, 1);
+        let mut d = Decoder::default();
+        assert!(d.add(&mine, 0, &forged));
+        assert!(d.is_inconsistent());
+        assert!(!d.done());
+        assert!(!d.add(&mine, 2, &encode_index(&mine, 2, 4)));
+        // The reconciler calls it a protocol violation and drops the decoding.
+        let r = crate::ranger::Reconciler::default().respond_in(
+            &mine,
+            &[crate::ranger::RangeMsg::Symbols {
+                total: 51,
+                start: 0,
+                cells: forged,
+            }],
+            &mut d,
+        );
+        assert!(
+            matches!(r, Err(crate::ranger::RangeError::Symbols(_))),
+            "{r:?}"
+        );
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn counts_from_the_peer_cannot_overflow() {
+        let mine = index(0..5);
+        let mut cells = encode_index(&mine, 0, 3);
+        cells[0].count = i64::MIN;
+        cells[1].count = i64::MAX;
+        let mut d = Decoder::default();
+        assert!(d.add(&mine, 0, &cells));
+        assert!(!d.done());
     }
 }

@@ -6,50 +6,62 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
 /// A token bucket of bytes: `rate` bytes per second, holding at most `burst` bytes.
+///
+/// Kept in thousandths of a byte, so that a refill every millisecond at a rate below
+/// 1000 bytes a second still adds up (whole bytes per refill had rounded every refill
+/// down to nothing: a slow link's queue, FLASH included, never moved). Spending more
+/// than the bucket holds (an envelope larger than the burst, sent when the bucket is
+/// full) leaves a debt that later refills pay first, so the rate holds over time.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
+    /// Bytes per second: thousandths of a byte per millisecond.
     rate: u64,
-    burst: u64,
-    tokens: u64,
+    burst_milli: i128,
+    /// Negative while in debt.
+    milli: i128,
     last_ms: u64,
 }
 
 impl TokenBucket {
     /// A full bucket at time `now_ms`.
     pub fn new(rate_bytes_per_s: u64, burst: u64, now_ms: u64) -> TokenBucket {
+        let burst_milli = i128::from(burst) * 1000;
         TokenBucket {
             rate: rate_bytes_per_s,
-            burst,
-            tokens: burst,
+            burst_milli,
+            milli: burst_milli,
             last_ms: now_ms,
         }
     }
 
-    /// Refills for the time elapsed and returns the bytes available.
+    /// Refills for the time elapsed and returns the bytes available (0 while in debt).
     pub fn available(&mut self, now_ms: u64) -> u64 {
         let dt = now_ms.saturating_sub(self.last_ms);
-        self.tokens = (self.tokens + dt.saturating_mul(self.rate) / 1000).min(self.burst);
+        self.milli = (self.milli + i128::from(dt) * i128::from(self.rate)).min(self.burst_milli);
         self.last_ms = now_ms.max(self.last_ms);
-        self.tokens
+        u64::try_from(self.milli.max(0) / 1000).unwrap_or(u64::MAX)
     }
 
     /// Whether the bucket holds its whole burst.
     pub fn is_full(&self) -> bool {
-        self.tokens >= self.burst
+        self.milli >= self.burst_milli
     }
 
-    /// Spends `n` bytes (saturating).
+    /// Spends `n` bytes; more than the bucket holds leaves a debt.
     pub fn spend(&mut self, n: u64) {
-        self.tokens = self.tokens.saturating_sub(n);
+        self.milli -= i128::from(n) * 1000;
     }
 
-    /// Milliseconds until `n` bytes are available (0 if they are).
+    /// Milliseconds until `n` bytes are available (0 if they are); never more than the
+    /// burst is waited for.
     pub fn wait_ms(&self, n: u64) -> u64 {
-        let need = n.min(self.burst).saturating_sub(self.tokens);
-        if self.rate == 0 {
+        let need = (i128::from(n) * 1000).min(self.burst_milli) - self.milli;
+        if need <= 0 {
+            0
+        } else if self.rate == 0 {
             u64::MAX
         } else {
-            (need * 1000).div_ceil(self.rate)
+            u64::try_from((need as u128).div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX)
         }
     }
 }
@@ -210,5 +222,32 @@ mod tests {
         assert_eq!(b.available(500), 500);
         assert_eq!(b.wait_ms(1000), 500);
         assert_eq!(b.available(10_000), 2000);
+    }
+
+    /// 300 bytes a second, looked at every millisecond: each look adds 0.3 bytes, which
+    /// whole-byte arithmetic rounded away every time.
+    #[test]
+    fn slow_rates_refill_when_looked_at_often() {
+        let mut b = TokenBucket::new(300, 600, 0);
+        b.spend(600);
+        for t in 1..=1000 {
+            b.available(t);
+        }
+        assert_eq!(b.available(1000), 300);
+        assert_eq!(b.wait_ms(600), 1000);
+    }
+
+    /// An envelope larger than the burst goes when the bucket is full and is paid for
+    /// after: over time the link gets its rate, not a burst a second.
+    #[test]
+    fn more_than_the_burst_is_paid_back() {
+        let mut b = TokenBucket::new(1000, 1000, 0);
+        assert!(b.is_full());
+        b.spend(3000);
+        assert_eq!(b.available(1000), 0, "1000 bytes still owed");
+        assert!(!b.is_full());
+        assert_eq!(b.wait_ms(1), 1001);
+        assert_eq!(b.available(3000), 1000);
+        assert!(b.is_full());
     }
 }

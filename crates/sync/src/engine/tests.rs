@@ -531,6 +531,79 @@ fn a_failed_session_request_does_not_stop_resync() {
     );
 }
 
+/// An answer that breaks the protocol earns a strike and ends the session: the next one
+/// starts at the usual interval (it had stayed open until the peer reconnected).
+#[test]
+fn a_garbled_answer_does_not_stop_resync() {
+    let cfg = EngineConfig {
+        resync_interval_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let mut n = node(cfg, &[envelope(1, Precedence::Routine)]);
+    let requests = |o: &[Output<u8>]| {
+        o.iter()
+            .filter(|o| matches!(o, Output::Request { peer: 7, .. }))
+            .count()
+    };
+    assert_eq!(requests(&n.engine.handle(0, Input::PeerUp(7))), 1);
+    for (t, frame) in [
+        (10, vec![0xff, 0, 1]),
+        (1_010, Frame::Envelope(b"not an answer".to_vec()).encode()),
+    ] {
+        n.engine.handle(
+            t,
+            Input::Response {
+                peer: 7,
+                frame: frame.clone(),
+            },
+        );
+        assert_eq!(
+            requests(&n.engine.handle(t + 1_000, Input::Tick)),
+            1,
+            "a new session after {frame:?}"
+        );
+    }
+    assert_eq!(n.engine.total_strikes(), 2);
+}
+
+/// A profile may allow frames larger than any node decodes: reconciliation frames are
+/// packed to the cap every node applies, so an honest peer never refuses them.
+#[test]
+fn reconciliation_frames_fit_every_decoder() {
+    let cfg = EngineConfig {
+        max_frame_bytes: 4 * 1024 * 1024,
+        ..EngineConfig::default()
+    };
+    let n = node(cfg, &[]);
+    let ids: Vec<EnvelopeId> = (0..40_000u64)
+        .map(|i| EnvelopeId(sha256(&i.to_be_bytes())))
+        .collect();
+    let mut msgs: Vec<RangeMsg> = ids
+        .chunks(crate::ranger::MAX_IDS_PER_MESSAGE)
+        .map(|c| {
+            let mut ids = c.to_vec();
+            ids.sort();
+            RangeMsg::Want { ids }
+        })
+        .collect();
+    // And more messages than a frame can count.
+    msgs.extend(std::iter::repeat_n(
+        RangeMsg::MoreSymbols { start: 0, end: 1 },
+        70_000,
+    ));
+    let frames = n.engine.pack(msgs.clone());
+    assert!(frames.len() > 2);
+    let mut back = Vec::new();
+    for f in &frames {
+        assert!(f.len() <= MAX_FRAME_BYTES, "{} bytes", f.len());
+        match Frame::decode(f, MAX_FRAME_BYTES) {
+            Ok(Frame::Range(m)) => back.extend(m),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(back, msgs);
+}
+
 /// Two nodes that meet open one session between them: the lower id at once, the other
 /// answers it and waits a whole interval for its own. If the opener's session never
 /// comes, the other opens its own after the grace.

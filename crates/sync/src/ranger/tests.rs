@@ -119,6 +119,42 @@ fn hostile_messages_are_rejected() {
     ));
 }
 
+/// Tiny messages that each cost a pass over the store (or push all of it), repeated in one
+/// batch as a full frame could carry them: refused once the batch's allowance is spent,
+/// with the work done bounded by it, while an honest session over the same store passes.
+#[test]
+fn batches_that_amplify_work_are_refused() {
+    let ix = index(0..20_000);
+    let r = Reconciler::default();
+    let repeat = |m: RangeMsg| vec![m; 20_000];
+    for batch in [
+        repeat(RangeMsg::MoreSymbols {
+            start: 0,
+            end: MAX_SYMBOLS / 4,
+        }),
+        repeat(RangeMsg::IdList {
+            range: IdRange::ALL,
+            ids: Vec::new(),
+        }),
+        repeat(RangeMsg::Fingerprint {
+            range: IdRange::ALL,
+            fp: Fingerprint([0; 16]),
+        }),
+    ] {
+        let what = format!("{:?}", batch[0]);
+        match r.respond(&ix, &batch) {
+            Err(RangeError::TooMuchWork { spent, limit }) => {
+                assert!(spent <= 2 * limit, "{what}: {spent} of {limit}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A peer missing half of it settles it within the allowance.
+    let half = index(0..10_000);
+    let (a_needs, b_needs, _) = r.run_local(&half, &ix, 10).unwrap();
+    assert!(a_needs.len() == 10_000 && b_needs.is_empty());
+}
+
 #[test]
 fn coded_symbols_cost_grows_with_the_difference_only() {
     let base = index(0..100_000);
