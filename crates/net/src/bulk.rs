@@ -268,6 +268,7 @@ pub(crate) async fn accept(
     lane: Lane,
     events: mpsc::Sender<Event>,
     max_frame_bytes: usize,
+    window: Window,
     oversized: Arc<AtomicU64>,
 ) {
     use futures_util::StreamExt;
@@ -278,8 +279,54 @@ pub(crate) async fn accept(
             stream,
             events.clone(),
             max_frame_bytes,
+            window,
             oversized.clone(),
         ));
+    }
+}
+
+/// How far a sender may run ahead of what this node has handled on one inbound link:
+/// past it the link stops reading (QUIC flow control then holds the sender back) until
+/// acknowledgements catch up. An honest sender keeps within its own engine's window
+/// anyway; without this, a peer that ignored acknowledgements could queue envelopes in
+/// this node's ingest pipeline without limit. At least one frame is always read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Frames read and not yet handled.
+    pub(crate) frames: u64,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+}
+
+/// Frames read on one inbound link and not yet handled.
+#[derive(Debug, Default)]
+struct Unhandled {
+    /// Sizes, oldest first.
+    sizes: std::collections::VecDeque<u64>,
+    bytes: u64,
+    /// Frames read so far.
+    read: u64,
+}
+
+impl Unhandled {
+    fn read(&mut self, len: u64) {
+        self.sizes.push_back(len);
+        self.bytes += len;
+        self.read += 1;
+    }
+
+    /// Forgets the frames the receiver has handled (`handled` counts from the start).
+    fn handled(&mut self, handled: u64) {
+        while self.read - (self.sizes.len() as u64) < handled {
+            match self.sizes.pop_front() {
+                Some(len) => self.bytes -= len,
+                None => break,
+            }
+        }
+    }
+
+    fn full(&self, w: Window) -> bool {
+        !self.sizes.is_empty() && (self.sizes.len() as u64 >= w.frames || self.bytes >= w.bytes)
     }
 }
 
@@ -289,6 +336,7 @@ async fn serve(
     stream: Stream,
     events: mpsc::Sender<Event>,
     max_frame_bytes: usize,
+    window: Window,
     oversized: Arc<AtomicU64>,
 ) {
     let link = next_link();
@@ -306,8 +354,9 @@ async fn serve(
         return;
     }
     let (r, w) = stream.split();
+    let handled = acks_rx.clone();
     let why = tokio::select! {
-        r = read_frames(r, link, &events, max_frame_bytes, &oversized) => r,
+        r = read_frames(r, link, &events, max_frame_bytes, window, handled, &oversized) => r,
         r = write_acks(w, acks_rx) => r,
     };
     let _ = events
@@ -323,14 +372,25 @@ async fn serve(
 /// stream cannot be resynchronised after it); it is counted as oversized. Each frame's
 /// two-byte head is read apart from the rest, so an envelope's bytes arrive in a buffer
 /// of their own and are verified and stored without another copy.
-async fn read_frames(
-    mut r: ReadHalf<Stream>,
+async fn read_frames<R: futures_util::AsyncRead + Unpin + Send>(
+    mut r: R,
     link: LinkId,
     events: &mpsc::Sender<Event>,
     cap: usize,
+    window: Window,
+    mut handled: watch::Receiver<u64>,
     oversized: &AtomicU64,
 ) -> io::Result<()> {
+    let mut unhandled = Unhandled::default();
     loop {
+        unhandled.handled(*handled.borrow_and_update());
+        while unhandled.full(window) {
+            if handled.changed().await.is_err() {
+                // The swarm task no longer wants this link.
+                return Ok(());
+            }
+            unhandled.handled(*handled.borrow_and_update());
+        }
         let frame = match read_frame(&mut r, cap, oversized).await {
             Ok(f) => f,
             // The sender closed the stream between frames (or mid-frame: nothing of a
@@ -338,14 +398,15 @@ async fn read_frames(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
+        unhandled.read(frame.len() as u64);
         if events.send(Event::Frame { link, frame }).await.is_err() {
             return Ok(());
         }
     }
 }
 
-async fn read_frame(
-    r: &mut ReadHalf<Stream>,
+async fn read_frame<R: futures_util::AsyncRead + Unpin + Send>(
+    r: &mut R,
     cap: usize,
     oversized: &AtomicU64,
 ) -> io::Result<BulkFrame> {
@@ -370,4 +431,84 @@ async fn write_acks(mut w: WriteHalf<Stream>, mut acks: watch::Receiver<u64>) ->
         w.flush().await?;
     }
     w.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(n: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+            out.extend(std::iter::repeat_n(i as u8, len));
+        }
+        out
+    }
+
+    async fn arrived(rx: &mut mpsc::Receiver<Event>) -> usize {
+        // Whatever the reader can hand on now, it has after a moment.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut n = 0;
+        while let Ok(e) = rx.try_recv() {
+            assert!(matches!(e, Event::Frame { .. }), "{e:?}");
+            n += 1;
+        }
+        n
+    }
+
+    /// A sender that never waits for acknowledgements gets no further than the window
+    /// ahead of what the node has handled; each acknowledgement lets as many more in.
+    #[tokio::test]
+    async fn a_sender_runs_no_further_ahead_than_the_window() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (acks, handled) = watch::channel(0u64);
+        let input = futures_util::io::Cursor::new(frames(100, 1000));
+        let oversized = AtomicU64::new(0);
+        let window = Window {
+            frames: 8,
+            bytes: 1 << 20,
+        };
+        let reader = tokio::spawn(async move {
+            read_frames(input, 1, &tx, 4096, window, handled, &oversized).await
+        });
+        assert_eq!(arrived(&mut rx).await, 8);
+        acks.send(5).unwrap();
+        assert_eq!(arrived(&mut rx).await, 5);
+        // By bytes: 3 frames of 1004 bytes fill a 3000-byte window.
+        drop(reader);
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (acks, handled) = watch::channel(0u64);
+        let input = futures_util::io::Cursor::new(frames(100, 1000));
+        let window = Window {
+            frames: 100,
+            bytes: 3000,
+        };
+        tokio::spawn(async move {
+            let oversized = AtomicU64::new(0);
+            read_frames(input, 1, &tx, 4096, window, handled, &oversized).await
+        });
+        assert_eq!(arrived(&mut rx).await, 3);
+        acks.send(100).unwrap();
+        assert_eq!(arrived(&mut rx).await, 97, "the rest, once all is handled");
+    }
+
+    /// A frame larger than the byte window still gets through, alone.
+    #[tokio::test]
+    async fn one_frame_is_always_read() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (acks, handled) = watch::channel(0u64);
+        let input = futures_util::io::Cursor::new(frames(2, 5000));
+        let window = Window {
+            frames: 4,
+            bytes: 1000,
+        };
+        tokio::spawn(async move {
+            let oversized = AtomicU64::new(0);
+            read_frames(input, 1, &tx, 8192, window, handled, &oversized).await
+        });
+        assert_eq!(arrived(&mut rx).await, 1);
+        acks.send(1).unwrap();
+        assert_eq!(arrived(&mut rx).await, 1);
+    }
 }

@@ -373,6 +373,12 @@ pub async fn spawn(
     let (bulk_tx, bulk_rx) = mpsc::channel(256);
     let (urgent_tx, urgent_rx) = mpsc::channel(256);
     let mut bulk_control = swarm.behaviour().bulk.new_control();
+    // A sender's window, urgent reserve included (a peer whose profile allows more is
+    // slowed to this node's window, not refused).
+    let window = bulk::Window {
+        frames: (config.engine.max_inflight + config.engine.urgent_reserve).max(1) as u64,
+        bytes: config.engine.max_inflight_bytes + config.engine.urgent_reserve_bytes,
+    };
     for (lane, events) in [(Lane::Bulk, &bulk_tx), (Lane::Urgent, &urgent_tx)] {
         let incoming = bulk_control
             .accept(lane.protocol())
@@ -382,6 +388,7 @@ pub async fn spawn(
             lane,
             events.clone(),
             config.engine.max_frame_bytes,
+            window,
             oversized.clone(),
         ));
     }
