@@ -140,3 +140,71 @@ fn validate_name(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes `bytes` to `path` so that a crash or a pulled power cable leaves the old file
+/// or the whole new one, never a truncated file under the final name: a temporary file
+/// beside it (created afresh, never through a planted link), synced, renamed over `path`,
+/// and the directory synced. Readable by the owner only (what is written is often
+/// decrypted traffic). On failure (a full disk) nothing is left behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files_for_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("map.bin");
+        std::fs::write(&out, b"old").unwrap();
+        write_atomic(&out, b"new bytes").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new bytes");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A relative name in the working directory's sense has a parent of "".
+        assert!(write_atomic(Path::new(""), b"x").is_err());
+        // A failed write (here the rename: the name is a directory) leaves the target as
+        // it was and no temporary file.
+        let taken = dir.path().join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        let e = write_atomic(&taken, b"data").unwrap_err();
+        assert!(format!("{e:#}").contains("taken"), "{e:#}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["map.bin", "taken"]);
+    }
+}

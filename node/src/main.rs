@@ -320,14 +320,6 @@ fn main() {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a crash leaves the old file or the new one.
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
 /// The local node if the store is free, else the running daemon's API.
 fn backend(home: &Home, profile: &Profile) -> Result<Box<dyn Ops>> {
     let key = home.key()?;
@@ -402,7 +394,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 ChannelCmd::Export { channel, out } => {
                     let bytes = ops.export_channel(&channel)?;
-                    write_file(&out, &bytes)?;
+                    home::write_atomic(&out, &bytes)?;
                     println!("wrote {} bytes to {}", bytes.len(), out.display());
                 }
             }
@@ -416,18 +408,6 @@ fn run(cli: Cli) -> Result<()> {
             voice,
         } => {
             let ops = backend(&home, &profile()?)?;
-            let mut attachments = Vec::new();
-            if let Some(path) = &voice {
-                let data =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                fieldmesh_ai::whisper::read_wav(&data)
-                    .with_context(|| format!("{} is not a usable WAV file", path.display()))?;
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "voice.wav".into());
-                attachments.push(ops.put_blob(&channel, &name, "audio/wav", &data)?);
-            }
             let text = match (text, &voice) {
                 (Some(t), _) => t,
                 (None, Some(p)) => format!(
@@ -438,23 +418,33 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 (None, None) => bail!("post needs TEXT, or --voice FILE.wav"),
             };
-            for path in &attach {
+            // Every file is checked before any is stored: chunks stored for a post that
+            // then fails on its next file would be referenced by no message, and still
+            // replicate to every peer.
+            let files: Vec<(&PathBuf, bool)> = voice
+                .iter()
+                .map(|p| (p, true))
+                .chain(attach.iter().map(|p| (p, false)))
+                .collect();
+            for (path, _) in &files {
                 let size = std::fs::metadata(path)
                     .with_context(|| format!("reading {}", path.display()))?
                     .len();
                 blob::check_size(size).with_context(|| path.display().to_string())?;
+            }
+            let mut attachments = Vec::new();
+            for (path, is_voice) in files {
                 let data =
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                attachments.push(ops.put_blob(
-                    &channel,
-                    &name,
-                    "application/octet-stream",
-                    &data,
-                )?);
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let (name, mime) = if is_voice {
+                    fieldmesh_ai::whisper::read_wav(&data)
+                        .with_context(|| format!("{} is not a usable WAV file", path.display()))?;
+                    (name.unwrap_or_else(|| "voice.wav".into()), "audio/wav")
+                } else {
+                    (name.unwrap_or_default(), "application/octet-stream")
+                };
+                attachments.push(ops.put_blob(&channel, &name, mime, &data)?);
             }
             let posted = ops.post(
                 &channel,
@@ -506,7 +496,7 @@ fn run(cli: Cli) -> Result<()> {
             index,
         }) => {
             let data = backend(&home, &profile()?)?.get_attachment(&message, index)?;
-            write_file(&out, &data)?;
+            home::write_atomic(&out, &data)?;
             println!("wrote {} bytes to {}", data.len(), out.display());
         }
         Cmd::Read { channel, json } => {
@@ -550,7 +540,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bundle(BundleCmd::Export { out, channel }) => {
             let bytes = backend(&home, &profile()?)?.export_bundle(channel.as_deref())?;
-            write_file(&out, &bytes)?;
+            home::write_atomic(&out, &bytes)?;
             println!("wrote {} bytes to {}", bytes.len(), out.display());
         }
         Cmd::Bundle(BundleCmd::Import { file }) => {

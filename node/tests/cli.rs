@@ -339,6 +339,29 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
         "{err}"
     );
     assert_eq!(n.read_json("ops").len(), 1);
+    // Nor is a smaller file attached before it stored: its chunks would belong to no
+    // message and still replicate everywhere.
+    let held = || {
+        let v: serde_json::Value = serde_json::from_str(&n.ok(&["sync-status", "--json"])).unwrap();
+        v["envelopes"].as_u64().unwrap()
+    };
+    let before = held();
+    let small = n.dir.path().join("small.bin");
+    std::fs::write(&small, vec![7u8; 100_000]).unwrap();
+    let err = n.fails(
+        &[
+            "post",
+            "ops",
+            "with both",
+            "--attach",
+            small.to_str().unwrap(),
+            "--attach",
+            big.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("exceeds the limit"), "{err}");
+    assert_eq!(held(), before, "no chunk of small.bin was stored");
 
     d.stop();
     // With the daemon gone, the CLI opens the store directly and sees everything.
