@@ -406,16 +406,7 @@ pub async fn spawn(
         statics: config
             .peers
             .iter()
-            .map(|a| {
-                (
-                    a.clone(),
-                    Redial {
-                        at: Instant::now(),
-                        backoff: Duration::from_secs(1),
-                        connected: false,
-                    },
-                )
-            })
+            .map(|a| (a.clone(), Redial::new(Instant::now())))
             .collect(),
         addresses: BTreeMap::new(),
         listen: bound.clone(),
@@ -488,10 +479,67 @@ struct InLink {
     done: BTreeSet<u64>,
 }
 
+/// When to dial a static peer again. The wait doubles with every dial (1 s to 30 s) and
+/// starts again from 1 s only after a connection that lasted [`Redial::STABLE`]: a peer
+/// that drops us right after the handshake (it banned us, or it is flapping) had been
+/// dialled again every second or two, each time a full handshake on a thin link.
+#[derive(Debug)]
 struct Redial {
     at: Instant,
     backoff: Duration,
     connected: bool,
+    /// When the current connection was made.
+    since: Option<Instant>,
+}
+
+impl Redial {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    const STABLE: Duration = Duration::from_secs(30);
+
+    fn new(now: Instant) -> Redial {
+        Redial {
+            at: now,
+            backoff: Redial::FIRST,
+            connected: false,
+            since: None,
+        }
+    }
+
+    /// Whether to dial now; if so, the next attempt waits longer.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.connected || now < self.at {
+            return false;
+        }
+        self.at = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(Redial::MAX);
+        true
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.connected = true;
+        self.since = Some(now);
+    }
+
+    fn closed(&mut self, now: Instant) {
+        self.connected = false;
+        if self
+            .since
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= Redial::STABLE)
+        {
+            self.backoff = Redial::FIRST;
+        }
+        self.at = now + self.backoff;
+    }
+}
+
+/// An address without its `/p2p/...` part: how a configured peer is matched to the
+/// address a connection reports.
+fn transport_part(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
 }
 
 struct Driver {
@@ -655,25 +703,24 @@ impl Driver {
     fn redial(&mut self) {
         let now = Instant::now();
         for (addr, r) in self.statics.iter_mut() {
-            if !r.connected && now >= r.at {
+            if r.due(now) {
                 tracing::debug!(%addr, "dialling static peer");
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::debug!(%addr, %e, "dial failed");
                 }
-                r.at = now + r.backoff;
-                r.backoff = (r.backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
 
     fn mark_static(&mut self, addr: &Multiaddr, connected: bool) {
+        let now = Instant::now();
+        let addr = transport_part(addr);
         for (a, r) in self.statics.iter_mut() {
-            if a == addr || addr.to_string().starts_with(&a.to_string()) {
-                r.connected = connected;
+            if transport_part(a) == addr {
                 if connected {
-                    r.backoff = Duration::from_secs(1);
+                    r.connected(now);
                 } else {
-                    r.at = Instant::now() + r.backoff;
+                    r.closed(now);
                 }
             }
         }
@@ -1302,5 +1349,62 @@ impl Driver {
                 tracing::debug!(%e, "announce not published (reconciliation will carry it)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dial times of a static peer that accepts each connection and drops it after
+    /// `lasts`, over `span` from the first dial.
+    fn dials(lasts: Duration, span: Duration) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let mut r = Redial::new(t0);
+        let mut out = Vec::new();
+        let mut now = t0;
+        while now < t0 + span {
+            if r.due(now) {
+                out.push(now - t0);
+                r.connected(now);
+                now += lasts;
+                r.closed(now);
+            } else {
+                now += Duration::from_millis(100);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_peer_that_drops_us_at_once_is_dialled_less_and_less() {
+        let d = dials(Duration::from_millis(50), Duration::from_secs(120));
+        // 1, 2, 4, 8, 16 then every 30 s: not every second.
+        assert!(d.len() <= 8, "{} dials: {d:?}", d.len());
+        let gaps: Vec<u64> = d.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(*gaps.last().unwrap() >= 29, "{gaps:?}");
+    }
+
+    #[test]
+    fn a_connection_that_lasted_is_redialled_soon_after_it_ends() {
+        let d = dials(Duration::from_secs(60), Duration::from_secs(300));
+        let gaps: Vec<u64> = d.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert!(gaps.iter().all(|&g| g <= 62), "{gaps:?}");
+    }
+
+    #[test]
+    fn static_peers_match_by_transport_address() {
+        let configured: Multiaddr = "/ip4/10.0.0.1/tcp/80".parse().unwrap();
+        let other: Multiaddr =
+            "/ip4/10.0.0.1/tcp/8080/p2p/12D3KooWCSMWWU7VZ6321vwdZUfBCpeCMChbQS8hsFCxNuUvztyW"
+                .parse()
+                .unwrap();
+        let same: Multiaddr =
+            "/ip4/10.0.0.1/tcp/80/p2p/12D3KooWCSMWWU7VZ6321vwdZUfBCpeCMChbQS8hsFCxNuUvztyW"
+                .parse()
+                .unwrap();
+        assert_ne!(transport_part(&configured), transport_part(&other));
+        assert_eq!(transport_part(&configured), transport_part(&same));
     }
 }

@@ -192,6 +192,8 @@ pub(crate) struct ValueLog {
     readers: Mutex<HashMap<u32, Arc<File>>>,
     /// The last append's write buffer, kept for the next one (see [`KEEP_BUF_BYTES`]).
     buf: Mutex<Option<AlignedBuf>>,
+    /// [`SEGMENT_BYTES`]; smaller in tests.
+    segment_bytes: u64,
 }
 
 impl std::fmt::Debug for ValueLog {
@@ -250,6 +252,7 @@ impl ValueLog {
             }),
             readers: Mutex::new(HashMap::new()),
             buf: Mutex::new(None),
+            segment_bytes: SEGMENT_BYTES,
         })
     }
 
@@ -258,9 +261,24 @@ impl ValueLog {
     pub(crate) fn append(&self, values: &[&[u8]]) -> io::Result<Vec<Pointer>> {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let total: u64 = values.iter().map(|v| v.len() as u64).sum();
-        if a.len > 0 && align_up(a.len) + total > SEGMENT_BYTES {
+        if a.len > 0 && align_up(a.len) + total > self.segment_bytes {
             let seg = a.seg + 1;
-            let (file, direct) = open_segment(&segment_path(&self.dir, seg), true)?;
+            let path = segment_path(&self.dir, seg);
+            let (file, direct) = match open_segment(&path, true) {
+                // Left by an earlier attempt whose directory sync failed: still empty,
+                // it is this segment (else every later append failed until a restart).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let (file, direct) = open_segment(&path, false)?;
+                    if file.metadata()?.len() != 0 {
+                        return Err(io::Error::other(format!(
+                            "{} already holds data",
+                            path.display()
+                        )));
+                    }
+                    (file, direct)
+                }
+                r => r?,
+            };
             sync_dir(&self.dir)?;
             *a = Active {
                 seg,
@@ -394,5 +412,32 @@ impl ValueLog {
             ));
         }
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new segment whose creation was not made durable (the directory sync failed)
+    /// is left on disk empty: the next append takes it rather than failing on it.
+    #[test]
+    fn an_empty_segment_left_by_a_failed_roll_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ValueLog::open(dir.path()).unwrap();
+        log.segment_bytes = 3 * BLOCK;
+        let value = vec![7u8; 2 * BLOCK as usize];
+        let first = log.append(&[&value]).unwrap();
+        File::create(segment_path(dir.path(), 1)).unwrap();
+        let second = log.append(&[&value]).unwrap();
+        assert_eq!((first[0].seg, second[0].seg), (0, 1));
+        assert_eq!(log.read(&second[0]).unwrap(), value);
+        // One holding data is never written over.
+        std::fs::write(segment_path(dir.path(), 2), b"someone's bytes").unwrap();
+        assert!(log.append(&[&value]).is_err());
+        assert_eq!(
+            std::fs::read(segment_path(dir.path(), 2)).unwrap(),
+            b"someone's bytes"
+        );
     }
 }
