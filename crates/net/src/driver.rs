@@ -394,6 +394,7 @@ pub async fn spawn(
     }
     let (tx, rx) = mpsc::channel(1024);
     let (damaged_tx, damaged_rx) = mpsc::channel(DAMAGE_NOTICES);
+    let (loaded_tx, loaded_rx) = mpsc::channel(LOADS_WAITING);
     let local = *swarm.local_peer_id();
     let mut driver = Driver {
         swarm,
@@ -426,10 +427,12 @@ pub async fn spawn(
         urgent_tx,
         out_links: HashMap::new(),
         in_links: HashMap::new(),
+        to_load: Vec::new(),
+        loaded_tx,
     };
     tokio::spawn(async move {
         driver
-            .run(rx, [bulk_rx, urgent_rx], damaged_rx, config.tick)
+            .run(rx, [bulk_rx, urgent_rx], damaged_rx, loaded_rx, config.tick)
             .await
     });
     Ok((
@@ -440,6 +443,12 @@ pub async fn spawn(
         bound,
     ))
 }
+
+/// Batches of loaded pushes that can wait for the swarm task.
+const LOADS_WAITING: usize = 64;
+
+/// Pushes loaded from the store for request-response: `None` if no longer there.
+type Loaded = Vec<(PeerId, EnvelopeId, Option<Vec<u8>>)>;
 
 /// Where the answer to an inbound frame goes.
 enum Reply {
@@ -557,6 +566,11 @@ struct Driver {
     oversized: Arc<std::sync::atomic::AtomicU64>,
     /// Push requests in flight.
     pushes: HashMap<request_response::OutboundRequestId, (PeerId, EnvelopeId)>,
+    /// Pushes to send by request-response, loaded from the store together on a blocking
+    /// thread after this event (a store read on the swarm task stalls every peer), and
+    /// where the loads come back.
+    to_load: Vec<(PeerId, EnvelopeId)>,
+    loaded_tx: mpsc::Sender<Loaded>,
     /// Received envelopes waiting for the next group commit, and the answers held until then.
     deferred_ingest: Vec<(Sender, Vec<u8>)>,
     deferred_responses: Vec<(u64, Vec<u8>)>,
@@ -585,6 +599,7 @@ impl Driver {
         mut rx: mpsc::Receiver<Command>,
         [mut bulk_rx, mut urgent_rx]: [mpsc::Receiver<bulk::Event>; 2],
         mut damaged: mpsc::Receiver<EnvelopeId>,
+        mut loaded: mpsc::Receiver<Loaded>,
         tick: Duration,
     ) {
         let mut ticker = tokio::time::interval(tick);
@@ -609,6 +624,7 @@ impl Driver {
                 },
                 Some(ev) = urgent_rx.recv() => self.on_bulk(ev),
                 Some(ev) = bulk_rx.recv() => self.on_bulk(ev),
+                Some(batch) = loaded.recv() => self.send_loaded(batch),
                 Some(id) = damaged.recv() => {
                     tracing::warn!(%id, "stored envelope is damaged; it will be fetched again from a peer that holds it");
                     self.feed(Input::Forget { id });
@@ -635,6 +651,7 @@ impl Driver {
                 self.flush_ingest();
             }
             self.publish_announces();
+            self.load_pushes();
         }
         // Verify and write what has arrived, before stopping.
         loop {
@@ -1069,15 +1086,7 @@ impl Driver {
                     Output::Unanswered { request } => {
                         self.inbound.remove(&request);
                     }
-                    Output::Push { peer, id } => {
-                        if !self.push(peer, id) {
-                            pending.push(Input::PushDone {
-                                peer,
-                                id,
-                                delivered: true,
-                            });
-                        }
-                    }
+                    Output::Push { peer, id } => self.push(peer, id),
                     Output::Ingest { peer, envelope } => {
                         self.deferred_ingest.push((
                             Sender {
@@ -1106,9 +1115,9 @@ impl Driver {
 
     /// Sends a pushed envelope: on the peer's link of its lane (urgent for IMMEDIATE and
     /// FLASH, bulk otherwise) if that is open (the link loads it), otherwise on a
-    /// request-response stream of its own. False: it is no longer in the store (it
-    /// counts as done).
-    fn push(&mut self, peer: PeerId, id: EnvelopeId) -> bool {
+    /// request-response stream of its own (loaded after this event, see
+    /// [`Driver::load_pushes`]).
+    fn push(&mut self, peer: PeerId, id: EnvelopeId) {
         let lane = if self
             .engine
             .index()
@@ -1130,19 +1139,49 @@ impl Driver {
             }) if frames.try_send(id).is_ok() => {
                 inflight.push_back((*sent, id));
                 *sent += 1;
-                return true;
+                return;
             }
             Some(OutLink::Failed(at)) if Instant::now() >= *at => self.open_link(peer, lane),
             _ => {}
         }
-        let Some(bytes) = self.host.load(&id) else {
-            tracing::warn!(%id, "queued envelope could not be loaded from the store");
-            return false;
-        };
-        let frame = Frame::Envelope(bytes).encode();
-        let req = self.swarm.behaviour_mut().sync.send_request(&peer, frame);
-        self.pushes.insert(req, (peer, id));
-        true
+        self.to_load.push((peer, id));
+    }
+
+    /// Loads this event's request-response pushes on a blocking thread.
+    fn load_pushes(&mut self) {
+        if self.to_load.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.to_load);
+        let host = self.host.clone();
+        let done = self.loaded_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let loaded = batch
+                .into_iter()
+                .map(|(peer, id)| (peer, id, host.load(&id)))
+                .collect();
+            // Waits while the swarm task is behind (the task ends with the driver).
+            let _ = done.blocking_send(loaded);
+        });
+    }
+
+    /// Sends loaded pushes, each on a request-response stream of its own; one no longer
+    /// in the store counts as done.
+    fn send_loaded(&mut self, batch: Loaded) {
+        for (peer, id, bytes) in batch {
+            let Some(bytes) = bytes else {
+                tracing::warn!(%id, "queued envelope could not be loaded from the store");
+                self.feed(Input::PushDone {
+                    peer,
+                    id,
+                    delivered: true,
+                });
+                continue;
+            };
+            let frame = Frame::Envelope(bytes).encode();
+            let req = self.swarm.behaviour_mut().sync.send_request(&peer, frame);
+            self.pushes.insert(req, (peer, id));
+        }
     }
 
     /// Starts opening a link of `lane` to a connected peer.

@@ -501,8 +501,34 @@ pub struct Endpoints(
 pub struct WireBook {
     /// Connections up, by quinn's stable id.
     live: std::collections::HashMap<usize, (PeerId, quinn::Connection)>,
-    /// Totals of closed connections.
-    closed: std::collections::HashMap<PeerId, Wire>,
+    /// Totals of closed connections, and when each peer's last one closed (a count):
+    /// at most [`MAX_CLOSED_PEERS`] peers, the longest gone forgotten first (every peer
+    /// that ever finished a handshake had been kept: a peer cycling fresh identities grew
+    /// it without end).
+    closed: std::collections::HashMap<PeerId, (u64, Wire)>,
+    closes: u64,
+}
+
+/// Peers whose closed connections' traffic is remembered (the engine remembers fewer).
+const MAX_CLOSED_PEERS: usize = 4096;
+
+impl WireBook {
+    fn closed(&mut self, peer: PeerId, st: &quinn::ConnectionStats) {
+        self.closes += 1;
+        if self.closed.len() >= MAX_CLOSED_PEERS
+            && !self.closed.contains_key(&peer)
+            && let Some(oldest) = self
+                .closed
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(p, _)| *p)
+        {
+            self.closed.remove(&oldest);
+        }
+        let e = self.closed.entry(peer).or_default();
+        e.0 = self.closes;
+        e.1.add(st);
+    }
 }
 
 /// UDP traffic with one peer over QUIC, everything included (handshakes, ACKs, retransmits).
@@ -556,14 +582,14 @@ impl Endpoints {
             tracing::debug!(%peer, ?st, "QUIC connection closed");
             let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
             book.live.remove(&key);
-            book.closed.entry(peer).or_default().add(&st);
+            book.closed(peer, &st);
         });
     }
 
     /// UDP traffic with `peer` over QUIC since start.
     pub fn wire(&self, peer: &PeerId) -> Wire {
         let book = self.1.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = book.closed.get(peer).copied().unwrap_or_default();
+        let mut total = book.closed.get(peer).map(|(_, w)| *w).unwrap_or_default();
         for (p, conn) in book.live.values() {
             if p == peer {
                 total.add(&conn.stats());
@@ -1057,5 +1083,28 @@ impl AsyncWrite for Stream {
         let r = futures_util::ready!(AsyncWrite::poll_close(Pin::new(&mut this.send), cx));
         this.closed = Some(r.as_ref().map(|_| ()).map_err(|e| e.kind()));
         Poll::Ready(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_connections_are_remembered_for_a_bounded_number_of_peers() {
+        let mut book = WireBook::default();
+        let mut st = quinn::ConnectionStats::default();
+        st.udp_tx.bytes = 100;
+        let kept = PeerId::random();
+        book.closed(kept, &st);
+        for _ in 0..MAX_CLOSED_PEERS + 500 {
+            book.closed(PeerId::random(), &st);
+            // A peer that keeps coming back stays.
+            if book.closes % 1000 == 0 {
+                book.closed(kept, &st);
+            }
+        }
+        assert_eq!(book.closed.len(), MAX_CLOSED_PEERS);
+        assert!(book.closed[&kept].1.bytes_sent >= 500);
     }
 }
