@@ -1091,8 +1091,21 @@ impl Ops for Node {
         // One signature per batch of chunks: receivers check it once, not per chunk.
         let envs = fieldmesh_crypto::seal_envelopes(&self.key, &key, chunks)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let mut stored = 0;
         for batch in envs.chunks(256) {
-            self.store.put_batch(batch)?;
+            if let Err(e) = self.store.put_batch(batch) {
+                // No message will name this attachment: the chunks already stored are
+                // taken back, or they would replicate to every peer as dead weight (on a
+                // full disk the removal can fail too; it is logged).
+                let ids: Vec<EnvelopeId> = envs[..stored].iter().map(Envelope::id).collect();
+                if !ids.is_empty()
+                    && let Err(r) = self.store.remove(&ids)
+                {
+                    tracing::warn!(chunks = ids.len(), %r, "chunks of a failed attachment stay stored");
+                }
+                return Err(e.into());
+            }
+            stored += batch.len();
         }
         for e in &envs {
             self.announce(e);
@@ -1298,10 +1311,17 @@ mod tests {
     struct Counting {
         inner: MemStore,
         chunk_scans: AtomicUsize,
+        /// Writes that succeed before every later one fails as a full disk (0: none fail).
+        puts_before_full: AtomicUsize,
     }
 
     impl Store for Counting {
         fn put_batch(&self, envs: &[Envelope]) -> Result<Vec<PutOutcome>, WriteError> {
+            match self.puts_before_full.load(Ordering::Relaxed) {
+                0 => {}
+                1 => return Err(WriteError::DiskFull(std::io::ErrorKind::StorageFull.into())),
+                n => self.puts_before_full.store(n - 1, Ordering::Relaxed),
+            }
             self.inner.put_batch(envs)
         }
         fn get(&self, id: &EnvelopeId) -> Result<Option<Envelope>, ReadError> {
@@ -1460,6 +1480,29 @@ mod tests {
         assert_eq!(scans(), 2, "fell back to opening the channel");
         assert_eq!(node.get_attachment(&posted[0].0, 0).unwrap(), posted[0].1);
         assert_eq!(scans(), 2, "and learnt its chunks again");
+    }
+
+    /// An attachment whose chunks do not all fit (the disk fills after the first batch)
+    /// leaves none of them behind: no message names them.
+    #[test]
+    fn a_failed_attachment_leaves_no_chunks() {
+        let store = Arc::new(Counting::default());
+        let node = Node::new(
+            NodeKey::from_seed([5; 32]),
+            "t".into(),
+            store.clone(),
+            Profile::builtin("ci-loopback").unwrap(),
+        );
+        node.create_channel("imagery", None).unwrap();
+        let before = store.stats().unwrap();
+        // 300 chunks: two batches, the second refused.
+        store.puts_before_full.store(2, Ordering::Relaxed);
+        let data = vec![3u8; 300 * crate::blob::CHUNK_BYTES];
+        let e = node
+            .put_blob("imagery", "map.bin", "application/octet-stream", &data)
+            .unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
+        assert_eq!(store.stats().unwrap(), before);
     }
 
     /// A member who signs a chunk claiming another's attachment, with other bytes, cannot

@@ -341,9 +341,17 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
     assert_eq!(n.read_json("ops").len(), 1);
     // Nor is a smaller file attached before it stored: its chunks would belong to no
     // message and still replicate everywhere.
+    let bundle = n.dir.path().join("ops.bundle");
     let held = || {
-        let v: serde_json::Value = serde_json::from_str(&n.ok(&["sync-status", "--json"])).unwrap();
-        v["envelopes"].as_u64().unwrap()
+        n.ok(&[
+            "bundle",
+            "export",
+            "--channel",
+            "ops",
+            "--out",
+            bundle.to_str().unwrap(),
+        ]);
+        std::fs::metadata(&bundle).unwrap().len()
     };
     let before = held();
     let small = n.dir.path().join("small.bin");
@@ -361,7 +369,7 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
         1,
     );
     assert!(err.contains("exceeds the limit"), "{err}");
-    assert_eq!(held(), before, "no chunk of small.bin was stored");
+    assert_eq!(held(), before, "the channel holds no chunk of small.bin");
 
     d.stop();
     // With the daemon gone, the CLI opens the store directly and sees everything.
