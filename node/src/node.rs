@@ -438,29 +438,88 @@ impl Node {
         }
     }
 
-    /// The compartment a channel belongs to: its genesis envelope's.
+    /// The compartment a channel belongs to: its genesis envelope's, for the genesis
+    /// that proves itself: this node can open it and the channel rules accept it (its
+    /// author, time and name hash to the channel id). The store indexes the first
+    /// genesis that arrived for an id, and anyone who has seen a channel id in a header
+    /// can sign a "genesis" for it under any compartment: trusting that one had a member
+    /// seal its own posts to a restricted channel under the public `open` key. If the
+    /// indexed genesis does not prove itself, every genesis stored for the channel is
+    /// tried; if none does (the real one has not arrived, or this node cannot open it),
+    /// the channel is unknown here. Only a proven answer is remembered.
     pub(crate) fn channel_compartment(&self, id: &ChannelId) -> Result<CompartmentId, NodeError> {
         if let Some(c) = lock(&self.compartment_of).get(id) {
             return Ok(*c);
         }
-        let genesis = self
-            .store
-            .channels()?
-            .into_iter()
-            .find(|(c, _)| c == id)
-            .map(|(_, g)| g)
-            .ok_or_else(|| NodeError::NotFound(format!("unknown channel {id}")))?;
-        let env = self.store.get(&genesis)?.ok_or_else(|| {
-            NodeError::Internal(format!("genesis of {id} is indexed but missing"))
+        let indexed = self.indexed_genesis(id)?;
+        let proven = match self.store.get(&indexed)? {
+            Some(env) => self.proven_genesis(id, &env),
+            None => None,
+        };
+        let proven = match proven {
+            Some(c) => Some(c),
+            None => {
+                tracing::debug!(channel = %id, genesis = %indexed, "the indexed genesis does not prove itself here; looking for the channel's real one");
+                self.store
+                    .channel_envelopes_of(id, &|k| k == fieldmesh_core::Kind::CHANNEL_GENESIS)?
+                    .iter()
+                    .find_map(|env| self.proven_genesis(id, env))
+            }
+        };
+        let c = proven.ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "channel {id}: no genesis this node can open and verify"
+            ))
         })?;
-        let c = env.header().compartment;
         lock(&self.compartment_of).insert(*id, c);
         Ok(c)
     }
 
+    /// The genesis the store indexes for a channel: the first that arrived, unproven.
+    fn indexed_genesis(&self, id: &ChannelId) -> Result<EnvelopeId, NodeError> {
+        self.store
+            .channels()?
+            .into_iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, g)| g)
+            .ok_or_else(|| NodeError::NotFound(format!("unknown channel {id}")))
+    }
+
+    /// The compartment of `env` if it is a genesis of channel `id` that this node can open
+    /// and the channel rules accept.
+    fn proven_genesis(&self, id: &ChannelId, env: &Envelope) -> Option<CompartmentId> {
+        let h = env.header();
+        if h.kind != fieldmesh_core::Kind::CHANNEL_GENESIS || h.channel != *id {
+            return None;
+        }
+        let plaintext = self.open(env).ok().flatten()?;
+        let mut ch = Channel::new(*id);
+        match ch.apply(Incoming::of(env, &plaintext)) {
+            Ok(_) if ch.genesis().is_some() => Some(h.compartment),
+            _ => None,
+        }
+    }
+
     /// Enforces compartments on every channel operation, and audits the decision.
     fn check_access(&self, id: &ChannelId) -> Result<ChannelId, NodeError> {
-        let c = self.channel_compartment(id)?;
+        let c = match self.channel_compartment(id) {
+            Ok(c) => c,
+            // Nothing proves the channel here. If its genesis is sealed for a compartment
+            // this node holds no key of, that is the reason given (and audited); the
+            // claim is never used to grant anything.
+            Err(NodeError::NotFound(why)) => {
+                let claimed = self
+                    .store
+                    .get(&self.indexed_genesis(id)?)?
+                    .map(|g| g.header().compartment)
+                    .filter(|c| *c != CompartmentId::OPEN && !lock(&self.access).may_read(c));
+                match claimed {
+                    Some(c) => c,
+                    None => return Err(NodeError::NotFound(why)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         if c == CompartmentId::OPEN {
             return Ok(*id);
         }
@@ -1558,6 +1617,66 @@ mod tests {
         let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
         assert_eq!(remembered, 3 * payloads.len(), "real and forged chunks");
         assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
+    }
+
+    /// A "genesis" anyone signed for a channel id seen in a header, stored before the real
+    /// one, does not decide the channel's compartment (which a member seals its posts
+    /// under): only a genesis this node can open and the channel rules accept does.
+    #[test]
+    fn a_forged_genesis_does_not_decide_a_channels_compartment() {
+        let dir = tempfile::tempdir().unwrap();
+        let creator = node_on(&sled_store(&dir.path().join("a")));
+        creator.create_channel("ops", None).unwrap();
+        let channel = creator.resolve("ops").unwrap();
+        let real: Vec<Envelope> = creator
+            .store
+            .channel_envelopes_of(&channel, &|k| k == fieldmesh_core::Kind::CHANNEL_GENESIS)
+            .unwrap();
+        assert_eq!(real.len(), 1);
+
+        let forger = NodeKey::from_seed([8; 32]);
+        let forge = |compartment: CompartmentId, epoch: u32, key: &PayloadKey| {
+            let header = Header {
+                kind: fieldmesh_core::Kind::CHANNEL_GENESIS,
+                precedence: fieldmesh_core::Precedence::Routine,
+                compartment,
+                epoch,
+                channel,
+                author: forger.node_id(),
+                hlc: Hlc(1),
+                deps: vec![],
+            };
+            seal_envelope(&forger, header, key, b"not a genesis").unwrap()
+        };
+        let member = node_on(&sled_store(&dir.path().join("b")));
+        // One it cannot open, and one it can (but the channel rules refuse).
+        let unopenable = forge(CompartmentId([9; 32]), 1, &PayloadKey::from_bytes([42; 32]));
+        member.ingest(vec![unopenable], false).unwrap();
+        assert!(
+            matches!(
+                member.channel_compartment(&channel),
+                Err(NodeError::NotFound(_))
+            ),
+            "no genesis proves itself yet"
+        );
+        let real_again = real.clone();
+        member.ingest(real, false).unwrap();
+        assert_eq!(
+            member.channel_compartment(&channel).unwrap(),
+            CompartmentId::OPEN
+        );
+        // One it can open, whose content the channel rules refuse.
+        let fresh = node_on(&sled_store(&dir.path().join("c")));
+        let (epoch, open) = fresh.sealing_key(&CompartmentId::OPEN).unwrap();
+        let readable = forge(CompartmentId::OPEN, epoch, &open);
+        assert!(fresh.open(&readable).unwrap().is_some());
+        fresh.ingest(vec![readable], false).unwrap();
+        assert!(fresh.channel_compartment(&channel).is_err());
+        fresh.ingest(real_again, false).unwrap();
+        assert_eq!(
+            fresh.channel_compartment(&channel).unwrap(),
+            CompartmentId::OPEN
+        );
     }
 
     /// Others' traffic (a compartment this node holds no key of) is kept within the
