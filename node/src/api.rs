@@ -18,8 +18,14 @@
 //! | GET  | /api/v1/messages/{id}/attachments/{n} | → verified attachment bytes |
 //! | GET  | /api/v1/sync-status | → {peer_id, listen, envelopes, peers: [per-peer counters, backlog]} |
 //!
-//! Errors are `{"error": "..."}` with 400, 404, 409, 413, 500 or 507.
-//! The API has no authentication: it listens on loopback only.
+//! Errors are `{"error": "..."}` with 400, 403, 404, 409, 413, 500 or 507.
+//! The API has no authentication: it listens on loopback only, and it refuses what a web
+//! page could send it. A page the operator opens can reach 127.0.0.1 too: through a name
+//! that re-resolves to it (DNS rebinding: its scripts are then same-origin with the API and
+//! could read every channel this node holds keys for, post as the node, change access),
+//! or with a form or `no-cors` request (raw-body endpoints such as a bundle import). So
+//! a request must name a loopback host (`Host`), and one that carries an `Origin` (every
+//! browser sends it on such requests; the CLI and scripts do not) is refused (403).
 
 use crate::node::Node;
 use crate::ops::{NodeError, Ops, PostRequest};
@@ -207,7 +213,52 @@ pub fn router(node: Arc<Node>, shutdown: Shutdown) -> Router {
         .layer(DefaultBodyLimit::max(
             crate::blob::MAX_BLOB_BYTES as usize + crate::blob::API_BODY_SLACK,
         ))
+        .layer(axum::middleware::from_fn(not_from_a_browser))
         .with_state(node)
+}
+
+/// Refuses (403) a request that does not name a loopback host, or that a browser sent
+/// (see the module documentation).
+async fn not_from_a_browser(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match refused(req.headers()) {
+        Some(why) => (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({ "error": why })),
+        )
+            .into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// Why the API refuses a request with these headers, if it does.
+fn refused(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    use axum::http::header::{HOST, ORIGIN};
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(is_loopback_host) {
+        return Some(
+            "the API answers only requests addressed to a loopback host (127.0.0.1, ::1, localhost)",
+        );
+    }
+    if headers.contains_key(ORIGIN) {
+        return Some("the API refuses requests from web pages (they carry an Origin)");
+    }
+    None
+}
+
+/// Whether a `Host` header names a loopback address or `localhost` (with or without a
+/// port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, port)) if port.is_empty() || port.starts_with(':') => name,
+            _ => return false,
+        },
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn events(
@@ -228,4 +279,53 @@ async fn events(
     });
     Sse::new(futures_util::StreamExt::take_until(stream, shutdown.wait()))
         .keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_no_web_pages() {
+        for ok in [
+            "127.0.0.1:7878",
+            "127.0.0.1",
+            "127.0.0.2:80",
+            "localhost:7878",
+            "LOCALHOST",
+            "[::1]:7878",
+            "[::1]",
+        ] {
+            assert_eq!(refused(&headers(&[("host", ok)])), None, "{ok}");
+        }
+        for bad in [
+            "evil.example:7878",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:7878",
+            "10.0.0.1:7878",
+            "[::1]x",
+            "[fe80::1]:7878",
+            "",
+        ] {
+            assert!(refused(&headers(&[("host", bad)])).is_some(), "{bad}");
+        }
+        assert!(refused(&HeaderMap::new()).is_some(), "no Host");
+        assert!(
+            refused(&headers(&[
+                ("host", "127.0.0.1:7878"),
+                ("origin", "http://127.0.0.1:7878")
+            ]))
+            .is_some(),
+            "a page, even one served from loopback"
+        );
+    }
 }

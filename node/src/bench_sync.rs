@@ -296,7 +296,7 @@ fn latency_bench(n: usize) -> Result<()> {
     let mut sock = std::net::TcpStream::connect(&rb.http)?;
     write!(
         sock,
-        "GET /api/v1/events HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
     )?;
     {
         let seen = seen.clone();

@@ -315,13 +315,30 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
     let mut s = std::net::TcpStream::connect(&d.http).unwrap();
     write!(
         s,
-        "GET /api/v1/channels/nosuch/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /api/v1/channels/nosuch/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     assert!(resp.contains("\"error\""), "{resp}");
+    // What a web page could send (a rebound name, or any request carrying an Origin) is
+    // refused before it reaches a channel.
+    for headers in [
+        "Host: attacker.example:7878\r\n",
+        "Host: 127.0.0.1\r\nOrigin: http://attacker.example\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(&d.http).unwrap();
+        write!(
+            s,
+            "GET /api/v1/channels HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 403"), "{headers}: {resp}");
+        assert!(!resp.contains("\"ops\""), "{resp}");
+    }
 
     // An attachment over the limit is refused before it is read or uploaded, with the
     // limit named (the daemon used to cut the upload off: "broken pipe"); nothing posted.
