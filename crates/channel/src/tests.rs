@@ -163,6 +163,20 @@ fn genesis_must_hash_to_the_channel_and_comes_first() {
     assert_eq!(late.messages(), a.messages());
 }
 
+/// A valid change in Automerge's compressed form (chunk type 2), as the library itself
+/// writes it for changes over 256 bytes: refused, since inflating one has no limit.
+fn compressed_change() -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(ROOT, "text", "x".repeat(4096)).unwrap();
+    let mut change = doc.get_last_local_change().unwrap().clone();
+    let bytes = change.bytes().into_owned();
+    assert_eq!(bytes[8], 2, "compressed");
+    let mut p = vec![PAYLOAD_VERSION];
+    p.extend_from_slice(&bytes);
+    p
+}
+
 #[test]
 fn malformed_payloads_have_clear_errors() {
     let (_a, mut b, _id, _) = setup();
@@ -170,6 +184,10 @@ fn malformed_payloads_have_clear_errors() {
         (&b""[..], "empty"),
         (&[9u8, 1, 2][..], "payload version 9"),
         (&[1u8, 0xff, 0][..], "malformed"),
+        (
+            &compressed_change()[..],
+            "not an uncompressed Automerge change",
+        ),
     ] {
         let err = b
             .apply(Incoming {
