@@ -271,9 +271,22 @@ impl Node {
                                             "planned a grant of a key not held".into(),
                                         )
                                     })?;
-                            let sealed =
-                                seal_grant(&compartment, epoch, &rotation, &recipient, &key)
-                                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                            // One member whose grant cannot be sealed (a credential
+                            // naming a key that is not a valid point) must not stop the
+                            // grants to everyone else, revocations' new keys included.
+                            let sealed = match seal_grant(
+                                &compartment,
+                                epoch,
+                                &rotation,
+                                &recipient,
+                                &key,
+                            ) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(%compartment, %recipient, %e, "cannot seal a grant for this member; granting the others");
+                                    continue;
+                                }
+                            };
                             self.publish(&[Record::Grant {
                                 compartment,
                                 epoch,

@@ -89,9 +89,7 @@ fn authority_dir(home: &Home) -> PathBuf {
 
 fn save_trust(home: &Home, trust: &[TrustedAuthority]) -> Result<()> {
     let path = home.root.join("trust.json");
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(trust)?)?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    crate::home::write_atomic(&path, &serde_json::to_vec_pretty(trust)?)
 }
 
 fn add_trust(home: &Home, t: TrustedAuthority) -> Result<()> {

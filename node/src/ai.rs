@@ -941,9 +941,8 @@ impl Node {
             }
         }
         let path = self.settings_path()?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&s).map_err(internal)?).map_err(internal)?;
-        std::fs::rename(&tmp, &path).map_err(internal)?;
+        crate::home::write_atomic(&path, &serde_json::to_vec_pretty(&s).map_err(internal)?)
+            .map_err(|e| internal(format!("{e:#}")))?;
         Ok(json!({"channel": id, "auto_translate": s.auto_translate.get(&id.to_hex())}))
     }
 

@@ -123,10 +123,7 @@ impl Home {
     }
 
     pub fn write_daemon(&self, rec: &DaemonRecord) -> Result<()> {
-        let tmp = self.root.join("daemon.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(rec)?)?;
-        std::fs::rename(&tmp, self.daemon_path())?;
-        Ok(())
+        write_atomic(&self.daemon_path(), &serde_json::to_vec_pretty(rec)?)
     }
 
     pub fn remove_daemon(&self) {

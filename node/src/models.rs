@@ -161,12 +161,8 @@ impl Registry {
 
     fn save(&self, r: &RegistryFile) -> Result<()> {
         std::fs::create_dir_all(&self.root)?;
-        let tmp = self.root.join("registry.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.registry_path()).context("replacing the model registry")?;
-        Ok(())
+        crate::home::write_atomic(&self.registry_path(), &serde_json::to_vec_pretty(r)?)
+            .context("replacing the model registry")
     }
 
     /// Imports `files` (paths on disk, with the names they take in the store) as a new

@@ -118,10 +118,16 @@ impl NodeKey {
             source,
         };
         let tmp = path.with_extension("tmp");
+        // Created afresh: a file or link already at the temporary name (left by a crash,
+        // or planted) is removed, never written through (mode 0600 applies only to a new
+        // file, and a link would send the key wherever it points).
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
@@ -206,6 +212,21 @@ mod tests {
             NodeKey::load(&path),
             Err(KeyFileError::Malformed { .. })
         ));
+    }
+
+    /// A link planted at the temporary name is removed, not written through: the key
+    /// never lands where it points.
+    #[test]
+    fn a_planted_temporary_file_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let elsewhere = dir.path().join("world-readable");
+        std::os::unix::fs::symlink(&elsewhere, path.with_extension("tmp")).unwrap();
+        NodeKey::create(&path).unwrap();
+        assert!(!elsewhere.exists(), "nothing written through the link");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!path.with_extension("tmp").exists());
     }
 
     #[test]

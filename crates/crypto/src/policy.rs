@@ -11,8 +11,12 @@
 //!
 //! `clearance` is ordered UNCLASSIFIED < CUI < CONFIDENTIAL < SECRET < TOP_SECRET; other
 //! attributes order as integers when both sides are integers. A comparison that cannot be
-//! ordered, or names an attribute the credential lacks, is false: a policy only ever
-//! grants on evidence. Unknown clearance levels are refused when the policy is parsed.
+//! ordered, or names an attribute the credential lacks, is unknown, and so is `not` of
+//! anything unknown: `and` is false if any part is false, `or` true if any part is true,
+//! and a policy grants only when it comes out true. So it only ever grants on evidence:
+//! `not nation in [RUS]` does not admit a credential that says nothing of its nation (an
+//! authority can always leave an attribute out). Unknown clearance levels are refused
+//! when the policy is parsed.
 //!
 //! ```
 //! use fieldmesh_crypto::Policy;
@@ -282,29 +286,46 @@ fn rank(name: &str, v: &str) -> Option<i128> {
     v.parse().ok()
 }
 
-fn eval(e: &Expr, attrs: &BTreeMap<String, String>) -> bool {
+/// Three-valued: `None` is unknown (an attribute missing, or values that do not order).
+fn eval(e: &Expr, attrs: &BTreeMap<String, String>) -> Option<bool> {
     match e {
-        Expr::Or(v) => v.iter().any(|e| eval(e, attrs)),
-        Expr::And(v) => v.iter().all(|e| eval(e, attrs)),
-        Expr::Not(e) => !eval(e, attrs),
-        Expr::In(name, values) => attrs.get(name).is_some_and(|a| values.contains(a)),
+        Expr::Or(v) => {
+            let parts: Vec<Option<bool>> = v.iter().map(|e| eval(e, attrs)).collect();
+            if parts.contains(&Some(true)) {
+                Some(true)
+            } else if parts.contains(&None) {
+                None
+            } else {
+                Some(false)
+            }
+        }
+        Expr::And(v) => {
+            let parts: Vec<Option<bool>> = v.iter().map(|e| eval(e, attrs)).collect();
+            if parts.contains(&Some(false)) {
+                Some(false)
+            } else if parts.contains(&None) {
+                None
+            } else {
+                Some(true)
+            }
+        }
+        Expr::Not(e) => eval(e, attrs).map(|b| !b),
+        Expr::In(name, values) => attrs.get(name).map(|a| values.contains(a)),
         Expr::Cmp(name, op, v) => {
-            let Some(a) = attrs.get(name) else {
-                return false;
-            };
+            let a = attrs.get(name)?;
             match op {
-                Op::Eq => a == v,
-                Op::Ne => a != v,
-                _ => match (rank(name, a), rank(name, v)) {
-                    (Some(x), Some(y)) => match op {
+                Op::Eq => Some(a == v),
+                Op::Ne => Some(a != v),
+                _ => {
+                    let (x, y) = (rank(name, a)?, rank(name, v)?);
+                    Some(match op {
                         Op::Ge => x >= y,
                         Op::Le => x <= y,
                         Op::Gt => x > y,
                         Op::Lt => x < y,
                         Op::Eq | Op::Ne => unreachable!("handled above"),
-                    },
-                    _ => false,
-                },
+                    })
+                }
             }
         }
     }
@@ -313,7 +334,7 @@ fn eval(e: &Expr, attrs: &BTreeMap<String, String>) -> bool {
 impl Policy {
     /// Whether a holder of these attributes satisfies the policy.
     pub fn allows(&self, attrs: &BTreeMap<String, String>) -> bool {
-        eval(&self.expr, attrs)
+        eval(&self.expr, attrs) == Some(true)
     }
 }
 
@@ -395,6 +416,34 @@ mod tests {
         assert!(
             !q.allows(&attrs(&[("level", "three")])),
             "unordered compares false"
+        );
+    }
+
+    /// `not` of a missing attribute is not evidence: an authority can leave `nation` out
+    /// of a credential, and "not in [RUS, CHN]" must not admit it.
+    #[test]
+    fn negation_of_the_unknown_grants_nothing() {
+        let p: Policy = "clearance >= SECRET and not nation in [RUS, CHN]"
+            .parse()
+            .unwrap();
+        assert!(p.allows(&attrs(&[("clearance", "SECRET"), ("nation", "USA")])));
+        assert!(!p.allows(&attrs(&[("clearance", "SECRET"), ("nation", "RUS")])));
+        assert!(
+            !p.allows(&attrs(&[("clearance", "SECRET")])),
+            "nation unknown"
+        );
+        let q: Policy = "not level < 3".parse().unwrap();
+        assert!(q.allows(&attrs(&[("level", "5")])));
+        assert!(!q.allows(&attrs(&[("level", "five")])), "unordered");
+        assert!(!q.allows(&attrs(&[])));
+        // Unknown parts do not matter where the rest decides.
+        let r: Policy = "role == medic or not nation == RUS".parse().unwrap();
+        assert!(r.allows(&attrs(&[("role", "medic")])));
+        assert!(!r.allows(&attrs(&[("role", "driver")])));
+        let s: Policy = "not (nation == RUS and level > 3)".parse().unwrap();
+        assert!(
+            s.allows(&attrs(&[("nation", "USA")])),
+            "false and unknown is false"
         );
     }
 
