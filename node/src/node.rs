@@ -1490,11 +1490,8 @@ mod tests {
         (node.post("imagery", &request).unwrap().id, att)
     }
 
-    /// Posting and getting attachments read each by its own chunks' ids (known from
-    /// storing them here, or from opening the channel's chunks once), byte-identical;
-    /// ids that no longer make the whole attachment send the read back to the channel.
-    #[test]
-    fn attachments_are_read_by_their_own_chunks() {
+    /// A node on the counting store, with a channel `imagery`.
+    fn counting_node() -> (Arc<Counting>, Node) {
         let store = Arc::new(Counting::default());
         let node = Node::new(
             NodeKey::from_seed([5; 32]),
@@ -1503,6 +1500,15 @@ mod tests {
             Profile::builtin("ci-loopback").unwrap(),
         );
         node.create_channel("imagery", None).unwrap();
+        (store, node)
+    }
+
+    /// Posting and getting attachments read each by its own chunks' ids (known from
+    /// storing them here, or from opening the channel's chunks once), byte-identical;
+    /// ids that no longer make the whole attachment send the read back to the channel.
+    #[test]
+    fn attachments_are_read_by_their_own_chunks() {
+        let (store, node) = counting_node();
         let mut posted = Vec::new();
         for i in 0..3u8 {
             let data: Vec<u8> = (0..200_000u32)
@@ -1545,14 +1551,7 @@ mod tests {
     /// leaves none of them behind: no message names them.
     #[test]
     fn a_failed_attachment_leaves_no_chunks() {
-        let store = Arc::new(Counting::default());
-        let node = Node::new(
-            NodeKey::from_seed([5; 32]),
-            "t".into(),
-            store.clone(),
-            Profile::builtin("ci-loopback").unwrap(),
-        );
-        node.create_channel("imagery", None).unwrap();
+        let (store, node) = counting_node();
         let before = store.stats().unwrap();
         // 300 chunks: two batches, the second refused.
         store.puts_before_full.store(2, Ordering::Relaxed);

@@ -312,14 +312,16 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
     assert_eq!(n.ok(&["channel", "list"]).lines().count(), 2);
 
     // Raw HTTP: JSON errors with status codes.
-    let mut s = std::net::TcpStream::connect(&d.http).unwrap();
-    write!(
-        s,
-        "GET /api/v1/channels/nosuch/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let raw = |request: &str| {
+        let mut s = std::net::TcpStream::connect(&d.http).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let resp = raw(
+        "GET /api/v1/channels/nosuch/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     assert!(resp.contains("\"error\""), "{resp}");
     // What a web page could send (a rebound name, or any request carrying an Origin) is
@@ -328,14 +330,9 @@ fn daemon_serves_the_api_and_the_cli_goes_through_it() {
         "Host: attacker.example:7878\r\n",
         "Host: 127.0.0.1\r\nOrigin: http://attacker.example\r\n",
     ] {
-        let mut s = std::net::TcpStream::connect(&d.http).unwrap();
-        write!(
-            s,
+        let resp = raw(&format!(
             "GET /api/v1/channels HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        ));
         assert!(resp.starts_with("HTTP/1.1 403"), "{headers}: {resp}");
         assert!(!resp.contains("\"ops\""), "{resp}");
     }

@@ -286,29 +286,25 @@ fn rank(name: &str, v: &str) -> Option<i128> {
     v.parse().ok()
 }
 
+/// `or` (`decides` true) or `and` (`decides` false) of three-valued parts: the deciding
+/// value if any part has it, else unknown if any part is unknown.
+fn kleene(parts: impl Iterator<Item = Option<bool>>, decides: bool) -> Option<bool> {
+    let mut unknown = false;
+    for p in parts {
+        match p {
+            Some(b) if b == decides => return Some(decides),
+            None => unknown = true,
+            Some(_) => {}
+        }
+    }
+    (!unknown).then_some(!decides)
+}
+
 /// Three-valued: `None` is unknown (an attribute missing, or values that do not order).
 fn eval(e: &Expr, attrs: &BTreeMap<String, String>) -> Option<bool> {
     match e {
-        Expr::Or(v) => {
-            let parts: Vec<Option<bool>> = v.iter().map(|e| eval(e, attrs)).collect();
-            if parts.contains(&Some(true)) {
-                Some(true)
-            } else if parts.contains(&None) {
-                None
-            } else {
-                Some(false)
-            }
-        }
-        Expr::And(v) => {
-            let parts: Vec<Option<bool>> = v.iter().map(|e| eval(e, attrs)).collect();
-            if parts.contains(&Some(false)) {
-                Some(false)
-            } else if parts.contains(&None) {
-                None
-            } else {
-                Some(true)
-            }
-        }
+        Expr::Or(v) => kleene(v.iter().map(|e| eval(e, attrs)), true),
+        Expr::And(v) => kleene(v.iter().map(|e| eval(e, attrs)), false),
         Expr::Not(e) => eval(e, attrs).map(|b| !b),
         Expr::In(name, values) => attrs.get(name).map(|a| values.contains(a)),
         Expr::Cmp(name, op, v) => {

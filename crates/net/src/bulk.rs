@@ -457,37 +457,37 @@ mod tests {
         n
     }
 
+    /// A link reading `n` frames of `len` bytes within `window`: the acknowledgements to
+    /// send it, and where its frames arrive.
+    fn reader(n: usize, len: usize, window: Window) -> (watch::Sender<u64>, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (acks, handled) = watch::channel(0u64);
+        let input = futures_util::io::Cursor::new(frames(n, len));
+        tokio::spawn(async move {
+            let oversized = AtomicU64::new(0);
+            read_frames(input, 1, &tx, 2 * len, window, handled, &oversized).await
+        });
+        (acks, rx)
+    }
+
     /// A sender that never waits for acknowledgements gets no further than the window
     /// ahead of what the node has handled; each acknowledgement lets as many more in.
     #[tokio::test]
     async fn a_sender_runs_no_further_ahead_than_the_window() {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let (acks, handled) = watch::channel(0u64);
-        let input = futures_util::io::Cursor::new(frames(100, 1000));
-        let oversized = AtomicU64::new(0);
         let window = Window {
             frames: 8,
             bytes: 1 << 20,
         };
-        let reader = tokio::spawn(async move {
-            read_frames(input, 1, &tx, 4096, window, handled, &oversized).await
-        });
+        let (acks, mut rx) = reader(100, 1000, window);
         assert_eq!(arrived(&mut rx).await, 8);
         acks.send(5).unwrap();
         assert_eq!(arrived(&mut rx).await, 5);
         // By bytes: 3 frames of 1004 bytes fill a 3000-byte window.
-        drop(reader);
-        let (tx, mut rx) = mpsc::channel(1024);
-        let (acks, handled) = watch::channel(0u64);
-        let input = futures_util::io::Cursor::new(frames(100, 1000));
         let window = Window {
             frames: 100,
             bytes: 3000,
         };
-        tokio::spawn(async move {
-            let oversized = AtomicU64::new(0);
-            read_frames(input, 1, &tx, 4096, window, handled, &oversized).await
-        });
+        let (acks, mut rx) = reader(100, 1000, window);
         assert_eq!(arrived(&mut rx).await, 3);
         acks.send(100).unwrap();
         assert_eq!(arrived(&mut rx).await, 97, "the rest, once all is handled");
@@ -496,17 +496,11 @@ mod tests {
     /// A frame larger than the byte window still gets through, alone.
     #[tokio::test]
     async fn one_frame_is_always_read() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let (acks, handled) = watch::channel(0u64);
-        let input = futures_util::io::Cursor::new(frames(2, 5000));
         let window = Window {
             frames: 4,
             bytes: 1000,
         };
-        tokio::spawn(async move {
-            let oversized = AtomicU64::new(0);
-            read_frames(input, 1, &tx, 8192, window, handled, &oversized).await
-        });
+        let (acks, mut rx) = reader(2, 5000, window);
         assert_eq!(arrived(&mut rx).await, 1);
         acks.send(1).unwrap();
         assert_eq!(arrived(&mut rx).await, 1);

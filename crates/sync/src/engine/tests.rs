@@ -497,6 +497,13 @@ fn garbage_and_forgeries_earn_strikes_then_disconnect() {
     assert_eq!((st.strikes, st.banned_until_ms), (0, 0));
 }
 
+/// Requests to peer 7 among `o`: how the resync tests see a session start.
+fn requests(o: &[Output<u8>]) -> usize {
+    o.iter()
+        .filter(|o| matches!(o, Output::Request { peer: 7, .. }))
+        .count()
+}
+
 /// A session whose request fails (a link that drops it) is given up, and the next one
 /// starts after the resync interval instead of never.
 #[test]
@@ -506,11 +513,6 @@ fn a_failed_session_request_does_not_stop_resync() {
         ..EngineConfig::default()
     };
     let mut n = node(cfg, &[envelope(1, Precedence::Routine)]);
-    let requests = |o: &[Output<u8>]| {
-        o.iter()
-            .filter(|o| matches!(o, Output::Request { peer: 7, .. }))
-            .count()
-    };
     assert_eq!(
         requests(&n.engine.handle(0, Input::PeerUp(7))),
         1,
@@ -540,11 +542,6 @@ fn a_garbled_answer_does_not_stop_resync() {
         ..EngineConfig::default()
     };
     let mut n = node(cfg, &[envelope(1, Precedence::Routine)]);
-    let requests = |o: &[Output<u8>]| {
-        o.iter()
-            .filter(|o| matches!(o, Output::Request { peer: 7, .. }))
-            .count()
-    };
     assert_eq!(requests(&n.engine.handle(0, Input::PeerUp(7))), 1);
     for (t, frame) in [
         (10, vec![0xff, 0, 1]),
