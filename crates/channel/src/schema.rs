@@ -262,6 +262,10 @@ pub(crate) fn validate(
                     return err(&format!("only the author may change message {id}"));
                 }
                 v.touched.push(id.clone());
+                // The maps others write in (reviews of an AI product, reactions) are made
+                // only with the message: made again later, by its author, the new empty
+                // map would win and wipe the reviewers' verdicts (a rejection included).
+                let new_message = v.messages.iter().any(|(m, _)| *m == id);
                 let ok = match (k, &op.action) {
                     ("author", OpType::Put(s)) => str_of(s) == Some(author.to_hex().as_str()),
                     ("text", OpType::Put(s)) => {
@@ -272,7 +276,7 @@ pub(crate) fn validate(
                     ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
                     ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,
                     ("ai", OpType::Put(s)) => str_of(s).is_some_and(|t| t.len() <= MAX_AI_BYTES),
-                    ("reviews", OpType::Make(ObjType::Map)) => {
+                    ("reviews", OpType::Make(ObjType::Map)) if new_message => {
                         v.roles.push((
                             opid,
                             Role::Reviews {
@@ -281,7 +285,7 @@ pub(crate) fn validate(
                         ));
                         true
                     }
-                    ("reactions", OpType::Make(ObjType::Map)) => {
+                    ("reactions", OpType::Make(ObjType::Map)) if new_message => {
                         v.roles.push((
                             opid,
                             Role::Reactions {

@@ -401,6 +401,15 @@ fn annotations_replicate_and_reviews_are_each_reviewers_own() {
     // Only the author writes the annotation.
     let p = raw_change(&mut b, B, |tx| tx.put(&msg, "ai", "{}").unwrap());
     rejected(apply_raw(&mut b, B, &p), "only the author");
+    // Nor can the author wipe the reviewers' verdicts (or reactions) by making the map
+    // again: those maps are made only with the message.
+    for field in ["reviews", "reactions"] {
+        let p = raw_change(&mut b, A, |tx| {
+            tx.put_object(&msg, field, automerge::ObjType::Map).unwrap();
+        });
+        rejected(apply_raw(&mut b, A, &p), field);
+    }
+    assert_eq!(b.message(&id).unwrap().reviews, reviews);
     // Oversized annotations are refused before anything is written.
     let big = "x".repeat(crate::schema::MAX_AI_BYTES + 1);
     assert!(matches!(
