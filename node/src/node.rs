@@ -12,7 +12,7 @@ use fieldmesh_core::{
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
 use fieldmesh_profiles::Profile;
 use fieldmesh_store::{PutOutcome, SledStore, Store, WriteError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Milliseconds since the Unix epoch, from the system clock.
@@ -324,10 +324,15 @@ impl Node {
         let Some(plaintext) = self.open(env).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        lock(&self.clock).observe(h.hlc, now_ms());
-        ch.apply(Incoming::of(env, &plaintext))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let outcome = ch
+            .apply(Incoming::of(env, &plaintext))
+            .map_err(|e| e.to_string())?;
+        // The clock follows only changes the channel accepted: one it refuses (or that
+        // still waits for its past) must not drag every later timestamp ahead.
+        if matches!(outcome, fieldmesh_channel::ApplyOutcome::Applied { .. }) {
+            lock(&self.clock).observe(h.hlc, now_ms());
+        }
+        Ok(())
     }
 
     /// Materialises a channel from the store: opens every envelope this node can read and
@@ -338,26 +343,26 @@ impl Node {
             .store
             .channel_envelopes_of(id, &|k| k.is_channel_change())?;
         let mut opened = Vec::with_capacity(envs.len());
-        let mut max_hlc = Hlc::ZERO;
         for env in &envs {
-            let h = env.header();
             match self.open(env) {
                 Ok(None) => continue,
-                Ok(Some(p)) => {
-                    max_hlc = max_hlc.max(h.hlc);
-                    opened.push((env, p));
-                }
+                Ok(Some(p)) => opened.push((env, p)),
                 Err(e) => tracing::warn!(envelope = %env.id(), %e, "stored envelope does not open"),
             }
         }
-        lock(&self.clock).observe(max_hlc, now_ms());
         fn incoming<'a>((env, p): &'a (&Envelope, Vec<u8>)) -> Incoming<'a> {
             Incoming::of(env, p)
         }
         let mut ch = Channel::new(*id);
+        let mut refused = HashSet::new();
         match ch.apply_many(opened.iter().map(incoming)) {
             Ok(errors) => {
                 for e in errors {
+                    if let fieldmesh_channel::ApplyError::Malformed { envelope, .. }
+                    | fieldmesh_channel::ApplyError::Rejected { envelope, .. } = &e
+                    {
+                        refused.insert(*envelope);
+                    }
                     tracing::warn!(%e, "stored envelope not applied");
                 }
             }
@@ -366,11 +371,21 @@ impl Node {
                 ch = Channel::new(*id);
                 for item in &opened {
                     if let Err(e) = ch.apply(incoming(item)) {
+                        refused.insert(item.0.id());
                         tracing::warn!(%e, "stored envelope not applied");
                     }
                 }
             }
         }
+        // As for one change: the clock follows what the channel accepted.
+        let max_hlc = opened
+            .iter()
+            .map(|(env, _)| env)
+            .filter(|env| !refused.contains(&env.id()))
+            .map(|env| env.header().hlc)
+            .max()
+            .unwrap_or(Hlc::ZERO);
+        lock(&self.clock).observe(max_hlc, now_ms());
         Ok(ch)
     }
 
@@ -1616,6 +1631,42 @@ mod tests {
         let remembered = lock(&fresh.blob_chunks).get(&key).unwrap().len();
         assert_eq!(remembered, 3 * payloads.len(), "real and forged chunks");
         assert_eq!(fresh.get_attachment(&msg, 0).unwrap(), data);
+    }
+
+    /// A change the channel refuses does not move this node's clock: one member dating
+    /// junk hours ahead (within the allowed skew) had dragged every later timestamp.
+    #[test]
+    fn a_refused_change_does_not_drag_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sled_store(dir.path());
+        let node = node_on(&store);
+        node.create_channel("ops", None).unwrap();
+        let channel = node.resolve("ops").unwrap();
+        let ahead = now_ms() + 12 * 3600 * 1000;
+        let forger = NodeKey::from_seed([8; 32]);
+        let (epoch, key) = node.sealing_key(&CompartmentId::OPEN).unwrap();
+        let header = Header {
+            kind: fieldmesh_core::Kind::CHANNEL_CHANGE,
+            precedence: fieldmesh_core::Precedence::Routine,
+            compartment: CompartmentId::OPEN,
+            epoch,
+            channel,
+            author: forger.node_id(),
+            hlc: Hlc::new(ahead, 0),
+            deps: vec![],
+        };
+        let junk = seal_envelope(&forger, header, &key, &[1, 0xff, 0xff]).unwrap();
+        let done = node.ingest(vec![junk], false).unwrap();
+        assert_eq!((done.inserted, done.channel_rejects.len()), (1, 1));
+        let next = lock(&node.clock).tick(now_ms());
+        assert!(
+            next.wall_ms() < ahead - 3600 * 1000,
+            "the clock followed a refused change"
+        );
+        // Rebuilt from the store, the same.
+        let fresh = node_on(&store);
+        fresh.with_channel(&channel, |_| Ok(())).unwrap();
+        assert!(lock(&fresh.clock).tick(now_ms()).wall_ms() < ahead - 3600 * 1000);
     }
 
     /// A "genesis" anyone signed for a channel id seen in a header, stored before the real
