@@ -241,6 +241,11 @@ pub(crate) fn validate(
                 if !is_message_id_of(k, author) {
                     return err("message key does not name its author");
                 }
+                // Nor another time than its envelope's: an id (and `ts`) far ahead would
+                // pin a message as the newest for good.
+                if k != message_id(hlc, author) {
+                    return err("message key does not carry its envelope's time");
+                }
                 if !matches!(op.action, OpType::Make(ObjType::Map)) || !op.pred.is_empty() {
                     return err("a message is created once, as a map");
                 }
@@ -271,7 +276,7 @@ pub(crate) fn validate(
                     ("text", OpType::Put(s)) => {
                         str_of(s).is_some_and(|t| t.len() <= crate::MAX_TEXT_BYTES)
                     }
-                    ("ts" | "edited_ts", OpType::Put(ScalarValue::Uint(_))) => true,
+                    ("ts" | "edited_ts", OpType::Put(ScalarValue::Uint(t))) => *t == hlc.0,
                     ("precedence", OpType::Put(ScalarValue::Uint(p))) => *p <= 3,
                     ("reply_to", OpType::Put(s)) => str_of(s).is_some_and(|r| r.len() == 32),
                     ("redacted", OpType::Put(ScalarValue::Boolean(true))) => true,

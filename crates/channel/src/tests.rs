@@ -132,6 +132,18 @@ fn message_keys_must_name_their_author_and_reactions_their_reactor() {
             .unwrap();
     });
     rejected(apply_raw(&mut b, B, &p), "name its author");
+    // A's own id for a time other than the envelope's (apply_raw dates it 5000.0), and a
+    // timestamp other than the envelope's, are refused too.
+    let p = raw_change(&mut b, A, |tx| {
+        tx.put_object(&msgs, fake_id.as_str(), automerge::ObjType::Map)
+            .unwrap();
+    });
+    rejected(apply_raw(&mut b, A, &p), "envelope's time");
+    let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
+    let p = raw_change(&mut b, A, |tx| {
+        tx.put(&msg, "edited_ts", Hlc::new(9_000_000, 0).0).unwrap()
+    });
+    rejected(apply_raw(&mut b, A, &p), "edited_ts");
     let msg = b.doc.get(&msgs, id.as_str()).unwrap().unwrap().1;
     let reactions = b.doc.get(&msg, "reactions").unwrap().unwrap().1;
     let key = format!("{}:+1", &A.to_hex()[..16]);
