@@ -153,17 +153,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let tmp = dir.join(format!(
-        ".{}.{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
+    // Unique to this write: two writers in one process (or a process whose id was
+    // used before a crash) never share it, and only the file made here is removed.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (tmp, mut f) = loop {
+        let tmp = dir.join(format!(
+            ".{}.{}.{}.partial",
+            name.to_string_lossy(),
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        }
+    };
+    let written = (|| -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -203,5 +214,26 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["map.bin", "taken"]);
+    }
+
+    /// Writers of one file in one process (the daemon's settings) never share a
+    /// temporary file: each write succeeds whole.
+    #[test]
+    fn concurrent_writers_of_one_file_each_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("settings.json");
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let out = &out;
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        write_atomic(out, &[t; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&out).unwrap();
+        assert!(got.len() == 4096 && got.iter().all(|b| *b == got[0]));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -12,7 +12,7 @@ use fieldmesh_core::{
 use fieldmesh_crypto::{NodeKey, PayloadKey, open_envelope, seal_envelope};
 use fieldmesh_profiles::Profile;
 use fieldmesh_store::{PutOutcome, SledStore, Store, WriteError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Milliseconds since the Unix epoch, from the system clock.
@@ -36,6 +36,10 @@ pub struct Node {
     pub(crate) access: Mutex<crate::access::Access>,
     /// The compartment of each channel, from its genesis.
     compartment_of: Mutex<HashMap<ChannelId, CompartmentId>>,
+    /// Channels no stored genesis proves here, with the keys generation they were
+    /// judged under: judged again when a genesis for them arrives or the keys change
+    /// (a relay that cannot open a channel would otherwise scan it on every look).
+    unproven: Mutex<HashMap<ChannelId, u64>>,
     /// The node's home (trust list, audit log), when it has one.
     pub(crate) home: Option<std::path::PathBuf>,
     pub(crate) audit: Option<crate::audit::AuditLog>,
@@ -206,6 +210,7 @@ impl Node {
             channels: Mutex::default(),
             access: Mutex::default(),
             compartment_of: Mutex::default(),
+            unproven: Mutex::default(),
             home: None,
             audit: None,
             duty_tx: std::sync::OnceLock::new(),
@@ -320,19 +325,15 @@ impl Node {
     /// Opens and applies one stored envelope to a channel replica. Envelopes this node
     /// cannot read are skipped (it still stores and forwards them).
     fn apply_to(&self, ch: &mut Channel, env: &Envelope) -> Result<(), String> {
-        let h = env.header();
         let Some(plaintext) = self.open(env).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        let outcome = ch
-            .apply(Incoming::of(env, &plaintext))
-            .map_err(|e| e.to_string())?;
-        // The clock follows only changes the channel accepted: one it refuses (or that
-        // still waits for its past) must not drag every later timestamp ahead.
-        if matches!(outcome, fieldmesh_channel::ApplyOutcome::Applied { .. }) {
-            lock(&self.clock).observe(h.hlc, now_ms());
-        }
-        Ok(())
+        let applied = ch.apply(Incoming::of(env, &plaintext));
+        // The clock follows only changes the channel accepted (this one, and any it
+        // released from waiting): one it refuses, or that still waits for its past,
+        // must not drag every later timestamp ahead.
+        lock(&self.clock).observe(ch.newest(), now_ms());
+        applied.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Materialises a channel from the store: opens every envelope this node can read and
@@ -354,15 +355,9 @@ impl Node {
             Incoming::of(env, p)
         }
         let mut ch = Channel::new(*id);
-        let mut refused = HashSet::new();
         match ch.apply_many(opened.iter().map(incoming)) {
             Ok(errors) => {
                 for e in errors {
-                    if let fieldmesh_channel::ApplyError::Malformed { envelope, .. }
-                    | fieldmesh_channel::ApplyError::Rejected { envelope, .. } = &e
-                    {
-                        refused.insert(*envelope);
-                    }
                     tracing::warn!(%e, "stored envelope not applied");
                 }
             }
@@ -371,21 +366,13 @@ impl Node {
                 ch = Channel::new(*id);
                 for item in &opened {
                     if let Err(e) = ch.apply(incoming(item)) {
-                        refused.insert(item.0.id());
                         tracing::warn!(%e, "stored envelope not applied");
                     }
                 }
             }
         }
         // As for one change: the clock follows what the channel accepted.
-        let max_hlc = opened
-            .iter()
-            .map(|(env, _)| env)
-            .filter(|env| !refused.contains(&env.id()))
-            .map(|env| env.header().hlc)
-            .max()
-            .unwrap_or(Hlc::ZERO);
-        lock(&self.clock).observe(max_hlc, now_ms());
+        lock(&self.clock).observe(ch.newest(), now_ms());
         Ok(ch)
     }
 
@@ -461,10 +448,20 @@ impl Node {
     /// seal its own posts to a restricted channel under the public `open` key. If the
     /// indexed genesis does not prove itself, every genesis stored for the channel is
     /// tried; if none does (the real one has not arrived, or this node cannot open it),
-    /// the channel is unknown here. Only a proven answer is remembered.
+    /// the channel is unknown here. A proven answer is remembered; so is the lack of one,
+    /// until a genesis for the channel arrives or this node's keys change.
     pub(crate) fn channel_compartment(&self, id: &ChannelId) -> Result<CompartmentId, NodeError> {
         if let Some(c) = lock(&self.compartment_of).get(id) {
             return Ok(*c);
+        }
+        let unknown = || {
+            NodeError::NotFound(format!(
+                "channel {id}: no genesis this node can open and verify"
+            ))
+        };
+        let generation = self.keys_generation();
+        if lock(&self.unproven).get(id) == Some(&generation) {
+            return Err(unknown());
         }
         let indexed = self.indexed_genesis(id)?;
         let proven = match self.store.get(&indexed)? {
@@ -481,11 +478,10 @@ impl Node {
                     .find_map(|env| self.proven_genesis(id, env))
             }
         };
-        let c = proven.ok_or_else(|| {
-            NodeError::NotFound(format!(
-                "channel {id}: no genesis this node can open and verify"
-            ))
-        })?;
+        let Some(c) = proven else {
+            lock(&self.unproven).insert(*id, generation);
+            return Err(unknown());
+        };
         lock(&self.compartment_of).insert(*id, c);
         Ok(c)
     }
@@ -683,6 +679,9 @@ impl Node {
                 self.announce(env);
             }
             let cid = env.header().channel;
+            if env.header().kind == fieldmesh_core::Kind::CHANNEL_GENESIS {
+                lock(&self.unproven).remove(&cid);
+            }
             if env.header().kind.is_directory() && cid == fieldmesh_crypto::directory_channel() {
                 directory.push(env.clone());
                 continue;

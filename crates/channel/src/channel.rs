@@ -97,6 +97,8 @@ pub struct Channel {
     rejected: BTreeMap<EnvelopeId, String>,
     /// While [`Channel::apply_many`] runs: validated changes not yet in the document.
     batch: Option<Vec<automerge::Change>>,
+    /// The latest envelope time among the changes the channel accepted.
+    newest: Hlc,
     /// Materialised views, kept current by re-reading only the messages a change touched.
     pub(crate) views: BTreeMap<String, crate::MessageView>,
     dirty: BTreeSet<String>,
@@ -139,6 +141,7 @@ impl Channel {
             waiting: HashMap::new(),
             rejected: BTreeMap::new(),
             batch: None,
+            newest: Hlc::ZERO,
             views: BTreeMap::new(),
             dirty: BTreeSet::new(),
             provisional: BTreeMap::new(),
@@ -344,7 +347,14 @@ impl Channel {
         self.dirty.extend(touched);
         self.applied.insert(hash);
         self.envelope_of.insert(hash, p.envelope);
+        self.newest = self.newest.max(p.hlc);
         Ok(())
+    }
+
+    /// The latest envelope time among the changes this replica accepted (those released
+    /// from waiting included; refused ones never count): what a node's clock follows.
+    pub fn newest(&self) -> Hlc {
+        self.newest
     }
 
     /// Expensive consistency checks, on in the test command (`slow-assertions`):
