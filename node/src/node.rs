@@ -37,9 +37,10 @@ pub struct Node {
     /// The compartment of each channel, from its genesis.
     compartment_of: Mutex<HashMap<ChannelId, CompartmentId>>,
     /// Channels no stored genesis proves here, with the keys generation they were
-    /// judged under: judged again when a genesis for them arrives or the keys change
-    /// (a relay that cannot open a channel would otherwise scan it on every look).
-    unproven: Mutex<HashMap<ChannelId, u64>>,
+    /// judged under and the compartment their indexed genesis claims (only ever used to
+    /// explain a refusal): judged again when a genesis for them arrives or the keys
+    /// change (a relay that cannot open a channel would otherwise scan it on every look).
+    unproven: Mutex<HashMap<ChannelId, (u64, Option<CompartmentId>)>>,
     /// The node's home (trust list, audit log), when it has one.
     pub(crate) home: Option<std::path::PathBuf>,
     pub(crate) audit: Option<crate::audit::AuditLog>,
@@ -460,14 +461,16 @@ impl Node {
             ))
         };
         let generation = self.keys_generation();
-        if lock(&self.unproven).get(id) == Some(&generation) {
+        if lock(&self.unproven)
+            .get(id)
+            .is_some_and(|(g, _)| *g == generation)
+        {
             return Err(unknown());
         }
         let indexed = self.indexed_genesis(id)?;
-        let proven = match self.store.get(&indexed)? {
-            Some(env) => self.proven_genesis(id, &env),
-            None => None,
-        };
+        let indexed_env = self.store.get(&indexed)?;
+        let claimed = indexed_env.as_ref().map(|g| g.header().compartment);
+        let proven = indexed_env.and_then(|env| self.proven_genesis(id, &env));
         let proven = match proven {
             Some(c) => Some(c),
             None => {
@@ -479,7 +482,7 @@ impl Node {
             }
         };
         let Some(c) = proven else {
-            lock(&self.unproven).insert(*id, generation);
+            lock(&self.unproven).insert(*id, (generation, claimed));
             return Err(unknown());
         };
         lock(&self.compartment_of).insert(*id, c);
@@ -519,10 +522,8 @@ impl Node {
             // this node holds no key of, that is the reason given (and audited); the
             // claim is never used to grant anything.
             Err(NodeError::NotFound(why)) => {
-                let claimed = self
-                    .store
-                    .get(&self.indexed_genesis(id)?)?
-                    .map(|g| g.header().compartment)
+                let claimed = lock(&self.unproven).get(id).and_then(|(_, c)| *c);
+                let claimed = claimed
                     .filter(|c| *c != CompartmentId::OPEN && !lock(&self.access).may_read(c));
                 match claimed {
                     Some(c) => c,
