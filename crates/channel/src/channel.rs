@@ -107,15 +107,6 @@ pub struct Channel {
     pub(crate) provisional: BTreeMap<ChangeHash, crate::MessageView>,
 }
 
-/// Whether `raw` is an Automerge chunk of type "change" (magic, checksum, type 1), as
-/// [`encode_payload`] writes. Automerge would also take a compressed change (type 2), which
-/// it inflates without a limit before anything else is checked: a 256 KiB envelope could
-/// become a quarter of a gigabyte in every node that opens it, at every rebuild.
-fn is_plain_change(raw: &[u8]) -> bool {
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    raw.len() > 8 && raw[..4] == MAGIC && raw[8] == 1
-}
-
 fn encode_payload(change: &automerge::Change) -> Vec<u8> {
     let raw = change.raw_bytes();
     let mut p = Vec::with_capacity(raw.len() + 1);
@@ -236,11 +227,10 @@ impl Channel {
                 "payload version {version}, this build reads {PAYLOAD_VERSION}"
             )));
         }
-        if !is_plain_change(raw) {
-            return Err(malformed(
-                "not an uncompressed Automerge change (the only chunk this node writes)".into(),
-            ));
-        }
+        // Only the raw change chunk this node writes: Automerge would also inflate a
+        // compressed change, without a limit, before checking anything; and it walks every
+        // row a change's columns declare, which a few bytes can make astronomical.
+        crate::shape::check(raw).map_err(&malformed)?;
         let change =
             automerge::Change::from_bytes(raw.to_vec()).map_err(|e| malformed(e.to_string()))?;
         let hash = change.hash();
@@ -615,6 +605,13 @@ impl Channel {
         let messages = self.writable(author)?;
         if let Some(parent) = reply_to {
             self.message_obj(&messages, parent)?;
+        }
+        if attachments.len() > crate::MAX_ATTACHMENTS {
+            return Err(LocalOpError::Invalid(format!(
+                "{} attachments; the limit is {} per message",
+                attachments.len(),
+                crate::MAX_ATTACHMENTS
+            )));
         }
         for a in &attachments {
             a.check().map_err(LocalOpError::Invalid)?;

@@ -33,6 +33,7 @@
 mod channel;
 mod error;
 pub mod schema;
+pub mod shape;
 mod view;
 
 pub use channel::{ApplyOutcome, Channel, Incoming, LocalChange, channel_id};
@@ -41,6 +42,8 @@ pub use view::{AttachmentRef, ChannelSummary, MessageView};
 
 /// Largest message text in bytes; larger content is an attachment.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 256;
 /// Most changes waiting for missing dependencies in one channel.
 pub const MAX_PENDING: usize = 65_536;
 /// Version byte at the start of every channel payload.

@@ -437,3 +437,132 @@ fn annotations_replicate_and_reviews_are_each_reviewers_own() {
         Err(LocalOpError::Invalid(_))
     ));
 }
+
+/// A change chunk written by hand: `ops` puts of null at `ROOT.a` by `actor` on `deps`,
+/// every column a single run, with a correct checksum.
+fn run_length_change(actor: NodeId, deps: &[automerge::ChangeHash], ops: u64) -> Vec<u8> {
+    use crate::shape::tests::{sleb, uleb};
+    let run = |value: &[u8]| {
+        let mut c = Vec::new();
+        sleb(ops as i64, &mut c);
+        c.extend_from_slice(value);
+        c
+    };
+    let mut insert = Vec::new();
+    uleb(ops, &mut insert); // `ops` times false
+    // (spec, data), in Automerge's column order: key string, insert, action, value
+    // metadata (null), predecessor group (none).
+    let columns = [
+        (1 << 4 | 5, run(&[1, b'a'])),
+        (3 << 4 | 4, insert),
+        (4 << 4 | 2, run(&[1])),
+        (5 << 4 | 6, run(&[0])),
+        (7 << 4, run(&[0])),
+    ];
+    let mut data = Vec::new();
+    uleb(deps.len() as u64, &mut data);
+    for d in deps {
+        data.extend_from_slice(&d.0);
+    }
+    uleb(32, &mut data);
+    data.extend_from_slice(&actor.0);
+    uleb(1, &mut data); // seq
+    uleb(100, &mut data); // start op
+    sleb(0, &mut data); // time
+    uleb(0, &mut data); // message
+    uleb(0, &mut data); // other actors
+    uleb(columns.len() as u64, &mut data);
+    for (spec, col) in &columns {
+        uleb(*spec, &mut data);
+        uleb(col.len() as u64, &mut data);
+    }
+    for (_, col) in &columns {
+        data.extend_from_slice(col);
+    }
+    let mut hashed = vec![1u8];
+    uleb(data.len() as u64, &mut hashed);
+    hashed.extend_from_slice(&data);
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83];
+    chunk.extend_from_slice(&sha256(&hashed)[..4]);
+    chunk.extend_from_slice(&hashed);
+    let mut payload = vec![PAYLOAD_VERSION];
+    payload.extend_from_slice(&chunk);
+    payload
+}
+
+#[test]
+fn a_change_declaring_a_huge_op_count_is_refused_before_automerge_walks_it() {
+    let (_, mut b, _, _) = setup();
+    let heads = b.heads();
+    // The same hand-written layout with three rows is a real change: Automerge parses it
+    // and the channel rules judge it (a write to the root is not allowed).
+    rejected(apply_raw(&mut b, B, &run_length_change(B, &heads, 3)), "");
+    // 2^40 rows in about a hundred bytes: Automerge would walk every one of them.
+    let bomb = run_length_change(B, &heads, 1 << 40);
+    assert!(bomb.len() < 200);
+    match apply_raw(&mut b, B, &bomb) {
+        Err(ApplyError::Malformed { reason, .. }) => {
+            assert!(reason.contains("more than 4096"), "{reason}")
+        }
+        other => panic!("expected a malformed change, got {other:?}"),
+    }
+    // Just over the cap is refused; at the cap the layout passes.
+    let over = run_length_change(B, &heads, crate::shape::MAX_CHANGE_OPS + 1);
+    assert!(matches!(
+        apply_raw(&mut b, B, &over),
+        Err(ApplyError::Malformed { .. })
+    ));
+    let at = run_length_change(B, &heads, crate::shape::MAX_CHANGE_OPS);
+    assert_eq!(
+        crate::shape::check(&at[1..]),
+        Ok(crate::shape::MAX_CHANGE_OPS)
+    );
+    assert_eq!(b.change_count(), 2, "nothing was applied");
+}
+
+#[test]
+fn the_largest_post_fits_the_op_cap_and_is_counted_as_automerge_counts() {
+    let (mut a, mut b, _, _) = setup();
+    let att = |i: usize| crate::AttachmentRef {
+        hash: format!("{i:064x}"),
+        name: "n".repeat(crate::schema::MAX_LABEL_BYTES),
+        size: i as u64,
+        mime: "m".repeat(crate::schema::MAX_LABEL_BYTES),
+    };
+    let too_many: Vec<_> = (0..=crate::MAX_ATTACHMENTS).map(att).collect();
+    assert!(matches!(
+        a.post(
+            A,
+            Hlc::new(3000, 0),
+            "x",
+            Precedence::Routine,
+            None,
+            too_many
+        ),
+        Err(LocalOpError::Invalid(_))
+    ));
+    let most: Vec<_> = (0..crate::MAX_ATTACHMENTS).map(att).collect();
+    let text = "t".repeat(crate::MAX_TEXT_BYTES);
+    let p = a
+        .post(A, Hlc::new(3000, 0), &text, Precedence::Flash, None, most)
+        .unwrap();
+    let raw = &p.payload[1..];
+    let change = automerge::Change::from_bytes(raw.to_vec()).unwrap();
+    assert_eq!(crate::shape::check(raw), Ok(change.len() as u64));
+    assert!(change.len() as u64 <= crate::shape::MAX_CHANGE_OPS / 2);
+    assert!(matches!(
+        b.apply(inc(A, &p)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    assert_eq!(b.messages().len(), 2);
+    // Every other kind of change this node writes counts the same way too.
+    let id = p.message_id.clone();
+    for c in [
+        a.edit(A, Hlc::new(4000, 0), &id, "y").unwrap(),
+        a.react(A, Hlc::new(4001, 0), &id, "ok", true).unwrap(),
+    ] {
+        let raw = &c.payload[1..];
+        let n = automerge::Change::from_bytes(raw.to_vec()).unwrap().len() as u64;
+        assert_eq!(crate::shape::check(raw), Ok(n));
+    }
+}
