@@ -704,7 +704,15 @@ impl Node {
                             });
                         }
                     }
-                    Err(reason) => channel_rejects.push(format!("{}: {reason}", env.id())),
+                    Err(reason) => {
+                        channel_rejects.push(format!("{}: {reason}", env.id()));
+                        // An equivocating change outranked one this replica applied:
+                        // rebuilt from the store on next use, it agrees with every other.
+                        if ch.needs_rebuild() {
+                            tracing::warn!(channel = %cid, "equivocation: rebuilding the channel");
+                            cache.remove(&cid);
+                        }
+                    }
                 }
             }
         }
@@ -1667,6 +1675,92 @@ mod tests {
         let fresh = node_on(&store);
         fresh.with_channel(&channel, |_| Ok(())).unwrap();
         assert!(lock(&fresh.clock).tick(now_ms()).wall_ms() < ahead - 3600 * 1000);
+    }
+
+    /// A node that lost its store and started over with the same key signs a second
+    /// change with a sequence number it had used. Every replica keeps the same one of the
+    /// two, whichever arrived first: one that applied the other rebuilds the channel.
+    #[test]
+    fn an_equivocating_author_does_not_split_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_key = |sub: &str, seed: u8| {
+            Node::new(
+                NodeKey::from_seed([seed; 32]),
+                sub.into(),
+                sled_store(&dir.path().join(sub)),
+                Profile::builtin("ci-loopback").unwrap(),
+            )
+        };
+        let creator = with_key("creator", 5);
+        creator.create_channel("ops", None).unwrap();
+        let channel = creator.resolve("ops").unwrap();
+        let say = |n: &Node, text: &str| {
+            n.post(
+                "ops",
+                &PostRequest {
+                    text: text.into(),
+                    precedence: None,
+                    reply_to: None,
+                    attachments: vec![],
+                },
+            )
+            .unwrap()
+        };
+        say(&creator, "hello");
+        let base = creator.store.channel_envelopes(&channel).unwrap();
+        // Two lives of one node, each posting as its first change in the channel.
+        let lives: Vec<Envelope> = ["first life", "second life"]
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let n = with_key(&format!("life{i}"), 7);
+                n.ingest(base.clone(), false).unwrap();
+                let id = say(&n, text).id;
+                let mine = n.store.channel_envelopes(&channel).unwrap();
+                let env = mine
+                    .into_iter()
+                    .find(|e| !base.iter().any(|b| b.id() == e.id()))
+                    .unwrap();
+                assert_eq!(
+                    fieldmesh_channel::schema::message_id(env.header().hlc, &env.header().author),
+                    id
+                );
+                env
+            })
+            .collect();
+        let texts = |n: &Node| -> Vec<String> {
+            n.read("ops").unwrap().into_iter().map(|m| m.text).collect()
+        };
+        let mut seen = Vec::new();
+        for (name, order) in [("r0", [0, 1]), ("r1", [1, 0])] {
+            let r = with_key(name, 9);
+            r.ingest(base.clone(), false).unwrap();
+            texts(&r); // materialised and cached before the lives arrive
+            let first = r.ingest(vec![lives[order[0]].clone()], false).unwrap();
+            assert!(
+                first.channel_rejects.is_empty(),
+                "{:?}",
+                first.channel_rejects
+            );
+            let second = r.ingest(vec![lives[order[1]].clone()], false).unwrap();
+            assert_eq!(
+                second.channel_rejects.len(),
+                1,
+                "{:?}",
+                second.channel_rejects
+            );
+            seen.push(texts(&r));
+        }
+        assert_eq!(seen[0], seen[1], "both replicas keep the same life");
+        assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
+        // And a node restarted over that store agrees.
+        let again = Node::new(
+            NodeKey::from_seed([9; 32]),
+            "r0".into(),
+            sled_store(&dir.path().join("r0")),
+            Profile::builtin("ci-loopback").unwrap(),
+        );
+        assert_eq!(texts(&again), seen[0]);
     }
 
     /// A "genesis" anyone signed for a channel id seen in a header, stored before the real

@@ -94,6 +94,18 @@ pub struct Channel {
     envelope_of: HashMap<ChangeHash, EnvelopeId>,
     pending: BTreeMap<ChangeHash, Pending>,
     waiting: HashMap<ChangeHash, Vec<ChangeHash>>,
+    /// Pending changes waiting for their author's previous change, by (author, seq).
+    waiting_seq: HashMap<(NodeId, u64), Vec<ChangeHash>>,
+    /// Bytes of the changes in `pending`.
+    pending_bytes: usize,
+    /// Per (author, seq): the smallest hash of any change seen claiming it. Only that change
+    /// may stand: an author who signs two changes with one sequence number (by malice, or
+    /// by losing its store and starting over) would otherwise split the replicas by which
+    /// arrived first.
+    claims: HashMap<(NodeId, u64), ChangeHash>,
+    /// A change arrived that outranks one already in the document: this replica must be
+    /// rebuilt from the store (see [`ApplyError::Superseded`]).
+    superseded: bool,
     rejected: BTreeMap<EnvelopeId, String>,
     /// While [`Channel::apply_many`] runs: validated changes not yet in the document.
     batch: Option<Vec<automerge::Change>>,
@@ -105,6 +117,13 @@ pub struct Channel {
     /// Posts whose change waits for causal predecessors, shown early (marked pending) so
     /// that a FLASH is readable before the routine backlog it follows has arrived.
     pub(crate) provisional: BTreeMap<ChangeHash, crate::MessageView>,
+}
+
+fn equivocation(author: &NodeId, seq: u64) -> String {
+    format!(
+        "equivocation: {} signed another change with seq {seq}; only the one with the smallest hash stands",
+        author.short()
+    )
 }
 
 fn encode_payload(change: &automerge::Change) -> Vec<u8> {
@@ -130,6 +149,10 @@ impl Channel {
             envelope_of: HashMap::new(),
             pending: BTreeMap::new(),
             waiting: HashMap::new(),
+            waiting_seq: HashMap::new(),
+            pending_bytes: 0,
+            claims: HashMap::new(),
+            superseded: false,
             rejected: BTreeMap::new(),
             batch: None,
             newest: Hlc::ZERO,
@@ -185,6 +208,12 @@ impl Channel {
         self.reg.genesis.as_ref()
     }
 
+    /// Whether the replica holds a change that an equivocating one outranked since: it
+    /// refuses every change, and must be rebuilt from the store.
+    pub fn needs_rebuild(&self) -> bool {
+        self.superseded
+    }
+
     /// Changes waiting for dependencies.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -215,6 +244,12 @@ impl Channel {
     /// Applies one envelope's payload. Out-of-order arrival is normal: a change whose
     /// dependencies are missing waits and is applied when they arrive.
     pub fn apply(&mut self, inc: Incoming<'_>) -> Result<ApplyOutcome, ApplyError> {
+        let change = self.parse(&inc)?;
+        self.apply_parsed(inc, change)
+    }
+
+    /// Checks the payload's framing and layout, and parses its change.
+    fn parse(&self, inc: &Incoming<'_>) -> Result<automerge::Change, ApplyError> {
         let malformed = |reason: String| ApplyError::Malformed {
             envelope: inc.envelope,
             reason,
@@ -231,11 +266,51 @@ impl Channel {
         // compressed change, without a limit, before checking anything; and it walks every
         // row a change's columns declare, which a few bytes can make astronomical.
         crate::shape::check(raw).map_err(&malformed)?;
-        let change =
-            automerge::Change::from_bytes(raw.to_vec()).map_err(|e| malformed(e.to_string()))?;
+        automerge::Change::from_bytes(raw.to_vec()).map_err(|e| malformed(e.to_string()))
+    }
+
+    /// Records `change`'s claim on its author's sequence number. Returns the hash of a
+    /// change it outranks, if any.
+    fn claim(&mut self, author: NodeId, change: &automerge::Change) -> Option<ChangeHash> {
+        if change.actor_id().to_bytes() != author.0 {
+            return None; // refused by the rules: claims nothing
+        }
+        let hash = change.hash();
+        let held = self.claims.entry((author, change.seq())).or_insert(hash);
+        (hash < *held).then(|| std::mem::replace(held, hash))
+    }
+
+    fn apply_parsed(
+        &mut self,
+        inc: Incoming<'_>,
+        change: automerge::Change,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        if self.superseded {
+            return Err(ApplyError::Superseded(self.id));
+        }
         let hash = change.hash();
         if self.applied.contains(&hash) || self.pending.contains_key(&hash) {
             return Ok(ApplyOutcome::Duplicate);
+        }
+        let seq = change.seq();
+        if let Some(outranked) = self.claim(inc.author, &change) {
+            if self.applied.contains(&outranked) {
+                self.superseded = true;
+                return Err(ApplyError::Superseded(self.id));
+            }
+            if let Some(old) = self.remove_pending(&outranked) {
+                self.rejected
+                    .insert(old.envelope, equivocation(&inc.author, seq));
+            }
+        }
+        let own = change.actor_id().to_bytes() == inc.author.0;
+        if own && self.claims.get(&(inc.author, seq)) != Some(&hash) {
+            let reason = equivocation(&inc.author, seq);
+            self.rejected.insert(inc.envelope, reason.clone());
+            return Err(ApplyError::Rejected {
+                envelope: inc.envelope,
+                reason,
+            });
         }
         let pending = Pending {
             envelope: inc.envelope,
@@ -251,31 +326,73 @@ impl Channel {
             .filter(|d| !self.applied.contains(*d))
             .copied()
             .collect();
-        if !missing.is_empty() {
-            if self.pending.len() >= MAX_PENDING {
+        let after_own = !self.follows_own(&pending);
+        if !missing.is_empty() || after_own {
+            let bytes = pending.change.raw_bytes().len();
+            if self.pending.len() >= MAX_PENDING
+                || self.pending_bytes + bytes > crate::MAX_PENDING_BYTES
+            {
                 return Err(ApplyError::PendingFull(self.pending.len()));
             }
             for d in missing {
                 self.waiting.entry(d).or_default().push(hash);
             }
+            if after_own {
+                self.waiting_seq
+                    .entry((inc.author, seq - 1))
+                    .or_default()
+                    .push(hash);
+            }
             if let Some(view) = self.provisional_view(&pending) {
                 self.provisional.insert(hash, view);
             }
+            self.pending_bytes += bytes;
             self.pending.insert(hash, pending);
             return Ok(ApplyOutcome::Pending);
         }
+        let key = (inc.author, seq);
         self.apply_ready(pending)
             .map_err(|reason| ApplyError::Rejected {
                 envelope: inc.envelope,
                 reason,
             })?;
-        let unblocked = self.release_waiting(hash);
+        let unblocked = self.release_waiting(hash, key);
         if self.batch.is_none() {
             self.refresh_views();
             #[cfg(feature = "slow-assertions")]
             self.check_invariants();
         }
         Ok(ApplyOutcome::Applied { unblocked })
+    }
+
+    /// Whether the author's previous change (by sequence number) is applied, or the change
+    /// has none. A change waits for it even when its dependencies do not name it, so that
+    /// every replica judges the sequence the same way whatever the order of arrival.
+    fn follows_own(&self, p: &Pending) -> bool {
+        let seq = p.change.seq();
+        seq <= 1
+            || p.change.actor_id().to_bytes() != p.author.0
+            || self
+                .reg
+                .last_seq
+                .get(&p.author)
+                .is_some_and(|&l| l + 1 >= seq)
+    }
+
+    /// Forgets the claims of changes neither applied nor waiting, so that rule tests can
+    /// probe one refused change after another with the same sequence number.
+    #[cfg(test)]
+    pub(crate) fn forget_refused_claims(&mut self) {
+        let (applied, pending) = (&self.applied, &self.pending);
+        self.claims
+            .retain(|_, h| applied.contains(h) || pending.contains_key(h));
+    }
+
+    fn remove_pending(&mut self, hash: &ChangeHash) -> Option<Pending> {
+        let p = self.pending.remove(hash)?;
+        self.provisional.remove(hash);
+        self.pending_bytes -= p.change.raw_bytes().len();
+        Some(p)
     }
 
     /// Applies many envelopes at once: every change is validated in order exactly as by
@@ -288,10 +405,24 @@ impl Channel {
         items: impl IntoIterator<Item = Incoming<'a>>,
     ) -> Result<Vec<ApplyError>, ApplyError> {
         self.batch = Some(Vec::new());
-        let errors: Vec<ApplyError> = items
-            .into_iter()
-            .filter_map(|i| self.apply(i).err())
-            .collect();
+        let mut errors = Vec::new();
+        // Every claim first, so that a change another outranks is never applied, whatever
+        // the order of the items.
+        let mut parsed = Vec::new();
+        for inc in items {
+            match self.parse(&inc) {
+                Ok(change) => {
+                    self.claim(inc.author, &change);
+                    parsed.push((inc, change));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for (inc, change) in parsed {
+            if let Err(e) = self.apply_parsed(inc, change) {
+                errors.push(e);
+            }
+        }
         let batch = self.batch.take().unwrap_or_default();
         self.doc
             .apply_changes_batch(batch)
@@ -374,32 +505,33 @@ impl Channel {
         for (h, p) in &self.pending {
             assert!(!self.applied.contains(h), "applied change still pending");
             assert!(
-                p.change.deps().iter().any(|d| !self.applied.contains(d)),
+                p.change.deps().iter().any(|d| !self.applied.contains(d)) || !self.follows_own(p),
                 "pending change is ready"
             );
         }
     }
 
-    /// Applies pending changes unblocked by `arrived`, transitively. Returns how many.
-    fn release_waiting(&mut self, arrived: ChangeHash) -> usize {
-        let mut stack = vec![arrived];
+    /// Applies pending changes unblocked by `arrived` (the change claiming `seq` of
+    /// `author`), transitively. Returns how many.
+    fn release_waiting(&mut self, arrived: ChangeHash, seq: (NodeId, u64)) -> usize {
+        let mut stack = vec![(arrived, seq)];
         let mut applied = 0;
-        while let Some(h) = stack.pop() {
-            for child in self.waiting.remove(&h).unwrap_or_default() {
-                let ready = self
-                    .pending
-                    .get(&child)
-                    .is_some_and(|p| p.change.deps().iter().all(|d| self.applied.contains(d)));
+        while let Some((h, seq)) = stack.pop() {
+            let mut children = self.waiting.remove(&h).unwrap_or_default();
+            children.extend(self.waiting_seq.remove(&seq).unwrap_or_default());
+            for child in children {
+                let ready = self.pending.get(&child).is_some_and(|p| {
+                    p.change.deps().iter().all(|d| self.applied.contains(d)) && self.follows_own(p)
+                });
                 if !ready {
                     continue;
                 }
-                let p = self.pending.remove(&child).expect("checked above");
-                self.provisional.remove(&child);
-                let envelope = p.envelope;
+                let p = self.remove_pending(&child).expect("checked above");
+                let (envelope, key) = (p.envelope, (p.author, p.change.seq()));
                 match self.apply_ready(p) {
                     Ok(()) => {
                         applied += 1;
-                        stack.push(child);
+                        stack.push((child, key));
                     }
                     Err(reason) => tracing::warn!(%envelope, %reason, "pending change rejected"),
                 }
@@ -505,6 +637,7 @@ impl Channel {
         self.dirty.extend(touched);
         self.refresh_views();
         self.applied.insert(change.hash());
+        self.claims.insert((author, change.seq()), change.hash());
         Ok(LocalChange {
             payload: encode_payload(&change),
             deps,

@@ -46,6 +46,8 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 pub const MAX_ATTACHMENTS: usize = 256;
 /// Most changes waiting for missing dependencies in one channel.
 pub const MAX_PENDING: usize = 65_536;
+/// Most bytes of changes waiting for missing dependencies in one channel.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Version byte at the start of every channel payload.
 pub const PAYLOAD_VERSION: u8 = 1;
 

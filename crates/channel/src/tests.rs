@@ -62,7 +62,9 @@ fn raw_change(
     p
 }
 
+/// Applies a hand-built change as a replica that has seen no other refused change.
 fn apply_raw(ch: &mut Channel, author: NodeId, payload: &[u8]) -> Result<ApplyOutcome, ApplyError> {
+    ch.forget_refused_claims();
     ch.apply(Incoming {
         envelope: EnvelopeId(sha256(payload)),
         author,
@@ -565,4 +567,144 @@ fn the_largest_post_fits_the_op_cap_and_is_counted_as_automerge_counts() {
         let n = automerge::Change::from_bytes(raw.to_vec()).unwrap().len() as u64;
         assert_eq!(crate::shape::check(raw), Ok(n));
     }
+}
+
+fn raw_inc(author: NodeId, payload: &[u8]) -> Incoming<'_> {
+    Incoming {
+        envelope: EnvelopeId(sha256(payload)),
+        author,
+        kind: Kind::CHANNEL_CHANGE,
+        hlc: Hlc::new(5000, 0),
+        plaintext: payload,
+    }
+}
+
+fn change_of(payload: &[u8]) -> automerge::Change {
+    automerge::Change::from_bytes(payload[1..].to_vec()).unwrap()
+}
+
+fn replica_of(id: fieldmesh_core::ChannelId, base: &[LocalChange]) -> Channel {
+    let mut ch = Channel::new(id);
+    for c in base {
+        ch.apply(inc(A, c)).unwrap();
+    }
+    ch
+}
+
+/// The reactions map of the message `id` on replica `b`.
+fn reactions_of(b: &Channel, id: &str) -> automerge::ObjId {
+    let msgs = b.doc.get(ROOT, "messages").unwrap().unwrap().1;
+    let msg = b.doc.get(&msgs, id).unwrap().unwrap().1;
+    b.doc.get(&msg, "reactions").unwrap().unwrap().1
+}
+
+#[test]
+fn an_author_signing_two_changes_with_one_seq_cannot_split_replicas() {
+    let (a, mut b, id, base) = setup();
+    let reactions = reactions_of(&b, &id);
+    let mine = |r: &str| format!("{}:{r}", &B.to_hex()[..16]);
+    // Two different changes, each B's first (seq 1): what a node that lost its store and
+    // started over, or a malicious member, would sign.
+    let x = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("ok").as_str(), true).unwrap()
+    });
+    let y = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("no").as_str(), true).unwrap()
+    });
+    assert_eq!((change_of(&x).seq(), change_of(&y).seq()), (1, 1));
+    let (win, lose) = if change_of(&x).hash() < change_of(&y).hash() {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    // Replica P hears the winner first: the other is refused.
+    let mut p = replica_of(a.id(), &base);
+    assert!(matches!(
+        p.apply(raw_inc(B, &win)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    rejected(p.apply(raw_inc(B, &lose)), "equivocation");
+    // Replica Q hears the loser first and applies it; the winner then outranks it, and Q
+    // refuses everything until it is rebuilt.
+    let mut q = replica_of(a.id(), &base);
+    assert!(matches!(
+        q.apply(raw_inc(B, &lose)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    assert_ne!(q.messages(), p.messages(), "the replicas differ for now");
+    assert_eq!(
+        q.apply(raw_inc(B, &win)),
+        Err(ApplyError::Superseded(a.id()))
+    );
+    assert!(q.needs_rebuild());
+    assert_eq!(
+        q.apply(inc(A, &base[1])),
+        Err(ApplyError::Superseded(a.id()))
+    );
+    // Rebuilt from everything it holds, loser first, Q agrees with P.
+    let mut rebuilt = Channel::new(a.id());
+    let errors = rebuilt
+        .apply_many([
+            raw_inc(B, &lose),
+            inc(A, &base[0]),
+            inc(A, &base[1]),
+            raw_inc(B, &win),
+        ])
+        .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("equivocation"));
+    assert!(!rebuilt.needs_rebuild());
+    assert_eq!(rebuilt.heads(), p.heads());
+    assert_eq!(rebuilt.messages(), p.messages());
+    // A change waiting on the refused one never shows.
+    let mut fork = replica_of(a.id(), &base);
+    fork.apply(raw_inc(B, &lose)).unwrap();
+    let reactions = reactions_of(&fork, &id);
+    let next = raw_change(&mut fork, B, |tx| {
+        tx.put(&reactions, mine("later").as_str(), true).unwrap()
+    });
+    assert_eq!(p.apply(raw_inc(B, &next)), Ok(ApplyOutcome::Pending));
+    assert_eq!(p.messages(), rebuilt.messages());
+}
+
+#[test]
+fn a_change_not_built_on_its_authors_previous_one_waits_for_it() {
+    let (a, mut b, id, base) = setup();
+    let reactions = reactions_of(&b, &id);
+    let mine = |r: &str| format!("{}:{r}", &B.to_hex()[..16]);
+    let first = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("ok").as_str(), true).unwrap()
+    });
+    b.apply(raw_inc(B, &first)).unwrap();
+    let honest = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("no").as_str(), true).unwrap()
+    });
+    // B's second change, re-signed to depend only on what came before B's first.
+    let mut ex = change_of(&honest).decode();
+    assert_eq!(ex.seq, 2);
+    ex.deps = change_of(&first).deps().to_vec();
+    ex.hash = None;
+    let second = {
+        let c = automerge::Change::from(ex);
+        let mut p = vec![PAYLOAD_VERSION];
+        p.extend_from_slice(c.raw_bytes());
+        p
+    };
+    // In order, both apply.
+    let mut p = replica_of(a.id(), &base);
+    p.apply(raw_inc(B, &first)).unwrap();
+    assert!(matches!(
+        p.apply(raw_inc(B, &second)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    // Second first: its deps are all here, yet it waits for B's first, then applies.
+    let mut q = replica_of(a.id(), &base);
+    assert_eq!(q.apply(raw_inc(B, &second)), Ok(ApplyOutcome::Pending));
+    assert_eq!(
+        q.apply(raw_inc(B, &first)),
+        Ok(ApplyOutcome::Applied { unblocked: 1 })
+    );
+    assert_eq!(q.heads(), p.heads());
+    assert_eq!(q.messages(), p.messages());
+    assert_eq!(q.messages()[0].reactions.len(), 2);
 }
