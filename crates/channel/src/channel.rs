@@ -96,6 +96,10 @@ pub struct Channel {
     waiting: HashMap<ChangeHash, Vec<ChangeHash>>,
     /// Pending changes waiting for their author's previous change, by (author, seq).
     waiting_seq: HashMap<(NodeId, u64), Vec<ChangeHash>>,
+    /// Pending changes waiting for an object they write in to be made.
+    waiting_obj: HashMap<schema::ObjKey, Vec<ChangeHash>>,
+    /// Pending changes whose wait may be over, to try next.
+    woken: Vec<ChangeHash>,
     /// Bytes of the changes in `pending`.
     pending_bytes: usize,
     /// Per (author, seq): the smallest hash of any change seen claiming it. Only that change
@@ -150,6 +154,8 @@ impl Channel {
             pending: BTreeMap::new(),
             waiting: HashMap::new(),
             waiting_seq: HashMap::new(),
+            waiting_obj: HashMap::new(),
+            woken: Vec::new(),
             pending_bytes: 0,
             claims: HashMap::new(),
             superseded: false,
@@ -350,13 +356,16 @@ impl Channel {
             self.pending.insert(hash, pending);
             return Ok(ApplyOutcome::Pending);
         }
-        let key = (inc.author, seq);
-        self.apply_ready(pending)
+        let applied = self
+            .apply_ready(pending)
             .map_err(|reason| ApplyError::Rejected {
                 envelope: inc.envelope,
                 reason,
             })?;
-        let unblocked = self.release_waiting(hash, key);
+        if !applied {
+            return Ok(ApplyOutcome::Pending);
+        }
+        let unblocked = self.release_waiting();
         if self.batch.is_none() {
             self.refresh_views();
             #[cfg(feature = "slow-assertions")]
@@ -447,13 +456,20 @@ impl Channel {
         }
     }
 
-    /// Validates and applies a change whose dependencies are all present.
-    fn apply_ready(&mut self, p: Pending) -> Result<(), String> {
-        let v = schema::validate(&self.reg, &self.id, &p.author, p.kind, p.hlc, &p.change)
-            .inspect_err(|reason| {
+    /// Validates and applies a change whose dependencies are all present. Returns whether
+    /// it was applied (`false`: it waits for an object it writes in). Changes whose wait
+    /// it ends are queued in `woken`.
+    fn apply_ready(&mut self, p: Pending) -> Result<bool, String> {
+        let v = match schema::validate(&self.reg, &self.id, &p.author, p.kind, p.hlc, &p.change) {
+            Ok(v) => v,
+            Err(schema::Refusal::Waits(object)) => return self.wait_for_object(p, object),
+            Err(schema::Refusal::Rule(reason)) => {
                 self.rejected.insert(p.envelope, reason.clone());
-            })?;
+                return Err(reason);
+            }
+        };
         let hash = p.change.hash();
+        let seq = (p.author, p.change.seq());
         match &mut self.batch {
             Some(batch) => batch.push(p.change),
             None => {
@@ -464,12 +480,44 @@ impl Channel {
                 })?;
             }
         }
+        if !self.waiting_obj.is_empty() {
+            for made in v.made() {
+                self.woken
+                    .extend(self.waiting_obj.remove(made).unwrap_or_default());
+            }
+        }
         let touched = self.reg.commit(v);
         self.dirty.extend(touched);
         self.applied.insert(hash);
         self.envelope_of.insert(hash, p.envelope);
         self.newest = self.newest.max(p.hlc);
-        Ok(())
+        self.woken
+            .extend(self.waiting.remove(&hash).unwrap_or_default());
+        self.woken
+            .extend(self.waiting_seq.remove(&seq).unwrap_or_default());
+        Ok(true)
+    }
+
+    fn wait_for_object(&mut self, p: Pending, object: schema::ObjKey) -> Result<bool, String> {
+        let bytes = p.change.raw_bytes().len();
+        if self.pending.len() >= MAX_PENDING
+            || self.pending_bytes + bytes > crate::MAX_PENDING_BYTES
+        {
+            let reason = format!(
+                "writes in an object not made here yet, and {} changes wait already",
+                self.pending.len()
+            );
+            self.rejected.insert(p.envelope, reason.clone());
+            return Err(reason);
+        }
+        let hash = p.change.hash();
+        self.waiting_obj.entry(object).or_default().push(hash);
+        if let Some(view) = self.provisional_view(&p) {
+            self.provisional.insert(hash, view);
+        }
+        self.pending_bytes += bytes;
+        self.pending.insert(hash, p);
+        Ok(false)
     }
 
     /// The latest envelope time among the changes this replica accepted (those released
@@ -505,36 +553,31 @@ impl Channel {
         for (h, p) in &self.pending {
             assert!(!self.applied.contains(h), "applied change still pending");
             assert!(
-                p.change.deps().iter().any(|d| !self.applied.contains(d)) || !self.follows_own(p),
+                p.change.deps().iter().any(|d| !self.applied.contains(d))
+                    || !self.follows_own(p)
+                    || self.waiting_obj.values().any(|w| w.contains(h)),
                 "pending change is ready"
             );
         }
     }
 
-    /// Applies pending changes unblocked by `arrived` (the change claiming `seq` of
-    /// `author`), transitively. Returns how many.
-    fn release_waiting(&mut self, arrived: ChangeHash, seq: (NodeId, u64)) -> usize {
-        let mut stack = vec![(arrived, seq)];
+    /// Applies the pending changes in `woken` whose wait is over, and those their
+    /// arrival releases in turn. Returns how many.
+    fn release_waiting(&mut self) -> usize {
         let mut applied = 0;
-        while let Some((h, seq)) = stack.pop() {
-            let mut children = self.waiting.remove(&h).unwrap_or_default();
-            children.extend(self.waiting_seq.remove(&seq).unwrap_or_default());
-            for child in children {
-                let ready = self.pending.get(&child).is_some_and(|p| {
-                    p.change.deps().iter().all(|d| self.applied.contains(d)) && self.follows_own(p)
-                });
-                if !ready {
-                    continue;
-                }
-                let p = self.remove_pending(&child).expect("checked above");
-                let (envelope, key) = (p.envelope, (p.author, p.change.seq()));
-                match self.apply_ready(p) {
-                    Ok(()) => {
-                        applied += 1;
-                        stack.push((child, key));
-                    }
-                    Err(reason) => tracing::warn!(%envelope, %reason, "pending change rejected"),
-                }
+        while let Some(child) = self.woken.pop() {
+            let ready = self.pending.get(&child).is_some_and(|p| {
+                p.change.deps().iter().all(|d| self.applied.contains(d)) && self.follows_own(p)
+            });
+            if !ready {
+                continue;
+            }
+            let p = self.remove_pending(&child).expect("checked above");
+            let envelope = p.envelope;
+            match self.apply_ready(p) {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(reason) => tracing::warn!(%envelope, %reason, "pending change rejected"),
             }
         }
         applied
@@ -631,7 +674,7 @@ impl Channel {
             .ok_or_else(|| LocalOpError::Automerge("transaction produced no change".into()))?;
         let v =
             schema::validate(&self.reg, &self.id, &author, kind, hlc, &change).map_err(|r| {
-                LocalOpError::Automerge(format!("internal: local change breaks the schema: {r}"))
+                LocalOpError::Automerge(format!("internal: local change breaks the schema: {r:?}"))
             })?;
         let touched = self.reg.commit(v);
         self.dirty.extend(touched);

@@ -86,6 +86,13 @@ pub(crate) struct Validated {
     pub(crate) touched: Vec<String>,
 }
 
+impl Validated {
+    /// The objects the change makes.
+    pub(crate) fn made(&self) -> impl Iterator<Item = &ObjKey> {
+        self.roles.iter().map(|(k, _)| k)
+    }
+}
+
 impl Registry {
     pub(crate) fn commit(&mut self, v: Validated) -> Vec<String> {
         if let Some((k, _)) = v.roles.iter().find(|(_, r)| *r == Role::Messages) {
@@ -138,6 +145,29 @@ fn str_of(v: &ScalarValue) -> Option<&str> {
     }
 }
 
+/// Why a change was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It breaks a rule: refused for good.
+    Rule(String),
+    /// It writes into an object that no change applied here has made yet. It waits for
+    /// that object: judged now, the verdict would depend on the order of arrival, since
+    /// the change that makes it need not be among the change's dependencies.
+    Waits(ObjKey),
+}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Refusal {
+        Refusal::Rule(s)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(s: &str) -> Refusal {
+        Refusal::Rule(s.to_owned())
+    }
+}
+
 /// Checks one change against the rules; returns what it adds to the registry.
 pub(crate) fn validate(
     reg: &Registry,
@@ -146,18 +176,18 @@ pub(crate) fn validate(
     kind: Kind,
     hlc: Hlc,
     change: &automerge::Change,
-) -> Result<Validated, String> {
+) -> Result<Validated, Refusal> {
     if change.actor_id().to_bytes() != author.0 {
         return Err("change actor is not the envelope author".into());
     }
     let expected_seq = reg.last_seq.get(author).copied().unwrap_or(0) + 1;
     if change.seq() != expected_seq {
-        return Err(format!(
+        return Err(Refusal::Rule(format!(
             "change seq {} from {} but {} expected (equivocation or replay)",
             change.seq(),
             author.short(),
             expected_seq
-        ));
+        )));
     }
     let expanded = change.decode();
     let start = expanded.start_op.get();
@@ -199,18 +229,14 @@ pub(crate) fn validate(
                     .find(|(k, _)| *k == key)
                     .map(|(_, r)| r)
                     .or_else(|| reg.roles.get(&key));
-                Some(
-                    found
-                        .ok_or_else(|| format!("op {i} targets an unknown object"))?
-                        .clone(),
-                )
+                Some(found.ok_or(Refusal::Waits(key))?.clone())
             }
         };
         let map_key = match &op.key {
             Key::Map(k) => Some(k.as_str()),
             Key::Seq(_) => None,
         };
-        let err = |what: &str| Err(format!("op {i}: {what}"));
+        let err = |what: &str| Err(Refusal::Rule(format!("op {i}: {what}")));
         match (role, map_key) {
             (None, Some(k)) => {
                 if !is_genesis {

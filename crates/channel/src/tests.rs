@@ -708,3 +708,49 @@ fn a_change_not_built_on_its_authors_previous_one_waits_for_it() {
     assert_eq!(q.messages(), p.messages());
     assert_eq!(q.messages()[0].reactions.len(), 2);
 }
+
+#[test]
+fn a_change_writing_in_an_object_not_yet_made_here_waits_for_it() {
+    let (a, mut b, id, base) = setup();
+    let reactions = reactions_of(&b, &id);
+    let mine = format!("{}:ok", &B.to_hex()[..16]);
+    let honest = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine.as_str(), true).unwrap()
+    });
+    // B's reaction, re-signed to depend on the genesis alone: the post that makes the
+    // message (and its reactions map) is not among its dependencies.
+    let mut ex = change_of(&honest).decode();
+    ex.deps = vec![change_of(&base[0].payload).hash()];
+    ex.hash = None;
+    let reaction = {
+        let c = automerge::Change::from(ex);
+        let mut p = vec![PAYLOAD_VERSION];
+        p.extend_from_slice(c.raw_bytes());
+        p
+    };
+    // With the post first, it applies.
+    let mut p = replica_of(a.id(), &base);
+    assert!(matches!(
+        p.apply(raw_inc(B, &reaction)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    // Before the post, it waits for the map instead of being refused, then applies.
+    let mut q = replica_of(a.id(), &base[..1]);
+    assert_eq!(q.apply(raw_inc(B, &reaction)), Ok(ApplyOutcome::Pending));
+    assert_eq!(q.pending_len(), 1);
+    assert_eq!(
+        q.apply(inc(A, &base[1])),
+        Ok(ApplyOutcome::Applied { unblocked: 1 })
+    );
+    assert_eq!(q.pending_len(), 0);
+    assert_eq!(q.heads(), p.heads());
+    assert_eq!(q.messages(), p.messages());
+    assert_eq!(q.messages()[0].reactions.len(), 1);
+    // The same in one batch, reaction first (as a rebuild in time order could meet it).
+    let mut r = Channel::new(a.id());
+    let errors = r
+        .apply_many([inc(A, &base[0]), raw_inc(B, &reaction), inc(A, &base[1])])
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(r.messages(), p.messages());
+}
