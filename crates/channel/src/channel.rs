@@ -102,12 +102,14 @@ pub struct Channel {
     woken: Vec<ChangeHash>,
     /// Bytes of the changes in `pending`.
     pending_bytes: usize,
-    /// Per (author, seq): the smallest hash of any change seen claiming it. Only that change
-    /// may stand: an author who signs two changes with one sequence number (by malice, or
-    /// by losing its store and starting over) would otherwise split the replicas by which
-    /// arrived first.
+    /// Per (author, seq): the first change seen claiming it.
     claims: HashMap<(NodeId, u64), ChangeHash>,
-    /// A change arrived that outranks one already in the document: this replica must be
+    /// Per author who signed two changes with one sequence number: the lowest such number.
+    /// Its changes from there on are refused. Otherwise replicas would split by which of
+    /// the two arrived first; and picking one (say, by hash) seq by seq can pick, at the
+    /// next seq, a change built on the one refused, leaving the author's chain unusable.
+    forks: HashMap<NodeId, u64>,
+    /// A fork was found below a change already in the document: this replica must be
     /// rebuilt from the store (see [`ApplyError::Superseded`]).
     superseded: bool,
     rejected: BTreeMap<EnvelopeId, String>,
@@ -123,9 +125,9 @@ pub struct Channel {
     pub(crate) provisional: BTreeMap<ChangeHash, crate::MessageView>,
 }
 
-fn equivocation(author: &NodeId, seq: u64) -> String {
+fn equivocation(author: &NodeId, fork: u64) -> String {
     format!(
-        "equivocation: {} signed another change with seq {seq}; only the one with the smallest hash stands",
+        "equivocation: {} signed two changes with seq {fork}; its changes from there on are refused",
         author.short()
     )
 }
@@ -158,6 +160,7 @@ impl Channel {
             woken: Vec::new(),
             pending_bytes: 0,
             claims: HashMap::new(),
+            forks: HashMap::new(),
             superseded: false,
             rejected: BTreeMap::new(),
             batch: None,
@@ -214,8 +217,8 @@ impl Channel {
         self.reg.genesis.as_ref()
     }
 
-    /// Whether the replica holds a change that an equivocating one outranked since: it
-    /// refuses every change, and must be rebuilt from the store.
+    /// Whether the replica holds a change its author has since been found equivocating
+    /// below: it refuses every change, and must be rebuilt from the store.
     pub fn needs_rebuild(&self) -> bool {
         self.superseded
     }
@@ -275,15 +278,22 @@ impl Channel {
         automerge::Change::from_bytes(raw.to_vec()).map_err(|e| malformed(e.to_string()))
     }
 
-    /// Records `change`'s claim on its author's sequence number. Returns the hash of a
-    /// change it outranks, if any.
-    fn claim(&mut self, author: NodeId, change: &automerge::Change) -> Option<ChangeHash> {
+    /// Records `change`'s claim on its author's sequence number. Returns the author's
+    /// fork point if this change lowered it.
+    fn claim(&mut self, author: NodeId, change: &automerge::Change) -> Option<u64> {
         if change.actor_id().to_bytes() != author.0 {
             return None; // refused by the rules: claims nothing
         }
-        let hash = change.hash();
-        let held = self.claims.entry((author, change.seq())).or_insert(hash);
-        (hash < *held).then(|| std::mem::replace(held, hash))
+        let seq = change.seq();
+        let held = *self.claims.entry((author, seq)).or_insert(change.hash());
+        if held == change.hash() {
+            return None;
+        }
+        let fork = self.forks.entry(author).or_insert(u64::MAX);
+        (seq < *fork).then(|| {
+            *fork = seq;
+            seq
+        })
     }
 
     fn apply_parsed(
@@ -299,19 +309,32 @@ impl Channel {
             return Ok(ApplyOutcome::Duplicate);
         }
         let seq = change.seq();
-        if let Some(outranked) = self.claim(inc.author, &change) {
-            if self.applied.contains(&outranked) {
+        if let Some(fork) = self.claim(inc.author, &change) {
+            if self
+                .reg
+                .last_seq
+                .get(&inc.author)
+                .is_some_and(|&l| l >= fork)
+            {
                 self.superseded = true;
                 return Err(ApplyError::Superseded(self.id));
             }
-            if let Some(old) = self.remove_pending(&outranked) {
-                self.rejected
-                    .insert(old.envelope, equivocation(&inc.author, seq));
+            let refused: Vec<ChangeHash> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.author == inc.author && p.change.seq() >= fork)
+                .map(|(h, _)| *h)
+                .collect();
+            for h in refused {
+                if let Some(old) = self.remove_pending(&h) {
+                    self.rejected
+                        .insert(old.envelope, equivocation(&inc.author, fork));
+                }
             }
         }
         let own = change.actor_id().to_bytes() == inc.author.0;
-        if own && self.claims.get(&(inc.author, seq)) != Some(&hash) {
-            let reason = equivocation(&inc.author, seq);
+        if let Some(&fork) = self.forks.get(&inc.author).filter(|&&f| own && seq >= f) {
+            let reason = equivocation(&inc.author, fork);
             self.rejected.insert(inc.envelope, reason.clone());
             return Err(ApplyError::Rejected {
                 envelope: inc.envelope,
@@ -395,6 +418,7 @@ impl Channel {
         let (applied, pending) = (&self.applied, &self.pending);
         self.claims
             .retain(|_, h| applied.contains(h) || pending.contains_key(h));
+        self.forks.clear();
     }
 
     fn remove_pending(&mut self, hash: &ChangeHash) -> Option<Pending> {
@@ -695,6 +719,18 @@ impl Channel {
     fn writable(&mut self, author: NodeId) -> Result<automerge::ObjId, LocalOpError> {
         if self.reg.genesis.is_none() {
             return Err(LocalOpError::NoGenesis);
+        }
+        if self.superseded {
+            return Err(LocalOpError::Invalid(
+                "this replica must be rebuilt (an author equivocated); try again".into(),
+            ));
+        }
+        if let Some(fork) = self.forks.get(&author) {
+            return Err(LocalOpError::Invalid(format!(
+                "this node's key signed two different changes with seq {fork} in this channel \
+                 (was its store lost or restored from a copy?); every replica refuses its \
+                 changes here from there on"
+            )));
         }
         if self.doc.get_actor().to_bytes() != author.0 {
             self.doc.set_actor(ActorId::from(&author.0[..]));

@@ -26,13 +26,11 @@ pub enum ApplyError {
     /// Automerge refused a batch of validated changes (a bug: please report).
     #[error("automerge refused a batch of validated changes: {0}")]
     Batch(String),
-    /// A change arrived that outranks one this replica already applied: its author signed
-    /// two changes with one sequence number, and only the one with the smaller hash may
-    /// stand. The replica holds the other in its document and refuses further changes:
+    /// A change shows that an author signed two changes with one sequence number, at or
+    /// below one this replica already applied. Its changes from there on are refused on
+    /// every replica; this one holds some in its document and refuses further changes:
     /// discard it and rebuild the channel from the store (every replica then agrees).
-    #[error(
-        "channel {0}: an equivocating change outranks one already applied; rebuild the channel"
-    )]
+    #[error("channel {0}: an author equivocated below a change already applied; rebuild it")]
     Superseded(fieldmesh_core::ChannelId),
     /// Too many changes are waiting for their dependencies.
     #[error("channel has {0} changes waiting for dependencies; refusing more")]

@@ -612,59 +612,80 @@ fn an_author_signing_two_changes_with_one_seq_cannot_split_replicas() {
         tx.put(&reactions, mine("no").as_str(), true).unwrap()
     });
     assert_eq!((change_of(&x).seq(), change_of(&y).seq()), (1, 1));
-    let (win, lose) = if change_of(&x).hash() < change_of(&y).hash() {
-        (x, y)
-    } else {
-        (y, x)
-    };
-    // Replica P hears the winner first: the other is refused.
+    // Replica P hears x, then y: y shows that B forked at seq 1, so B's changes from
+    // there on are refused, x included, which P had applied: P must be rebuilt.
     let mut p = replica_of(a.id(), &base);
     assert!(matches!(
-        p.apply(raw_inc(B, &win)),
+        p.apply(raw_inc(B, &x)),
         Ok(ApplyOutcome::Applied { .. })
     ));
-    rejected(p.apply(raw_inc(B, &lose)), "equivocation");
-    // Replica Q hears the loser first and applies it; the winner then outranks it, and Q
-    // refuses everything until it is rebuilt.
-    let mut q = replica_of(a.id(), &base);
-    assert!(matches!(
-        q.apply(raw_inc(B, &lose)),
-        Ok(ApplyOutcome::Applied { .. })
-    ));
-    assert_ne!(q.messages(), p.messages(), "the replicas differ for now");
+    assert_eq!(p.apply(raw_inc(B, &y)), Err(ApplyError::Superseded(a.id())));
+    assert!(p.needs_rebuild());
     assert_eq!(
-        q.apply(raw_inc(B, &win)),
+        p.apply(inc(A, &base[1])),
         Err(ApplyError::Superseded(a.id()))
     );
-    assert!(q.needs_rebuild());
-    assert_eq!(
-        q.apply(inc(A, &base[1])),
-        Err(ApplyError::Superseded(a.id()))
-    );
-    // Rebuilt from everything it holds, loser first, Q agrees with P.
-    let mut rebuilt = Channel::new(a.id());
-    let errors = rebuilt
-        .apply_many([
-            raw_inc(B, &lose),
-            inc(A, &base[0]),
-            inc(A, &base[1]),
-            raw_inc(B, &win),
-        ])
-        .unwrap();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].to_string().contains("equivocation"));
-    assert!(!rebuilt.needs_rebuild());
-    assert_eq!(rebuilt.heads(), p.heads());
-    assert_eq!(rebuilt.messages(), p.messages());
-    // A change waiting on the refused one never shows.
+    // Rebuilt from what each holds, in either order, replicas agree: neither change of B
+    // stands, and A's traffic is untouched.
+    let rebuild = |order: [&[u8]; 2]| {
+        let mut r = Channel::new(a.id());
+        let errors = r
+            .apply_many([
+                raw_inc(B, order[0]),
+                inc(A, &base[0]),
+                inc(A, &base[1]),
+                raw_inc(B, order[1]),
+            ])
+            .unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.to_string().contains("equivocation"))
+        );
+        assert!(!r.needs_rebuild());
+        r
+    };
+    let (p, q) = (rebuild([&x, &y]), rebuild([&y, &x]));
+    assert_eq!(p.heads(), q.heads());
+    assert_eq!(p.messages(), q.messages());
+    assert_eq!(p.messages(), replica_of(a.id(), &base).messages());
+    // B's later changes, on either branch, are refused too.
     let mut fork = replica_of(a.id(), &base);
-    fork.apply(raw_inc(B, &lose)).unwrap();
+    fork.apply(raw_inc(B, &y)).unwrap();
     let reactions = reactions_of(&fork, &id);
     let next = raw_change(&mut fork, B, |tx| {
         tx.put(&reactions, mine("later").as_str(), true).unwrap()
     });
-    assert_eq!(p.apply(raw_inc(B, &next)), Ok(ApplyOutcome::Pending));
-    assert_eq!(p.messages(), rebuilt.messages());
+    let mut p = p;
+    rejected(p.apply(raw_inc(B, &next)), "equivocation");
+    assert_eq!(p.pending_len(), 0);
+    // A replica that heard y alone, with B's next change waiting on it, drops that too.
+    let mut late = replica_of(a.id(), &base[..1]);
+    assert_eq!(late.apply(raw_inc(B, &y)), Ok(ApplyOutcome::Pending));
+    assert_eq!(late.apply(raw_inc(B, &next)), Ok(ApplyOutcome::Pending));
+    rejected(late.apply(raw_inc(B, &x)), "equivocation");
+    assert_eq!(late.pending_len(), 0);
+    // And B itself, told of the fork, refuses to write there with a clear reason.
+    let mut own = Channel::new(a.id());
+    own.apply_many([
+        inc(A, &base[0]),
+        inc(A, &base[1]),
+        raw_inc(B, &x),
+        raw_inc(B, &y),
+    ])
+    .unwrap();
+    match own.post(
+        B,
+        Hlc::new(6000, 0),
+        "again",
+        Precedence::Routine,
+        None,
+        vec![],
+    ) {
+        Err(LocalOpError::Invalid(why)) => assert!(why.contains("seq 1"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]
