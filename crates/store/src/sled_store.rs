@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// the value log (a format-1 store opens and is marked 2 from then on). 3: value-log
 /// pointers carry the envelope's summary (a format-2 store opens and is marked 3; its
 /// older pointers are still read; a build that knows only format 2 refuses the store
-/// instead of taking the new pointers for damaged envelopes).
-pub const FORMAT_VERSION: u32 = 3;
+/// instead of taking the new pointers for damaged envelopes). 4: each value-log record
+/// starts on a block boundary and owns its blocks, so that removing it frees them all
+/// (pointers say so; older ones are still read and released as before).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A durable store in a directory.
 pub struct SledStore {
