@@ -400,14 +400,23 @@ impl Node {
         if let Some(ch) = lock(&self.channels).get(id) {
             return Ok(ch.genesis().map(|g| g.name.clone()));
         }
-        let Some(env) = self.store.get(genesis)? else {
-            return Ok(None);
+        let name_in = |env: &Envelope| {
+            let mut ch = Channel::new(*id);
+            self.apply_to(&mut ch, env)
+                .ok()
+                .and_then(|_| ch.genesis().map(|g| g.name.clone()))
         };
-        let mut ch = Channel::new(*id);
+        if let Some(name) = self.store.get(genesis)?.as_ref().and_then(name_in) {
+            return Ok(Some(name));
+        }
+        // The indexed genesis is the first that arrived, which anyone could have forged:
+        // the real one may be among the others.
         Ok(self
-            .apply_to(&mut ch, &env)
-            .ok()
-            .and_then(|_| ch.genesis().map(|g| g.name.clone())))
+            .store
+            .channel_envelopes_of(id, &|k| k == fieldmesh_core::Kind::CHANNEL_GENESIS)?
+            .iter()
+            .filter(|g| g.id() != *genesis)
+            .find_map(name_in))
     }
 
     /// Resolves a channel by full id, or by name (which must be unambiguous).
@@ -762,36 +771,11 @@ impl Node {
             // Keys that change during the count make the next judgement count again.
             let mut held = Held::default();
             held.generation = generation;
-            let genesis: HashMap<ChannelId, EnvelopeId> =
-                self.store.channels()?.into_iter().collect();
             for (channel, _) in self.store.channel_firsts()? {
                 // A damaged genesis or index must not stop every later ingest: that
                 // channel is left out of the count (and repaired by the read that finds
                 // it).
-                let listed = match genesis.get(&channel) {
-                    Some(g) => match self.store.get(g) {
-                        Ok(Some(g)) if self.carried_for_others(g.header()) => {
-                            self.store.channel_summaries(&channel)
-                        }
-                        Ok(_) => Ok(Vec::new()),
-                        Err(e) => Err(e),
-                    },
-                    // No genesis (yet): each envelope is judged by its own header, as
-                    // when it arrived. Anyone may sign one for any channel, so no one
-                    // envelope decides for the others (this node's own urgent traffic
-                    // can come before its channel's genesis).
-                    None => self.store.channel_summaries(&channel).map(|list| {
-                        list.into_iter()
-                            .filter(|(id, _)| {
-                                self.store
-                                    .get(id)
-                                    .ok()
-                                    .flatten()
-                                    .is_some_and(|e| self.carried_for_others(e.header()))
-                            })
-                            .collect()
-                    }),
-                };
+                let listed = self.held_in(&channel);
                 match listed {
                     Ok(list) => list.iter().for_each(|(id, s)| held.add(*id, s, now_ms())),
                     Err(e) => {
@@ -802,6 +786,45 @@ impl Node {
             relay.held = Some(held);
         }
         Ok(relay.held.as_mut().expect("just set"))
+    }
+
+    /// The envelopes of `channel` this node stores only for others. Anyone who has seen a
+    /// channel id can sign a "genesis" for it under any compartment, so the first genesis
+    /// stored decides nothing: a forged one sealed for a compartment this node cannot read
+    /// had made a channel of its own unit count as others' traffic after a restart, to be
+    /// pushed out and aged out of its store.
+    /// * A genesis this node opens and the channel rules accept: its own channel, nothing.
+    /// * Geneses, every one sealed for a compartment this node cannot read: all of them
+    ///   (their summaries suffice; nothing is read).
+    /// * Otherwise (no genesis yet, or one it can open that the rules refuse): each
+    ///   envelope by its own header, as when it arrived.
+    fn held_in(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<Vec<(EnvelopeId, fieldmesh_store::Summary)>, fieldmesh_store::ReadError> {
+        let geneses = self
+            .store
+            .channel_envelopes_of(channel, &|k| k == fieldmesh_core::Kind::CHANNEL_GENESIS)?;
+        if geneses
+            .iter()
+            .any(|g| self.proven_genesis(channel, g).is_some())
+        {
+            return Ok(Vec::new());
+        }
+        let list = self.store.channel_summaries(channel)?;
+        if !geneses.is_empty() && geneses.iter().all(|g| self.carried_for_others(g.header())) {
+            return Ok(list);
+        }
+        Ok(list
+            .into_iter()
+            .filter(|(id, _)| {
+                self.store
+                    .get(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| self.carried_for_others(e.header()))
+            })
+            .collect())
     }
 
     /// Splits envelopes from outside into those to store and those declined: others'
@@ -1761,6 +1784,61 @@ mod tests {
             Profile::builtin("ci-loopback").unwrap(),
         );
         assert_eq!(texts(&again), seen[0]);
+    }
+
+    /// A forged "genesis" sealed for a compartment this node cannot read, stored before
+    /// the real one, does not make the node's own channel count as others' traffic when
+    /// the relay count is rebuilt (after a restart): that traffic would have been pushed
+    /// out and aged out of its store.
+    #[test]
+    fn a_forged_genesis_does_not_make_own_traffic_relayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let creator = node_on(&sled_store(&dir.path().join("a")));
+        creator.create_channel("ops", None).unwrap();
+        let channel = creator.resolve("ops").unwrap();
+        for i in 0..5 {
+            creator
+                .post(
+                    "ops",
+                    &PostRequest {
+                        text: format!("report {i}"),
+                        precedence: None,
+                        reply_to: None,
+                        attachments: vec![],
+                    },
+                )
+                .unwrap();
+        }
+        let real = creator.store.channel_envelopes(&channel).unwrap();
+        let forger = NodeKey::from_seed([8; 32]);
+        let header = Header {
+            kind: fieldmesh_core::Kind::CHANNEL_GENESIS,
+            precedence: fieldmesh_core::Precedence::Routine,
+            compartment: CompartmentId([9; 32]),
+            epoch: 1,
+            channel,
+            author: forger.node_id(),
+            hlc: Hlc(1),
+            deps: vec![],
+        };
+        let forged =
+            seal_envelope(&forger, header, &PayloadKey::from_bytes([42; 32]), b"x").unwrap();
+        let forged_len = forged.as_bytes().len() as u64;
+        let store = sled_store(&dir.path().join("b"));
+        let member = node_on(&store);
+        member.ingest(vec![forged], false).unwrap();
+        member.ingest(real, false).unwrap();
+        assert_eq!(member.read("ops").unwrap().len(), 5);
+        assert_eq!(member.relay_status().unwrap().used, forged_len);
+        drop(member);
+        // Restarted: the count is rebuilt from the store.
+        let again = node_on(&store);
+        assert_eq!(
+            again.relay_status().unwrap().used,
+            0,
+            "own traffic is not carried for others"
+        );
+        assert_eq!(again.read("ops").unwrap().len(), 5);
     }
 
     /// A "genesis" anyone signed for a channel id seen in a header, stored before the real
