@@ -69,6 +69,8 @@ pub(crate) struct Registry {
     pub(crate) roles: HashMap<ObjKey, Role>,
     pub(crate) messages: HashMap<String, NodeId>,
     pub(crate) last_seq: HashMap<NodeId, u64>,
+    /// Per author: the highest operation counter of its changes applied so far.
+    pub(crate) last_op: HashMap<NodeId, u64>,
     pub(crate) genesis: Option<GenesisInfo>,
     /// The `messages` map, once the genesis is in.
     pub(crate) messages_obj: Option<ObjKey>,
@@ -82,6 +84,7 @@ pub(crate) struct Validated {
     genesis: Option<GenesisInfo>,
     author: NodeId,
     seq: u64,
+    max_op: u64,
     /// Messages whose view this change alters.
     pub(crate) touched: Vec<String>,
 }
@@ -101,6 +104,7 @@ impl Registry {
         self.roles.extend(v.roles);
         self.messages.extend(v.messages);
         self.last_seq.insert(v.author, v.seq);
+        self.last_op.insert(v.author, v.max_op);
         if v.genesis.is_some() {
             self.genesis = v.genesis;
         }
@@ -189,6 +193,19 @@ pub(crate) fn validate(
             expected_seq
         )));
     }
+    // An operation's id is its counter and its author: counters at or below the author's
+    // previous change would name that change's objects again (a message made with the
+    // id of the channel's `meta` map, say), and Automerge's handling of such a document
+    // is undefined. Changes are applied in each author's sequence order, so this is
+    // judged the same everywhere.
+    let last_op = reg.last_op.get(author).copied().unwrap_or(0);
+    if change.start_op().get() <= last_op {
+        return Err(Refusal::Rule(format!(
+            "operation counters from {} reuse those of {}'s earlier changes (up to {last_op})",
+            change.start_op(),
+            author.short()
+        )));
+    }
     let expanded = change.decode();
     let start = expanded.start_op.get();
     let mut v = Validated {
@@ -197,6 +214,7 @@ pub(crate) fn validate(
         genesis: None,
         author: *author,
         seq: change.seq(),
+        max_op: change.max_op(),
         touched: vec![],
     };
     let is_genesis = change.deps().is_empty();

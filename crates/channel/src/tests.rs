@@ -775,3 +775,42 @@ fn a_change_writing_in_an_object_not_yet_made_here_waits_for_it() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(r.messages(), p.messages());
 }
+
+#[test]
+fn a_change_reusing_its_authors_operation_counters_is_refused() {
+    let (a, mut b, id, base) = setup();
+    let reactions = reactions_of(&b, &id);
+    let mine = |r: &str| format!("{}:{r}", &B.to_hex()[..16]);
+    let first = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("ok").as_str(), true).unwrap()
+    });
+    b.apply(raw_inc(B, &first)).unwrap();
+    let honest = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine("no").as_str(), true).unwrap()
+    });
+    let start = change_of(&first).start_op();
+    // B's second change, re-signed with the counters of its first.
+    let mut ex = change_of(&honest).decode();
+    assert!(ex.start_op > start);
+    ex.start_op = start;
+    ex.hash = None;
+    let reused = {
+        let c = automerge::Change::from(ex);
+        let mut p = vec![PAYLOAD_VERSION];
+        p.extend_from_slice(c.raw_bytes());
+        p
+    };
+    let mut p = replica_of(a.id(), &base);
+    p.apply(raw_inc(B, &first)).unwrap();
+    rejected(p.apply(raw_inc(B, &reused)), "reuse");
+    assert_eq!(p.messages()[0].reactions.len(), 1);
+    // With fresh counters the same change stands (on a replica that has not seen the
+    // reused one: both claim B's seq 2).
+    let mut q = replica_of(a.id(), &base);
+    q.apply(raw_inc(B, &first)).unwrap();
+    assert!(matches!(
+        q.apply(raw_inc(B, &honest)),
+        Ok(ApplyOutcome::Applied { .. })
+    ));
+    assert_eq!(q.messages()[0].reactions.len(), 2);
+}
