@@ -579,6 +579,16 @@ fn raw_inc(author: NodeId, payload: &[u8]) -> Incoming<'_> {
     }
 }
 
+/// `payload`'s change with its fields edited by `f`: what an author could sign.
+fn resigned(payload: &[u8], f: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let mut ex = change_of(payload).decode();
+    f(&mut ex);
+    ex.hash = None;
+    let mut p = vec![PAYLOAD_VERSION];
+    p.extend_from_slice(automerge::Change::from(ex).raw_bytes());
+    p
+}
+
 fn change_of(payload: &[u8]) -> automerge::Change {
     automerge::Change::from_bytes(payload[1..].to_vec()).unwrap()
 }
@@ -701,16 +711,10 @@ fn a_change_not_built_on_its_authors_previous_one_waits_for_it() {
         tx.put(&reactions, mine("no").as_str(), true).unwrap()
     });
     // B's second change, re-signed to depend only on what came before B's first.
-    let mut ex = change_of(&honest).decode();
-    assert_eq!(ex.seq, 2);
-    ex.deps = change_of(&first).deps().to_vec();
-    ex.hash = None;
-    let second = {
-        let c = automerge::Change::from(ex);
-        let mut p = vec![PAYLOAD_VERSION];
-        p.extend_from_slice(c.raw_bytes());
-        p
-    };
+    let second = resigned(&honest, |ex| {
+        assert_eq!(ex.seq, 2);
+        ex.deps = change_of(&first).deps().to_vec();
+    });
     // In order, both apply.
     let mut p = replica_of(a.id(), &base);
     p.apply(raw_inc(B, &first)).unwrap();
@@ -740,15 +744,9 @@ fn a_change_writing_in_an_object_not_yet_made_here_waits_for_it() {
     });
     // B's reaction, re-signed to depend on the genesis alone: the post that makes the
     // message (and its reactions map) is not among its dependencies.
-    let mut ex = change_of(&honest).decode();
-    ex.deps = vec![change_of(&base[0].payload).hash()];
-    ex.hash = None;
-    let reaction = {
-        let c = automerge::Change::from(ex);
-        let mut p = vec![PAYLOAD_VERSION];
-        p.extend_from_slice(c.raw_bytes());
-        p
-    };
+    let reaction = resigned(&honest, |ex| {
+        ex.deps = vec![change_of(&base[0].payload).hash()];
+    });
     // With the post first, it applies.
     let mut p = replica_of(a.id(), &base);
     assert!(matches!(
@@ -790,16 +788,10 @@ fn a_change_reusing_its_authors_operation_counters_is_refused() {
     });
     let start = change_of(&first).start_op();
     // B's second change, re-signed with the counters of its first.
-    let mut ex = change_of(&honest).decode();
-    assert!(ex.start_op > start);
-    ex.start_op = start;
-    ex.hash = None;
-    let reused = {
-        let c = automerge::Change::from(ex);
-        let mut p = vec![PAYLOAD_VERSION];
-        p.extend_from_slice(c.raw_bytes());
-        p
-    };
+    let reused = resigned(&honest, |ex| {
+        assert!(ex.start_op > start);
+        ex.start_op = start;
+    });
     let mut p = replica_of(a.id(), &base);
     p.apply(raw_inc(B, &first)).unwrap();
     rejected(p.apply(raw_inc(B, &reused)), "reuse");
