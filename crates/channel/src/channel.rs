@@ -433,6 +433,9 @@ impl Channel {
     /// batch, which is much faster than one by one. Per-envelope failures are returned and
     /// do not stop the rest. If Automerge refuses the batch as a whole (which validated
     /// changes should never cause), the channel is left unusable: rebuild it with `apply`.
+    /// Meant for a new channel (a rebuild): every claim on a sequence number is counted
+    /// before anything is applied, which settles equivocation only if nothing was applied
+    /// before.
     pub fn apply_many<'a>(
         &mut self,
         items: impl IntoIterator<Item = Incoming<'a>>,
@@ -700,11 +703,31 @@ impl Channel {
             schema::validate(&self.reg, &self.id, &author, kind, hlc, &change).map_err(|r| {
                 LocalOpError::Automerge(format!("internal: local change breaks the schema: {r:?}"))
             })?;
+        // What waits for this change (an object it makes, or it as a dependency or as its
+        // author's previous change) is released as for a change from a peer.
+        let made: Vec<schema::ObjKey> = if self.waiting_obj.is_empty() {
+            Vec::new()
+        } else {
+            v.made().cloned().collect()
+        };
         let touched = self.reg.commit(v);
         self.dirty.extend(touched);
+        let hash = change.hash();
+        self.applied.insert(hash);
+        self.claims.entry((author, change.seq())).or_insert(hash);
+        for k in &made {
+            self.woken
+                .extend(self.waiting_obj.remove(k).unwrap_or_default());
+        }
+        self.woken
+            .extend(self.waiting.remove(&hash).unwrap_or_default());
+        self.woken.extend(
+            self.waiting_seq
+                .remove(&(author, change.seq()))
+                .unwrap_or_default(),
+        );
+        self.release_waiting();
         self.refresh_views();
-        self.applied.insert(change.hash());
-        self.claims.insert((author, change.seq()), change.hash());
         Ok(LocalChange {
             payload: encode_payload(&change),
             deps,
@@ -724,6 +747,14 @@ impl Channel {
             return Err(LocalOpError::Invalid(
                 "this replica must be rebuilt (an author equivocated); try again".into(),
             ));
+        }
+        let next = self.reg.last_seq.get(&author).copied().unwrap_or(0) + 1;
+        if self.claims.contains_key(&(author, next)) {
+            return Err(LocalOpError::Invalid(format!(
+                "this node's own change with seq {next} in this channel is waiting for what it \
+                 builds on (was its store lost or restored from a copy?); writing now would \
+                 fork its key's history: wait until the channel has caught up"
+            )));
         }
         if let Some(fork) = self.forks.get(&author) {
             return Err(LocalOpError::Invalid(format!(

@@ -806,3 +806,88 @@ fn a_change_reusing_its_authors_operation_counters_is_refused() {
     ));
     assert_eq!(q.messages()[0].reactions.len(), 2);
 }
+
+#[test]
+fn a_local_write_releases_what_waits_for_it() {
+    let (mut a, _, _, base) = setup();
+    // B predicts A's next post (its counters follow from A's document, which B has too)
+    // and reacts in its reactions map before the post exists, naming only the genesis.
+    let post = |ch: &mut Channel| {
+        ch.post(
+            A,
+            Hlc::new(7000, 0),
+            "next",
+            Precedence::Routine,
+            None,
+            vec![],
+        )
+        .unwrap()
+    };
+    let mut seer = replica_of(a.id(), &base);
+    let predicted = post(&mut seer);
+    let reactions = reactions_of(&seer, &predicted.message_id);
+    let mine = format!("{}:ok", &B.to_hex()[..16]);
+    let w = raw_change(&mut seer, B, |tx| {
+        tx.put(&reactions, mine.as_str(), true).unwrap()
+    });
+    let w = resigned(&w, |ex| ex.deps = vec![change_of(&base[0].payload).hash()]);
+    assert_eq!(a.apply(raw_inc(B, &w)), Ok(ApplyOutcome::Pending));
+    // A's own post makes the map: the reaction applies at once, as on every other replica.
+    let made = post(&mut a);
+    assert_eq!(made.change, predicted.change);
+    assert_eq!(a.pending_len(), 0);
+    let shown = a.messages();
+    let next = shown.iter().find(|m| m.id == made.message_id).unwrap();
+    assert_eq!(next.reactions.len(), 1, "{next:?}");
+}
+
+#[test]
+fn a_node_does_not_write_over_its_own_waiting_change() {
+    let (mut a, mut b, id, base) = setup();
+    let p2 = a
+        .post(
+            A,
+            Hlc::new(3000, 0),
+            "two",
+            Precedence::Routine,
+            None,
+            vec![],
+        )
+        .unwrap();
+    a.bind(p2.change, env_id(&p2));
+    b.apply(inc(A, &p2)).unwrap();
+    let reactions = reactions_of(&b, &id);
+    let mine = format!("{}:ok", &B.to_hex()[..16]);
+    // B's change from an earlier life, built on A's second post.
+    let old = raw_change(&mut b, B, |tx| {
+        tx.put(&reactions, mine.as_str(), true).unwrap()
+    });
+    // B starting over from the first two envelopes gets its old change back before what
+    // it builds on: writing now would sign another seq 1.
+    let mut fresh = replica_of(a.id(), &base);
+    assert_eq!(fresh.apply(raw_inc(B, &old)), Ok(ApplyOutcome::Pending));
+    match fresh.post(
+        B,
+        Hlc::new(6000, 0),
+        "hello again",
+        Precedence::Routine,
+        None,
+        vec![],
+    ) {
+        Err(LocalOpError::Invalid(why)) => assert!(why.contains("waiting"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    fresh.apply(inc(A, &p2)).unwrap();
+    assert_eq!(fresh.pending_len(), 0);
+    let again = fresh
+        .post(
+            B,
+            Hlc::new(6001, 0),
+            "hello again",
+            Precedence::Routine,
+            None,
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(change_of(&again.payload).seq(), 2);
+}
